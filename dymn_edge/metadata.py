@@ -1,0 +1,212 @@
+"""The self-description that every exported model file carries (torch-free).
+
+``dymn-export`` writes one JSON document under the key :data:`METADATA_KEY`: in ONNX as a
+``metadata_props`` entry, in TFLite as a named entry of the flatbuffer's ``metadata`` table.
+The runtime needs nothing else to turn audio into labelled scores.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dymn_edge.errors import MetadataError
+from dymn_edge.registry import FrontendConfig
+
+METADATA_KEY = "dymn_edge"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TensorInfo:
+    """One graph input or output: name, layout and, for integer tensors, its quantization."""
+
+    name: str
+    shape: list[int | str]  # symbolic dims as strings, e.g. ["batch", 1, 128, "frames"]
+    dtype: str = "float32"
+    scale: float | None = None  # set only for quantized (int8/uint8) tensors
+    zero_point: int | None = None
+
+
+@dataclass
+class ModelMetadata:
+    """Everything the runtime reads from a model file."""
+
+    model_name: str
+    arch: str
+    width: float
+    num_classes: int
+    labels: list[dict[str, Any]]  # [{"index": i, "mid": str|None, "display_name": str}]
+    frontend: dict[str, Any]
+    window_seconds: float  # the input length the file was exported (and validated) for
+    dynamic_batch: bool
+    dynamic_time: bool
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]  # logits first, then embedding
+    format: str  # "onnx" | "tflite"
+    precision: str  # "fp32" | "fp16" | "int8"
+    quantization: str  # human-readable scheme, "none" for fp32
+    strategy: str  # dynamic-conv export strategy
+    output_activation: str = "sigmoid"  # how logits become probabilities (softmax for 1-of-N heads)
+    untrained: bool = False  # True for --random-init structural models
+    weights_sha256: str | None = None
+    weights_source: str | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def frontend_config(self) -> FrontendConfig:
+        return FrontendConfig.from_dict(self.frontend)
+
+    @property
+    def window_frames(self) -> int:
+        fc = self.frontend_config
+        return int(round(self.window_seconds * fc.sample_rate / fc.hop_length))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "model file") -> "ModelMetadata":
+        try:
+            d = json.loads(text)
+            d["inputs"] = [TensorInfo(**t) for t in d["inputs"]]
+            d["outputs"] = [TensorInfo(**t) for t in d["outputs"]]
+            names = set(cls.__dataclass_fields__)
+            unknown = set(d) - names
+            for k in unknown:
+                d.pop(k)
+            meta = cls(**d)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MetadataError(f"{source}: dymn-edge metadata is malformed ({exc})") from exc
+        if meta.schema_version > SCHEMA_VERSION:
+            raise MetadataError(
+                f"{source}: metadata schema {meta.schema_version} is newer than this dymn-edge "
+                f"understands ({SCHEMA_VERSION}); upgrade dymn-edge"
+            )
+        return meta
+
+
+# ---------------------------------------------------------------------------------------
+# Reading from files, torch-free (ONNX via protobuf-free scan is not reliable, so onnx or
+# onnxruntime is used there; TFLite is parsed directly from its flatbuffer).
+
+
+def detect_format(path: str | Path) -> str:
+    """'tflite' or 'onnx', from the file's bytes (never from its name)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise MetadataError(f"{p}: cannot read model file ({exc.strerror})") from exc
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    # ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
+    if head[:1] == b"\x08":
+        return "onnx"
+    raise MetadataError(f"{p}: not an ONNX or TFLite model file")
+
+
+def _fb_table_field(buf: bytes, table: int, index: int) -> int | None:
+    """Absolute position of field ``index`` of the flatbuffer table at ``table``."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * index
+    if slot >= vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + off if off else None
+
+
+def _fb_deref(buf: bytes, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _fb_vector(buf: bytes, pos: int) -> tuple[int, int]:
+    start = _fb_deref(buf, pos)
+    return start + 4, struct.unpack_from("<I", buf, start)[0]
+
+
+def read_tflite_metadata_entries(data: bytes) -> dict[str, bytes]:
+    """Named metadata buffers of a TFLite flatbuffer (schema: Model.metadata, field 6)."""
+    root = _fb_deref(data, 0)
+    meta_field = _fb_table_field(data, root, 6)
+    buffers_field = _fb_table_field(data, root, 4)
+    if meta_field is None or buffers_field is None:
+        return {}
+    buf_start, n_bufs = _fb_vector(data, buffers_field)
+    m_start, n_meta = _fb_vector(data, meta_field)
+    out: dict[str, bytes] = {}
+    for i in range(n_meta):
+        entry = _fb_deref(data, m_start + 4 * i)
+        name_pos = _fb_table_field(data, entry, 0)
+        buf_pos = _fb_table_field(data, entry, 1)
+        if name_pos is None or buf_pos is None:
+            continue
+        s_start = _fb_deref(data, name_pos)
+        s_len = struct.unpack_from("<I", data, s_start)[0]
+        name = data[s_start + 4 : s_start + 4 + s_len].decode("utf-8", "replace")
+        b_index = struct.unpack_from("<I", data, buf_pos)[0]
+        if b_index >= n_bufs:
+            continue
+        buffer = _fb_deref(data, buf_start + 4 * b_index)
+        data_pos = _fb_table_field(data, buffer, 0)
+        if data_pos is not None:
+            d_start, d_len = _fb_vector(data, data_pos)
+            out[name] = bytes(data[d_start : d_start + d_len])
+            continue
+        off_pos = _fb_table_field(data, buffer, 1)
+        size_pos = _fb_table_field(data, buffer, 2)
+        if off_pos is not None and size_pos is not None:  # large-model layout
+            off = struct.unpack_from("<Q", data, off_pos)[0]
+            size = struct.unpack_from("<Q", data, size_pos)[0]
+            out[name] = bytes(data[off : off + size])
+    return out
+
+
+def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
+    try:
+        import onnxruntime as ort  # noqa: PLC0415 (heavy, optional)
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return dict(sess.get_modelmeta().custom_metadata_map)
+    except ImportError:
+        pass
+    try:
+        import onnx  # noqa: PLC0415
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    except ImportError as exc:
+        raise MetadataError(
+            f"{path}: reading ONNX metadata needs onnxruntime: pip install 'dymn-edge[onnx]'"
+        ) from exc
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The dymn-edge metadata of an exported ``.onnx`` or ``.tflite`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MetadataError(f"{p}: model file not found")
+    fmt = detect_format(p)
+    if fmt == "tflite":
+        try:
+            entries = read_tflite_metadata_entries(p.read_bytes())
+        except struct.error as exc:
+            raise MetadataError(f"{p}: corrupt TFLite flatbuffer ({exc})") from exc
+        raw = entries.get(METADATA_KEY)
+    else:
+        raw = _read_onnx_metadata_props(p).get(METADATA_KEY)
+    if raw is None:
+        raise MetadataError(
+            f"{p}: no dymn-edge metadata in this {fmt} file; export it with dymn-export "
+            "(files from other tools do not say their labels, frontend and window)"
+        )
+    return ModelMetadata.from_json(raw, source=str(p))
