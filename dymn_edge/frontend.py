@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LogMelFrontend", "StreamingLogMel", "kaldi_mel_banks", "symmetric_hann"]
 
+#: Frames per FFT block (about 8 MB of float64 frames at n_fft 1024).
+_BLOCK_FRAMES = 1024
+
 
 def _mel_scale(freq: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
@@ -123,11 +126,21 @@ class _Core:
     def frames_to_logmel(
         self, y: np.ndarray, y_lo: int, t0: int, count: int, total: int | None
     ) -> np.ndarray:
-        """Log-mel of frames t0..t0+count-1 from ``y`` (..., L_buf) holding indices y_lo...
+        """Log-mel (..., n_mels, count) of frames t0..t0+count-1 from ``y`` (..., L_buf).
 
-        ``total`` is the full signal length when known (enables reflection at the end);
-        ``None`` means only start reflection may apply.
+        ``y[..., k]`` holds pre-emphasised sample ``y_lo + k``. ``total`` is the full signal
+        length when known (enables reflection at the end); ``None`` means only the start
+        reflection may apply. Frames go through in blocks so that an hour-long file does
+        not need gigabytes of float64 frames at once.
         """
+        out = np.empty(y.shape[:-1] + (self.cfg.n_mels, count), dtype=np.float32)
+        for b0 in range(0, count, _BLOCK_FRAMES):
+            n = min(_BLOCK_FRAMES, count - b0)
+            out[..., b0:b0 + n] = self._block(y, y_lo, t0 + b0, n, total)
+        return out
+
+    def _block(self, y: np.ndarray, y_lo: int, t0: int, count: int,
+               total: int | None) -> np.ndarray:
         cfg = self.cfg
         starts = self.first_index(t0 + np.arange(count))
         idx = starts[:, None] + self._offsets[None, :]
@@ -139,7 +152,7 @@ class _Core:
         power = spec.real ** 2 + spec.imag ** 2  # (..., count, n_fft//2+1)
         mel = np.matmul(power, self.mel.T)  # (..., count, n_mels)
         out = (np.log(mel + cfg.log_offset) + cfg.norm_shift) / cfg.norm_scale
-        return np.swapaxes(out, -1, -2).astype(np.float32)
+        return np.swapaxes(out, -1, -2)
 
 
 def _preemphasis(x: np.ndarray, coef: float) -> np.ndarray:
@@ -203,6 +216,7 @@ class StreamingLogMel:
         self._n_y = 0  # pre-emphasised samples received in total
         self._emitted = 0
         self._samples = 0
+        self._flushed = False
 
     @property
     def frames_emitted(self) -> int:
@@ -216,15 +230,22 @@ class StreamingLogMel:
 
     @property
     def latency_samples(self) -> int:
-        """Samples that must follow a frame's centre before push can emit it (399 + 1)."""
+        """Raw samples that must follow a frame's centre sample before push emits it.
+
+        399 by default: the window's non-zero part reaches 398 pre-emphasised samples past
+        the centre, and pre-emphasis looks one raw sample ahead. Frame 0 waits one sample
+        more, for the start samples its reflect padding mirrors (up to index 399).
+        """
         c = self._core
-        return c.first_index(0) + c.span + c.center + 1
+        return c.last - c.center + 1
 
     def _empty(self) -> np.ndarray:
         return np.zeros((self.config.n_mels, 0), dtype=np.float32)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append samples (1-D, at ``config.sample_rate``); return the newly final frames."""
+        if self._flushed:
+            raise RuntimeError("StreamingLogMel was flushed; call reset() before a new signal")
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         if x.size == 0:
             return self._empty()
@@ -265,7 +286,11 @@ class StreamingLogMel:
             self._y_lo = keep_from
 
     def flush(self) -> np.ndarray:
-        """Emit the frames that need the signal end (reflect padding), then reset."""
+        """End the signal: emit the frames that need its end (reflect padding).
+
+        Afterwards ``frames_emitted`` holds the total; call :meth:`reset` before pushing a
+        new signal (a second flush returns nothing).
+        """
         total = self._n_y
         remaining = self._core.n_frames(total) - self._emitted
         out = self._empty()
@@ -273,8 +298,7 @@ class StreamingLogMel:
             out = self._core.frames_to_logmel(self._y, self._y_lo, self._emitted,
                                               remaining, total)
             self._emitted += remaining
-        emitted, samples = self._emitted, self._samples
-        self.reset()
-        log.debug("flushed %d frames after %d frames / %d samples", out.shape[1], emitted,
-                  samples)
+        self._flushed = True
+        log.debug("flushed %d frames; %d frames from %d samples in total", out.shape[1],
+                  self._emitted, self._samples)
         return out
