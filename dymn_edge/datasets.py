@@ -120,6 +120,8 @@ def fsdd_eval_wave(path: str | Path) -> np.ndarray:
     import soundfile as sf  # noqa: PLC0415
     from scipy.signal import resample_poly  # noqa: PLC0415
 
+    from dymn_edge.audio import fit_to_length  # noqa: PLC0415
+
     p = Path(path)
     try:
         x, sr = sf.read(str(p), dtype="float32", always_2d=True)
@@ -131,14 +133,7 @@ def fsdd_eval_wave(path: str | Path) -> np.ndarray:
     if sr != FSDD_RATE:
         raise DymnEdgeError(f"{p}: FSDD clips are {FSDD_RATE} Hz, this one is {sr} Hz")
     n_orig = len(x)
-    y = resample_poly(x, 4, 1).astype(np.float32)
-    out = np.zeros(FSDD_WINDOW, dtype=np.float32)
-    if len(y) >= FSDD_WINDOW:
-        start = (len(y) - FSDD_WINDOW) // 2
-        out[:] = y[start : start + FSDD_WINDOW]
-    else:
-        start = (FSDD_WINDOW - len(y)) // 2
-        out[start : start + len(y)] = y
+    out = fit_to_length(resample_poly(x, 4, 1).astype(np.float32), FSDD_WINDOW)
     rng = np.random.default_rng(n_orig)
     out += rng.normal(0.0, FSDD_NOISE_STD, FSDD_WINDOW).astype(np.float32)
     return out

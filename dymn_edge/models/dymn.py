@@ -3,7 +3,7 @@
 This is the training-faithful form: it computes exactly what the official code computes,
 including the ops that do not export well (adaptive pooling, batch-folded grouped
 convolution, 5-D Dy-ReLU broadcast). Export-time rewrites live in
-:mod:`dymn_edge.export.patcher` and are applied to a copy, never here.
+:mod:`dymn_edge.models.patcher` and are applied to a copy, never here.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     b = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                       conv.padding, conv.dilation, conv.groups, bias=True,
-                      padding_mode=conv.padding_mode)
+                      padding_mode=conv.padding_mode, dtype=conv.weight.dtype)
     dtype = conv.weight.dtype
     with torch.no_grad():
         fused.weight.copy_(w.to(dtype))
@@ -115,11 +115,12 @@ class DyConvAttention(nn.Module):
 
     def __init__(self, linear: nn.Linear, temperature: float) -> None:
         super().__init__()
-        self.fc = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        self.fc = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                            dtype=linear.weight.dtype)
         with torch.no_grad():
-            self.fc.weight.copy_((linear.weight.detach().double() / temperature).float())
+            self.fc.weight.copy_(linear.weight.detach().double() / temperature)
             if linear.bias is not None:
-                self.fc.bias.copy_((linear.bias.detach().double() / temperature).float())
+                self.fc.bias.copy_(linear.bias.detach().double() / temperature)
 
     def forward(self, v: Tensor) -> Tensor:
         return torch.softmax(self.fc(v), dim=1)
@@ -130,12 +131,13 @@ def _bank_and_bias(conv: DynamicConv, norm: nn.Module | None) -> tuple[Tensor, T
     bank = conv.weight.detach().double().reshape(
         conv.k, conv.out_channels, conv.in_channels // conv.groups, conv.kernel_size,
         conv.kernel_size)
+    dtype = conv.weight.dtype
     if norm is None or isinstance(norm, nn.Identity):
-        return bank.float(), None
+        return bank.to(dtype), None
     if not isinstance(norm, nn.BatchNorm2d):
         raise TypeError(f"cannot fold {type(norm).__name__} into a Dy-Conv")
     scale, shift = _bn_scale_shift(norm)
-    return (bank * scale.view(1, -1, 1, 1, 1)).float(), shift.float()
+    return (bank * scale.view(1, -1, 1, 1, 1)).to(dtype), shift.to(dtype)
 
 
 class PointwiseDyConv(nn.Module):
@@ -176,7 +178,7 @@ class DepthwiseDyConvStaticK(nn.Module):
         self.convs = nn.ModuleList()
         for i in range(conv.k):
             m = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, groups=c,
-                          bias=bias is not None)
+                          bias=bias is not None, dtype=bank.dtype)
             with torch.no_grad():
                 m.weight.copy_(bank[i])
                 if bias is not None:
@@ -249,13 +251,14 @@ class ExportDyReLU(nn.Module):
         lin = m.coef_net[0]
         # new row (j * C + c) = old row (c * 2M + j)
         order = torch.arange(c * 2 * mm).view(c, 2 * mm).t().reshape(-1)
-        self.fc = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+        self.fc = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                            dtype=lin.weight.dtype)
         with torch.no_grad():
             self.fc.weight.copy_(lin.weight.detach()[order])
             if lin.bias is not None:
                 self.fc.bias.copy_(lin.bias.detach()[order])
-        self.register_buffer("lambdas", m.lambdas.detach().float().repeat_interleave(c).clone())
-        self.register_buffer("init_v", m.init_v.detach().float().repeat_interleave(c).clone())
+        self.register_buffer("lambdas", m.lambdas.detach().repeat_interleave(c).clone())
+        self.register_buffer("init_v", m.init_v.detach().repeat_interleave(c).clone())
 
     def forward(self, x: Tensor, v: Tensor) -> Tensor:
         theta = 2.0 * torch.sigmoid(self.fc(v)) - 1.0  # float literals: int ones break observers
@@ -278,10 +281,11 @@ def _pool_conv(conv: nn.Conv2d, axis: int) -> nn.Conv2d:
     maps compose into one (the 1x1 conv's bias is added once after).
     """
     ks, st, pd = ((3, 1), (2, 1), (1, 0)) if axis == 2 else ((1, 3), (1, 2), (0, 1))
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, ks, st, pd, bias=conv.bias is not None)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, ks, st, pd, bias=conv.bias is not None,
+                      dtype=conv.weight.dtype)
     with torch.no_grad():
         w = conv.weight.detach().double() / 3.0  # (C_out, C_in, 1, 1)
-        fused.weight.copy_(w.expand(-1, -1, *ks).float())
+        fused.weight.copy_(w.expand(-1, -1, *ks))
         if conv.bias is not None:
             fused.bias.copy_(conv.bias.detach())
     return fused

@@ -1,0 +1,180 @@
+"""``dymn-bench``: compute, latency, memory and accuracy of every export of a DyMN, in one table.
+
+Exit codes: 0 done (and gate passed), 1 the regression gate failed, 2 a usage or input error
+(one line on stderr; ``--verbose`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dymn_edge.errors import DymnEdgeError
+
+log = logging.getLogger("dymn_edge.benchmarks")
+
+EPILOG = """\
+examples:
+  dymn-bench --model dymn-s                       every format of the exporter's table
+  dymn-bench --model dymn-m --random-init --formats onnx:fp32,tflite:fp32 --lengths 10
+  dymn-bench --weights my_dymn.pt --data ESC-50-master --split 1 --threads 1
+  dymn-bench --macs --model dymn-l                analytic MACs per block, nothing run
+  dymn-bench --ci-gate --compare benchmarks/baselines/ci_dymn_s.json
+  dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json   (refresh)
+
+what the columns mean:
+  status     exported / validated (outputs checked against PyTorch at export) / failed /
+             reference (the eager PyTorch fp32 model everything is compared with)
+  GMAC       MACs the artifact really computes for one window (the static_k depthwise form
+             runs K convolutions; the analytic count is checked against the ONNX graph)
+  acc / mAP  on --data (default: the FSDD test split with the trained DyMN-S); delta is
+             artifact minus reference on the same clips
+  p50 / p90  median / 90th percentile latency per inference (batch 1); n/a where a
+             fixed-shape file cannot take that length
+  RTF        real-time factor when streaming with a 1 s hop: time per hop / hop length
+  RSS MB     peak resident memory of a process that loaded and ran only that artifact
+latencies are measured interleaved (A B A B ...) with a reference GEMM timed in the same job;
+the JSON has ratios to it and the achieved fraction of its MAC/s.
+"""
+
+
+def _csv(kind: type, text: str, what: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DymnEdgeError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dymn-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark DyMN exports: MACs, load time, latency (1 s / 10 s input, "
+                    "1 / 2 threads), peak memory and accuracy against the PyTorch reference, "
+                    "for every format and precision of the exporter; optional CI gate.",
+        epilog=EPILOG)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="dymn-s", help="registry name (dymn-s/m/l, mn-s/m; default dymn-s)")
+    m.add_argument("--weights", metavar="PATH", help="checkpoint (default: FSDD DyMN-S reference "
+                   "for dymn-s when present, else the released AudioSet weights)")
+    m.add_argument("--random-init", action="store_true", help="untrained model: speed only")
+    r = p.add_argument_group("what to run")
+    r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
+                   "format:precision pairs of the exporter's table)")
+    r.add_argument("--window", type=float, metavar="S", help="export window in seconds "
+                   "(default: 10 s for AudioSet heads, 1 s otherwise)")
+    r.add_argument("--lengths", default="1,10", metavar="S,S", help="input lengths to time (default 1,10)")
+    r.add_argument("--threads", default="1,2", metavar="N,N", help="thread counts (default 1,2)")
+    r.add_argument("--budget", type=float, default=2.0, metavar="SECONDS",
+                   help="timed seconds per artifact, length and thread count (default 2)")
+    r.add_argument("--no-reference", action="store_true", help="leave out the eager PyTorch row")
+    r.add_argument("--workdir", metavar="DIR", help="keep the exported files here")
+    r.add_argument("--macs", action="store_true", help="print the analytic per-block MACs and exit")
+    d = p.add_argument_group("accuracy")
+    d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
+                   "CSV, or a folder with labels.csv (path,label)")
+    d.add_argument("--split", help="FSDD split (default test) or ESC-50 fold")
+    d.add_argument("--max-clips", type=int, metavar="N", help="score only the first N clips")
+    d.add_argument("--no-accuracy", action="store_true", help="skip accuracy")
+    o = p.add_argument_group("output and gate")
+    o.add_argument("--json", metavar="OUT", help="write everything (machine, tools, per-block MACs)")
+    o.add_argument("--plot", metavar="OUT.png", help="accuracy vs latency and vs MACs")
+    o.add_argument("--compare", metavar="BASELINE.json", help="gate this run against a baseline")
+    o.add_argument("--max-regression", default="15%", metavar="PCT",
+                   help="allowed latency regression vs the baseline, relative to the reference "
+                        "GEMM (default 15%%)")
+    o.add_argument("--ci-gate", action="store_true", help="run the baseline's configuration "
+                   "(DyMN-S, 1 s window, 1 thread) instead of the options above")
+    o.add_argument("--write-baseline", metavar="PATH", help="write this run as a gate baseline")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace):
+    from dymn_edge.benchmarks.gate import CI_CONFIG  # noqa: PLC0415
+    from dymn_edge.benchmarks.report import read_json  # noqa: PLC0415
+    from dymn_edge.benchmarks.runner import BenchConfig  # noqa: PLC0415
+
+    if args.ci_gate:
+        base = CI_CONFIG
+        if args.compare and Path(args.compare).is_file():
+            c = read_json(args.compare)["config"]
+            base = {k: c[k] for k in CI_CONFIG if k in c}
+            base["formats"] = c.get("formats") or c.get("variants")
+        return BenchConfig(model=base["model"], formats=base["formats"],
+                           window_s=base["window_s"], lengths=tuple(base["lengths"]),
+                           threads=tuple(base["threads"]), budget_s=base["budget_s"],
+                           workdir=args.workdir, progress=not args.quiet)
+    return BenchConfig(
+        model=args.model, weights=args.weights, random_init=args.random_init,
+        formats=[v for v in args.formats.split(",") if v.strip()] if args.formats else None,
+        data=args.data, split=args.split, no_accuracy=args.no_accuracy,
+        max_clips=args.max_clips, window_s=args.window,
+        lengths=tuple(_csv(float, args.lengths, "lengths")),
+        threads=tuple(_csv(int, args.threads, "threads")), budget_s=args.budget,
+        reference=not args.no_reference, workdir=args.workdir, progress=not args.quiet)
+
+
+def _print_macs(args: argparse.Namespace) -> int:
+    from dymn_edge.benchmarks.latency import frames_for_seconds  # noqa: PLC0415
+    from dymn_edge.benchmarks.macs import count_model, table  # noqa: PLC0415
+
+    for s in _csv(float, args.lengths, "lengths"):
+        cx = count_model(args.model, frames=frames_for_seconds(s))
+        print(f"{args.model}, {s:g} s ({cx.frames} frames): {cx.macs / 1e9:.4f} GMAC "
+              f"({cx.macs_with_aggregation / 1e9:.4f} with kernel aggregation), "
+              f"{cx.params / 1e6:.3f} M params ({cx.params_with_bn_stats / 1e6:.3f} M with BN "
+              "statistics)")
+        print(table(cx))
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _main(args)
+    except DymnEdgeError as exc:
+        if args.verbose:
+            raise
+        print(f"dymn-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dymn-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    from dymn_edge.benchmarks import report  # noqa: PLC0415
+    from dymn_edge.benchmarks.gate import compare, parse_percent  # noqa: PLC0415
+
+    if args.macs:
+        return _print_macs(args)
+    max_reg = parse_percent(args.max_regression)
+    if args.compare and not Path(args.compare).is_file():
+        raise DymnEdgeError(f"baseline not found: {args.compare} (create it with "
+                            "--write-baseline)")
+    cfg = _config_from_args(args)
+    from dymn_edge.benchmarks.runner import run_benchmark  # noqa: PLC0415
+
+    result = run_benchmark(cfg)
+    print(report.format_report(result))
+    if args.json:
+        print(f"JSON: {report.write_json(result, args.json)}")
+    if args.plot:
+        print(f"plot: {report.plot(result, args.plot)}")
+    if args.write_baseline:
+        print(f"baseline written: {report.write_json(result, args.write_baseline)}")
+    if args.compare:
+        gate = compare(result, report.read_json(args.compare), max_regression=max_reg)
+        print(gate.summary())
+        return 0 if gate.ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The machine a benchmark ran on, and a reference workload that measures it.
+
+Latencies from two machines (or two CI runs on a shared runner) cannot be compared directly.
+Every benchmark therefore times a fixed float32 GEMM (NumPy / OpenBLAS) in the same job,
+interleaved with the artifacts, with the same thread count: results are expressed as a ratio
+to it (``latency / gemm time``), which cancels most of the machine's speed and its momentary
+load, and the GEMM's MAC/s gives the "achieved fraction of the machine's MAC throughput"
+(model MACs / latency / GEMM MAC/s).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Reference GEMM size: (n x n) @ (n x n) float32, n^3 MACs (134 M for 512): a few ms on one
+#: modern core, long enough to time, short enough to interleave with the artifacts.
+GEMM_N = 512
+
+_TOOLS = ("dymn-edge", "numpy", "scipy", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch",
+          "torch", "matplotlib")
+
+#: Environment variables that pin the thread pools of NumPy's BLAS and PyTorch (set in the
+#: worker subprocesses before their first import).
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def tool_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers (absent ones left out)."""
+    out = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 2)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores (total and usable by this process), memory, OS, Python, load average."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "cores_usable": usable,
+        "mem_total_gb": _mem_total_gb(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "hostname": platform.node(),
+        "loadavg": load,
+        "ci": os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+    }
+
+
+class GemmWorkload:
+    """The reference workload: one float32 (n x n) @ (n x n) product per call."""
+
+    def __init__(self, n: int = GEMM_N, seed: int = 0) -> None:
+        import numpy as np  # noqa: PLC0415
+
+        rng = np.random.default_rng(seed)
+        self.n = n
+        self.macs = n ** 3
+        self.a = rng.standard_normal((n, n), dtype=np.float32)
+        self.b = rng.standard_normal((n, n), dtype=np.float32)
+        self.c = np.empty((n, n), dtype=np.float32)
+
+    def run(self) -> None:
+        import numpy as np  # noqa: PLC0415
+
+        np.matmul(self.a, self.b, out=self.c)
+
+
+def gemm_macs_per_s(budget_s: float = 0.5, n: int = GEMM_N) -> dict[str, float]:
+    """Median GEMM time and MAC/s in this process (its current BLAS thread setting)."""
+    import statistics  # noqa: PLC0415
+
+    w = GemmWorkload(n)
+    w.run()  # warm-up: page in, spin up the BLAS threads
+    times: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < t_end and len(times) < 10000):
+        t0 = time.perf_counter()
+        w.run()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"n": n, "macs": w.macs, "median_s": med, "macs_per_s": w.macs / med,
+            "runs": len(times)}

@@ -1,0 +1,289 @@
+"""``export_model``: one call from an :class:`ExportConfig` to a validated, self-describing file.
+
+Steps: build the model (registry + weights, or a seeded random init) -> labels -> patched
+export form -> float file -> fp16/int8 variant -> validation in the file's own runtime ->
+metadata written into the file. Nothing is cached between calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dymn_edge.errors import LabelsError, ValidationError
+from dymn_edge.export.config import ExportConfig
+from dymn_edge.export.formats import Format, Precision
+from dymn_edge.metadata import ModelMetadata, TensorInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExportResult", "export_model", "default_output_path", "tool_versions"]
+
+
+@dataclass
+class ExportResult:
+    """What an export produced."""
+
+    path: Path
+    metadata: ModelMetadata
+    report: dict | None  # ValidationReport.summary(); None with validate=False
+    size_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size_mb(self) -> float:
+        return self.size_bytes / 1e6
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of every tool that shaped the file (missing ones are skipped)."""
+    from importlib import metadata as md  # noqa: PLC0415
+
+    out = {}
+    for dist in ("dymn-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim",
+                 "litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_output_path(cfg: ExportConfig, model_name: str) -> Path:
+    """``<model>[-untrained]-<precision>.<suffix>`` in the current folder (or ``cfg.output`` dir)."""
+    stem = f"{model_name}{'-untrained' if cfg.random_init else ''}-{cfg.precision.value}"
+    name = stem + cfg.format_spec.suffix
+    if cfg.output is None:
+        return Path.cwd() / name
+    out = Path(cfg.output).expanduser()
+    return out / name if out.is_dir() else out
+
+
+def _labels(cfg: ExportConfig, num_classes: int, spec) -> list:
+    from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv  # noqa: PLC0415
+
+    if cfg.labels is not None:
+        labels = read_labels_csv(cfg.labels)
+        if len(labels) != num_classes:
+            raise LabelsError(f"{cfg.labels}: {len(labels)} labels, but the model has "
+                              f"{num_classes} classes")
+        return labels
+    if num_classes == 527 and spec.label_set == "audioset":
+        return audioset_labels()
+    log.warning("no --labels file for a %d-class head: classes are named class_0..class_%d",
+                num_classes, num_classes - 1)
+    return generic_labels(num_classes)
+
+
+def _is_fsdd_reference(weights_sha: str | None) -> bool:
+    from dymn_edge.datasets import default_fsdd_weights  # noqa: PLC0415
+    from dymn_edge.weights import sha256_file  # noqa: PLC0415
+
+    ref = default_fsdd_weights()
+    return bool(weights_sha and ref is not None and sha256_file(ref) == weights_sha)
+
+
+def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
+    """Export, validate and describe one model file as ``cfg`` says.
+
+    Raises a :class:`~dymn_edge.errors.DymnEdgeError` subclass for anything the user can fix
+    (unknown model, bad weights, labels mismatch, unsupported precision) and
+    :class:`~dymn_edge.errors.ValidationError` when the written file disagrees with PyTorch
+    (the file is kept for inspection; its metadata records the failed validation).
+    """
+    import torch  # noqa: PLC0415
+
+    from dymn_edge.models import create_model  # noqa: PLC0415
+    from dymn_edge.models.patcher import make_exportable, strategy_supports_dynamic_batch  # noqa: PLC0415
+    from dymn_edge.registry import get_spec  # noqa: PLC0415
+    from dymn_edge.weights import sha256_file  # noqa: PLC0415
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    spec = get_spec(cfg.model)
+    fmt, prec = cfg.format, cfg.precision
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = create_model(spec.name, weights=cfg.weights, pretrained=not cfg.random_init,
+                         seed=cfg.seed, allow_download=cfg.allow_download)
+    num_classes = int(model.num_classes) if hasattr(model, "num_classes") else int(
+        model.classifier[-1].out_features)
+    weights_path = getattr(model, "weights_path", None)
+    weights_sha = sha256_file(weights_path) if weights_path else None
+    labels = _labels(cfg, num_classes, spec)
+    untrained = bool(getattr(model, "untrained", False))
+    if untrained:
+        log.warning("%s: exporting an UNTRAINED random-init model (seed %d): its outputs are "
+                    "meaningless; the file's metadata says untrained=true", spec.name, cfg.seed)
+    window = cfg.window_for(num_classes)
+    fc = spec.frontend
+    from dymn_edge.export.calibration import calibration_mels, mel_frames  # noqa: PLC0415
+
+    frames = mel_frames(window, fc)
+    strategy = cfg.resolved_strategy
+    dyn_batch = fmt is Format.ONNX and strategy_supports_dynamic_batch(strategy)
+    dyn_time = fmt is Format.ONNX
+    out_path = default_output_path(cfg, spec.name)
+    q = cfg.quantization
+    assert q is not None
+    quant_desc = "none"
+    if prec is Precision.FP16:
+        quant_desc = "fp16 weights (float16 constants dequantized at load), float32 compute"
+    elif prec is Precision.INT8:
+        quant_desc = q.describe()
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    exportable = make_exportable(model, strategy)
+    with tempfile.TemporaryDirectory(prefix="dymn-edge-export-") as tmp:
+        tmp_path = Path(tmp) / ("model" + cfg.format_spec.suffix)
+        calib = None
+        if prec is Precision.INT8 and q.needs_calibration:
+            calib = calibration_mels(cfg.calibration, q.num_calibration, window, fc, progress=progress)
+            quant_desc += f"; calibrated on {calib.source}"
+        with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})"):
+            if fmt is Format.ONNX:
+                from dymn_edge.export.onnx_export import export_onnx  # noqa: PLC0415
+
+                export_onnx(exportable, tmp_path, frames=frames, dynamic_batch=dyn_batch)
+            else:
+                from dymn_edge.export.tflite_export import convert_tflite  # noqa: PLC0415
+
+                tmp_path.write_bytes(convert_tflite(exportable, frames=frames))
+        timings["convert"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if prec is not Precision.FP32:
+            with _step(progress, f"quantizing ({prec.value})"):
+                _quantize(tmp_path, fmt, prec, q, calib, progress)
+        timings["quantize"] = time.perf_counter() - t
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path, out_path)
+
+    inputs, outputs = _io_info(out_path, fmt, dyn_batch, dyn_time)
+    meta = ModelMetadata(
+        model_name=spec.name, arch=spec.arch.value, width=spec.width, num_classes=num_classes,
+        labels=[{"index": lb.index, "mid": lb.mid, "display_name": lb.display_name} for lb in labels],
+        frontend=fc.to_dict(), window_seconds=window, dynamic_batch=dyn_batch,
+        dynamic_time=dyn_time, inputs=inputs, outputs=outputs, format=fmt.value,
+        precision=prec.value, quantization=quant_desc, strategy=strategy,
+        output_activation=cfg.output_activation, untrained=untrained,
+        weights_sha256=weights_sha,
+        weights_source=(str(weights_path) if weights_path else f"random init (seed {cfg.seed})"),
+        tool_versions=tool_versions(),
+    )
+
+    report = None
+    t = time.perf_counter()
+    if cfg.validate:
+        with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
+            report = _validate(out_path, cfg, model, meta, weights_sha, progress)
+        meta.validation = report.summary()
+    else:
+        meta.validation = {"passed": None, "skipped": True}
+    timings["validate"] = time.perf_counter() - t
+    _write_metadata(out_path, fmt, meta)
+    size = out_path.stat().st_size
+    timings["total"] = time.perf_counter() - t0
+    log.info("wrote %s (%.2f MB) in %.0f s", out_path, size / 1e6, timings["total"])
+    result = ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings)
+    if report is not None and not report.passed:
+        raise ValidationError(f"{out_path}: validation failed: " + "; ".join(report.errors))
+    return result
+
+
+def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool) -> None:
+    from dymn_edge.export import quantize  # noqa: PLC0415
+
+    if fmt is Format.ONNX:
+        src = path.with_name("fp32.onnx")
+        path.rename(src)
+        quantize.quantize_onnx(src, path, q, None if calib is None else calib.mels, progress=progress)
+        return
+    data = path.read_bytes()
+    if prec is Precision.FP16:
+        path.write_bytes(quantize.tflite_fp16(data))
+    else:
+        path.write_bytes(quantize.tflite_int8(data, q, None if calib is None else calib.mels))
+
+
+def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool
+             ) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    if fmt is Format.ONNX:
+        from dymn_edge.export.onnx_export import onnx_io  # noqa: PLC0415
+
+        ins, outs = onnx_io(path)
+        return ([TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in ins],
+                [TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in outs])
+    from dymn_edge.export.tflite_export import tflite_io  # noqa: PLC0415
+
+    ins, outs = tflite_io(path.read_bytes())
+    order = {"logits": 0, "embedding": 1}
+    outs = sorted(outs, key=lambda d: order.get(d["name"], 2))
+    return ([TensorInfo(**d) for d in ins], [TensorInfo(**d) for d in outs])
+
+
+def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
+    if fmt is Format.ONNX:
+        from dymn_edge.export.onnx_export import write_onnx_metadata  # noqa: PLC0415
+
+        write_onnx_metadata(path, meta.to_json())
+    else:
+        from dymn_edge.export.tflite_export import write_tflite  # noqa: PLC0415
+
+        write_tflite(path.read_bytes(), path, meta.to_json())
+
+
+def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights_sha: str | None,
+              progress: bool):
+    from dymn_edge.export import validate as v  # noqa: PLC0415
+
+    t = time.perf_counter()
+    fmt, prec = cfg.format, cfg.precision
+    report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
+    runner = v.make_runner(path, fmt.value)
+    reference = v.torch_runner(model)
+    tol = cfg.format_spec.tolerance.get(prec.value)  # None for int8: judged by agreement
+    v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=meta.frontend_config,
+                   dynamic_time=meta.dynamic_time, tolerance=tol, report=report)
+    eval_dir = cfg.eval_dataset
+    if eval_dir is None and _is_fsdd_reference(weights_sha):
+        from dymn_edge.datasets import default_fsdd_dir  # noqa: PLC0415
+
+        eval_dir = default_fsdd_dir()
+    if eval_dir is not None:
+        acc = v.evaluate_dataset(runner, reference, eval_dir, window_seconds=meta.window_seconds,
+                                 fc=meta.frontend_config, activation=cfg.output_activation,
+                                 progress=progress)
+        report.accuracy = acc
+        drop = cfg.extra.get("max_accuracy_drop", 0.02)
+        if "accuracy_delta" in acc and acc["accuracy_delta"] < -drop:
+            report.errors.append(f"accuracy on {acc['dataset']} dropped {-acc['accuracy_delta']:.4f} "
+                                 f"(> {drop:g}): {acc['reference_accuracy']:.4f} -> {acc['accuracy']:.4f}")
+    elif prec is Precision.INT8:
+        log.warning("int8 accuracy not measured: no labelled set (pass eval_dataset / --eval-dataset); "
+                    "reported agreement is max difference on real audio only")
+    if fmt is Format.TFLITE:
+        report.xnnpack_ops_outside = v.ops_outside_xnnpack(path)
+    report.seconds = time.perf_counter() - t
+    return report
+
+
+class _step:
+    """Log a long step's start and duration (a spinner-free progress line)."""
+
+    def __init__(self, enabled: bool, what: str) -> None:
+        self.enabled, self.what = enabled, what
+
+    def __enter__(self) -> "_step":
+        self.t = time.perf_counter()
+        if self.enabled:
+            log.info("%s ...", self.what)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and exc[0] is None:
+            log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.t)
+

@@ -1,0 +1,139 @@
+"""``dymn-export``: registry model (or fine-tuned checkpoint) -> validated ONNX / TFLite file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dymn_edge.errors import DymnEdgeError
+
+log = logging.getLogger("dymn_edge.export")
+
+EPILOG = """\
+examples:
+  dymn-export --model dymn-m --format tflite --int8
+      AudioSet DyMN-M (weights downloaded once) as weight-only int8 TFLite, 10 s window
+  dymn-export --model dymn-s --format onnx
+      fp32 ONNX with a dynamic time axis (batch 1 with the default runtime_weight strategy)
+  dymn-export --model dymn-s --weights my_finetune.pt --labels classes.csv --window 5 \\
+      --format onnx --int8 --calibration my_clips/
+      fine-tuned head (class count read from the weights), names from classes.csv
+      (header index,display_name[,mid]), int8 calibrated on your own audio
+  dymn-export --model dymn-l --random-init --format tflite --fp16
+      untrained structural model (for size / latency only; marked untrained in the file)
+
+formats and precisions:
+  onnx    fp32, int8 (ONNX Runtime static QDQ, Percentile 99.99 calibration)
+  tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated)
+
+Every export is validated in its own runtime against PyTorch on real audio; a failed
+validation exits 1. Errors in the options exit 2 with one line (add --verbose for details).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dymn_edge.registry import list_models  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(
+        prog="dymn-export", description="Export a DyMN / MN audio tagger to a validated, "
+        "self-describing ONNX or TFLite file.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="NAME",
+                   help=f"registry name or alias ({', '.join(list_models())})")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", metavar="PATH", help="checkpoint (.pt, official state-dict "
+                     "layout, any class count); default: the released AudioSet weights")
+    src.add_argument("--random-init", action="store_true",
+                     help="seeded random weights, no download (untrained: size/speed only)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="onnx or tflite")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
+                      help="float16 weights (tflite only)")
+    prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
+                      help="int8 (onnx: static QDQ; tflite: weight-only)")
+    p.add_argument("--strategy", metavar="NAME",
+                   help="dynamic-conv export form: static_k (any batch, XNNPACK; tflite default) "
+                   "or runtime_weight (batch 1, fastest in ONNX Runtime; onnx default)")
+    p.add_argument("--calibration", metavar="DIR", help="folder of audio files for int8 "
+                   "calibration (default: FSDD train clips from the shared data, if present)")
+    p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")
+    p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
+    p.add_argument("--window", type=float, metavar="SECONDS", help="input window (default: 10 for "
+                   "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
+    p.add_argument("--softmax", action="store_true",
+                   help="the head is 1-of-N: the runtime shows softmax probabilities (default sigmoid)")
+    p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
+                   "layout) to measure accuracy on (default: FSDD for the FSDD reference weights)")
+    p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
+                   "(default: ./<model>-<precision>.<format>)")
+    p.add_argument("--no-validate", action="store_true", help="skip validation (not recommended)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    return p
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_table(result) -> str:
+    """One table: format, precision, size, validation result, max diff, accuracy."""
+    meta, rep = result.metadata, result.report
+    if rep is None:
+        valid, diff, acc = "skipped", "-", "-"
+    else:
+        valid = "passed" if rep.get("passed") else "FAILED"
+        diff = f"{rep.get('max_abs_diff', float('nan')):.2e}"
+        a = rep.get("accuracy") or {}
+        acc = (f"{a['accuracy']:.4f} (ref {a['reference_accuracy']:.4f}, {a['accuracy_delta']:+.4f})"
+               if "accuracy" in a else "-")
+    rows = [("file", "format", "precision", "size MB", "validation", "max diff", "accuracy"),
+            (str(result.path), meta.format, meta.precision, f"{result.size_mb:.2f}", valid, diff, acc)]
+    text = _table(rows)
+    if rep is not None and rep.get("xnnpack_ops_outside") is not None:
+        out = rep["xnnpack_ops_outside"]
+        text += "\nXNNPACK: " + ("fully delegated" if not out else f"{len(out)} ops outside ({', '.join(sorted(set(out)))})")
+    if meta.untrained:
+        text += "\nWARNING: untrained random-init model: outputs are meaningless"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "absl", "jax", "torch", "litert_torch"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        from dymn_edge.export.api import export_model  # noqa: PLC0415
+        from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
+
+        cfg = ExportConfig(
+            model=args.model, weights=args.weights, random_init=args.random_init, seed=args.seed,
+            format=args.format, precision=args.precision or "fp32", strategy=args.strategy,
+            window_seconds=args.window, calibration=args.calibration,
+            num_calibration=args.num_calibration, labels=args.labels, output=args.output,
+            validate=not args.no_validate, eval_dataset=args.eval_dataset,
+            output_activation="softmax" if args.softmax else "sigmoid")
+        result = export_model(cfg, progress=not args.no_progress)
+    except DymnEdgeError as exc:
+        from dymn_edge.errors import ValidationError  # noqa: PLC0415
+
+        if args.verbose:
+            log.exception("export failed")
+        print(f"dymn-export: error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, ValidationError) else 2
+    except KeyboardInterrupt:
+        print("dymn-export: interrupted", file=sys.stderr)
+        return 130
+    print(summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Typed, validated export options.
+
+Everything a user can get wrong is checked here, once, before any slow step starts, and
+raises one :class:`~dymn_edge.errors.ExportError` line. Checks that need the weights (the
+class count against ``--labels``) happen in :mod:`dymn_edge.export.api` when the checkpoint is
+read.
+
+Window default (decided): 10 s for the 527-class AudioSet checkpoints (what they were trained
+and evaluated on), 1 s for any other head (the FSDD reference model is trained on 1 s; a
+fine-tuned head should pass ``--window`` explicitly). For ONNX the window is the length used
+for calibration and validation; the file itself takes any length.
+
+Output activation (decided): ``sigmoid`` (AudioSet is multi-label, and EfficientAT fine-tuning
+keeps the head's logits) unless the user says ``output_activation="softmax"`` (CLI
+``--softmax``) for a 1-of-N head. Accuracy and top-k are unaffected; only the probabilities
+the runtime shows change.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dymn_edge.errors import ExportError
+from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
+
+__all__ = [
+    "AUDIOSET_WINDOW_S", "CalibrationMethod", "DEFAULT_WINDOW_S", "ExportConfig", "Format",
+    "Precision", "QuantScheme", "QuantizationConfig",
+]
+
+AUDIOSET_WINDOW_S = 10.0
+DEFAULT_WINDOW_S = 1.0
+MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
+MAX_WINDOW_S = 60.0
+
+
+class QuantScheme(str, enum.Enum):
+    """How an int8 file is made."""
+
+    STATIC_QDQ = "static_qdq"  # ONNX Runtime static: QDQ, s8 weights, u8 activations, calibrated
+    DYNAMIC = "dynamic"  # ONNX Runtime dynamic / LiteRT dynamic-range: int8 weights, activations quantized on the fly
+    WEIGHT_ONLY = "weight_only"  # LiteRT: int8 weights dequantized to float at load; float compute
+    FULL_INT8 = "full_int8"  # LiteRT full-integer (NPU); experimental, see quantize.py
+
+
+class CalibrationMethod(str, enum.Enum):
+    """How activation ranges are taken from the calibration set (static schemes only)."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+
+
+@dataclass
+class QuantizationConfig:
+    """One int8 recipe.
+
+    Defaults are the measured best on the trained FSDD DyMN-S (see quantize.py): MinMax
+    ranges are set by a few outliers and destroy the quantized dynamic-conv path (accuracy
+    0.10), Percentile 99.99 keeps it (0.96+).
+    """
+
+    scheme: QuantScheme = QuantScheme.STATIC_QDQ
+    weight_type: str = "int8"
+    activation_type: str = "uint8"
+    per_channel: bool = True  # ordinary convs; the Dy-Conv kernel banks always get per-tensor scales in TFLite
+    calibration_method: CalibrationMethod = CalibrationMethod.PERCENTILE
+    percentile: float = 99.99
+    num_calibration: int = 64
+
+    def __post_init__(self) -> None:
+        self.scheme = _enum(QuantScheme, self.scheme, "quantization scheme")
+        self.calibration_method = _enum(CalibrationMethod, self.calibration_method,
+                                        "calibration method")
+        if self.weight_type not in ("int8", "uint8"):
+            raise ExportError(f"weight type must be int8 or uint8, got '{self.weight_type}'")
+        if self.activation_type not in ("int8", "uint8"):
+            raise ExportError(f"activation type must be int8 or uint8, got '{self.activation_type}'")
+        if not 90.0 < self.percentile <= 100.0:
+            raise ExportError(f"percentile must be in (90, 100], got {self.percentile}")
+        if self.num_calibration < 1:
+            raise ExportError(f"need at least one calibration clip, got {self.num_calibration}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.scheme in (QuantScheme.STATIC_QDQ, QuantScheme.FULL_INT8)
+
+    @classmethod
+    def default_for(cls, fmt: Format | str) -> "QuantizationConfig":
+        """Measured default per format: ONNX static QDQ (Percentile), TFLite weight-only."""
+        if Format(fmt) is Format.TFLITE:
+            return cls(scheme=QuantScheme.WEIGHT_ONLY, per_channel=True)
+        return cls()
+
+    def describe(self) -> str:
+        """The human-readable scheme written into the metadata."""
+        if self.scheme is QuantScheme.STATIC_QDQ:
+            cal = (f"percentile {self.percentile:g}"
+                   if self.calibration_method is CalibrationMethod.PERCENTILE
+                   else self.calibration_method.value)
+            return (f"int8 static QDQ: {self.weight_type} weights "
+                    f"{'per-channel' if self.per_channel else 'per-tensor'}, "
+                    f"{self.activation_type} activations, {cal} calibration")
+        if self.scheme is QuantScheme.DYNAMIC:
+            return f"int8 dynamic range: {self.weight_type} weights, activations quantized at run time"
+        if self.scheme is QuantScheme.WEIGHT_ONLY:
+            return ("int8 weight-only: int8 weights (per-channel convs, per-tensor Dy-Conv kernel "
+                    "banks and linear layers), float32 compute")
+        return "int8 full-integer (experimental)"
+
+
+def _enum(cls: type[enum.Enum], value: object, what: str):
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).strip().lower())
+    except ValueError:
+        known = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        raise ExportError(f"unknown {what} '{value}' (choose from: {known})") from None
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how. Strings are accepted for the enum fields and normalised."""
+
+    model: str = "dymn-s"
+    weights: str | Path | None = None
+    random_init: bool = False
+    seed: int = 0
+    format: Format = Format.ONNX
+    precision: Precision = Precision.FP32
+    strategy: str | None = None  # None: the format's measured default
+    window_seconds: float | None = None  # None: 10 s for 527-class AudioSet heads, else 1 s
+    calibration: str | Path | None = None  # folder of audio files; None: FSDD train clips
+    num_calibration: int | None = None  # None: QuantizationConfig.num_calibration
+    labels: str | Path | None = None  # CSV index,display_name[,mid]
+    output: str | Path | None = None  # file path or existing folder
+    validate: bool = True
+    output_activation: str = "sigmoid"
+    eval_dataset: str | Path | None = None  # labelled set for the int8 accuracy check (auto: FSDD for the FSDD weights)
+    quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format)
+    allow_download: bool = True
+    extra: dict = field(default_factory=dict)  # free-form notes carried into the report
+
+    def __post_init__(self) -> None:
+        from dymn_edge.registry import get_spec  # noqa: PLC0415 (light, torch-free)
+
+        get_spec(self.model)  # unknown names fail here, with a suggestion
+        self.format = format_spec(self.format).format
+        self.precision = _enum(Precision, self.precision, "precision")
+        spec = self.format_spec
+        if not spec.supports(self.precision):
+            allowed = ", ".join(p.value for p in spec.precisions)
+            raise ExportError(f"{self.format.value} does not support {self.precision.value} "
+                              f"(supported: {allowed})")
+        if self.random_init and self.weights is not None:
+            raise ExportError("--random-init and --weights exclude each other: pick one")
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise ExportError(f"weights file not found: {self.weights}")
+        if self.strategy is not None:
+            from dymn_edge.models.patcher import DynConvStrategy  # noqa: PLC0415
+
+            self.strategy = _enum(DynConvStrategy, self.strategy, "dynamic-conv strategy").value
+        if self.window_seconds is not None:
+            w = float(self.window_seconds)
+            if not MIN_WINDOW_S <= w <= MAX_WINDOW_S:
+                raise ExportError(f"--window must be between {MIN_WINDOW_S} and {MAX_WINDOW_S} s, got {w:g}")
+            self.window_seconds = w
+        if self.calibration is not None and not Path(self.calibration).expanduser().is_dir():
+            raise ExportError(f"calibration folder not found: {self.calibration}")
+        if self.labels is not None and not Path(self.labels).expanduser().is_file():
+            from dymn_edge.errors import LabelsError  # noqa: PLC0415
+
+            raise LabelsError(f"labels file not found: {self.labels}")
+        if self.output_activation not in ("sigmoid", "softmax"):
+            raise ExportError(f"output activation must be sigmoid or softmax, got '{self.output_activation}'")
+        if self.quantization is None:
+            self.quantization = QuantizationConfig.default_for(self.format)
+        if self.num_calibration is not None:
+            if int(self.num_calibration) < 1:
+                raise ExportError(f"need at least one calibration clip, got {self.num_calibration}")
+            self.quantization.num_calibration = int(self.num_calibration)
+        if self.precision is Precision.INT8:
+            self._check_scheme()
+
+    def _check_scheme(self) -> None:
+        q = self.quantization
+        assert q is not None
+        ok = {Format.ONNX: (QuantScheme.STATIC_QDQ, QuantScheme.DYNAMIC),
+              Format.TFLITE: (QuantScheme.WEIGHT_ONLY, QuantScheme.DYNAMIC, QuantScheme.FULL_INT8)}
+        if q.scheme not in ok[self.format]:
+            raise ExportError(f"quantization scheme {q.scheme.value} is not available for "
+                              f"{self.format.value} (choose from: "
+                              f"{', '.join(s.value for s in ok[self.format])})")
+
+    @property
+    def format_spec(self) -> FormatSpec:
+        return format_spec(self.format)
+
+    @property
+    def resolved_strategy(self) -> str:
+        return self.strategy or self.format_spec.default_strategy
+
+    def window_for(self, num_classes: int) -> float:
+        """The export window: explicit, else 10 s for 527-class AudioSet heads, else 1 s."""
+        if self.window_seconds is not None:
+            return self.window_seconds
+        return AUDIOSET_WINDOW_S if num_classes == 527 else DEFAULT_WINDOW_S

@@ -1,0 +1,120 @@
+"""TFLite writer: patched module -> litert-torch flatbuffer (fp32), plus flatbuffer metadata.
+
+The graph is fixed-shape (batch 1, the export window's frame count): LiteRT plans memory for
+one shape, and the ``static_k`` strategy's graph is then delegated to XNNPACK in one
+partition. Input ``mel`` (1, 1, 128, T); outputs ``logits``, ``embedding`` (named through the
+signature ``serving_default``). fp16 / int8 are derived from this fp32 flatbuffer by
+:mod:`dymn_edge.export.quantize`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dymn_edge.errors import ExportError
+from dymn_edge.metadata import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "mel"
+
+
+def _named_io(module):
+    """Wrap so that litert-torch names the input ``mel`` and the outputs by dict key."""
+    from torch import nn  # noqa: PLC0415
+
+    class NamedIO(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, mel):
+            logits, embedding = self.inner(mel)
+            return {"logits": logits, "embedding": embedding}
+
+    return NamedIO(module).eval()
+
+
+def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
+    """fp32 (or PT2E-quantized, when ``quant_config`` is given) flatbuffer of ``module``."""
+    import torch  # noqa: PLC0415
+
+    try:
+        import litert_torch  # noqa: PLC0415
+    except ImportError as exc:
+        raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
+    x = torch.zeros(1, 1, 128, frames)
+    try:
+        with torch.no_grad():
+            edge = litert_torch.convert(_named_io(module), sample_kwargs={INPUT_NAME: x},
+                                        quant_config=quant_config)
+        return bytes(edge.model_content())
+    except Exception as exc:  # the converter raises many types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"TFLite conversion failed: {first}") from exc
+
+
+def add_tflite_metadata(data: bytes, name: str, payload: bytes) -> bytes:
+    """The flatbuffer ``data`` with a ``metadata`` entry ``name`` -> a new buffer ``payload``.
+
+    An entry of the same name is replaced. Uses the object API of the TFLite schema that
+    ai-edge-litert ships (unpack, append Buffer + Metadata, repack).
+    """
+    import flatbuffers  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from ai_edge_litert import schema_py_generated as fb  # noqa: PLC0415
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    model.metadata = [m for m in (model.metadata or []) if _name(m.name) != name]
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(payload, dtype=np.uint8).copy()
+    model.buffers = list(model.buffers or []) + [buf]
+    entry = fb.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(data) + len(payload) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _name(n: bytes | str | None) -> str:
+    return n.decode() if isinstance(n, bytes) else (n or "")
+
+
+def write_tflite(data: bytes, path: str | Path, metadata_json: str | None = None) -> Path:
+    """Write the flatbuffer (with the dymn-edge metadata entry when given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata_json is not None:
+        data = add_tflite_metadata(data, METADATA_KEY, metadata_json.encode("utf-8"))
+    path.write_bytes(data)
+    return path
+
+
+def tflite_io(data: bytes) -> tuple[list[dict], list[dict]]:
+    """Signature inputs / outputs: name, shape, dtype, (scale, zero_point) of ``data``."""
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    it = Interpreter(model_content=data)
+    runner = it.get_signature_runner(SIGNATURE)
+
+    def info(details: dict) -> list[dict]:
+        out = []
+        for name, d in details.items():
+            scale, zp = d.get("quantization", (0.0, 0))
+            out.append({"name": name, "shape": [int(s) for s in d["shape"]],
+                        "dtype": d["dtype"].__name__,
+                        "scale": float(scale) if scale else None,
+                        "zero_point": int(zp) if scale else None})
+        return out
+
+    return info(runner.get_input_details()), info(runner.get_output_details())
+
+
+def export_tflite(module, path: str | Path, *, frames: int) -> Path:
+    """fp32 TFLite of ``module`` at ``frames`` frames, written to ``path`` without metadata."""
+    return write_tflite(convert_tflite(module, frames=frames), path)

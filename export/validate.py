@@ -1,0 +1,272 @@
+"""Validation after every export (Optimum-style): the file in its own runtime vs PyTorch.
+
+- Parity: the file runs in ONNX Runtime / ai-edge-litert (directly, not through the
+  project's runtime package, so a bug there cannot hide one here) on log-mels of real audio
+  at more than one input: for dynamic-time ONNX the export window plus other lengths (one not
+  a multiple of the network's stride, so a baked-in pooling kernel cannot pass); for
+  fixed-shape TFLite two different real-audio segments. Every output's name, shape and max
+  abs difference is reported; fp32 / fp16 must meet their absolute tolerance.
+- int8 is judged by agreement on a trained model: on a labelled set (FSDD test split for the
+  FSDD reference weights) the accuracy of reference and file, top-1 agreement and max
+  probability difference. A drop above ``max_accuracy_drop`` fails.
+- Any failure raises ONE :class:`~dymn_edge.errors.ValidationError` listing everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dymn_edge.errors import EngineError, ValidationError
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+# --------------------------------------------------------------------------------------------
+# Engines (used directly)
+
+
+class OrtRunner:
+    """ONNX Runtime session; ``__call__(mel) -> (logits, embedding)`` by output name."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        try:
+            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"{path}: ONNX Runtime cannot load the file ({str(exc)[:200]})") from exc
+        self.input = self.sess.get_inputs()[0].name
+        self.fixed_frames = self.sess.get_inputs()[0].shape[3]
+        batch = self.sess.get_inputs()[0].shape[0]
+        self.max_batch = batch if isinstance(batch, int) else 32
+
+    def __call__(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs = [self.sess.run(["logits", "embedding"], {self.input: mel[i:i + self.max_batch].astype(np.float32)})
+                for i in range(0, len(mel), self.max_batch)]
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+class LiteRTRunner:
+    """ai-edge-litert Interpreter (XNNPACK by default), signature ``serving_default``."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+        try:
+            self.it = Interpreter(model_path=str(path), num_threads=threads)
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"{path}: LiteRT cannot load the file ({str(exc)[:200]})") from exc
+        self.runner = self.it.get_signature_runner("serving_default")
+        d = self.runner.get_input_details()["mel"]
+        self.fixed_frames = int(d["shape"][3])
+        self.in_q = d.get("quantization", (0.0, 0))
+        self.in_dtype = d["dtype"]
+
+    def __call__(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs = []
+        for i in range(mel.shape[0]):  # the graph is batch 1
+            x = mel[i:i + 1]
+            if self.in_q[0]:
+                x = np.clip(np.round(x / self.in_q[0] + self.in_q[1]), -128, 255).astype(self.in_dtype)
+            outs.append(self.runner(mel=x))
+        deq = []
+        details = self.runner.get_output_details()
+        for name in ("logits", "embedding"):
+            y = np.concatenate([o[name] for o in outs], axis=0)
+            scale, zp = details[name].get("quantization", (0.0, 0))
+            deq.append((y.astype(np.float32) - zp) * scale if scale else y.astype(np.float32))
+        return deq[0], deq[1]
+
+
+def make_runner(path: str | Path, fmt: str, threads: int = 1) -> Runner:
+    return OrtRunner(path, threads) if fmt == "onnx" else LiteRTRunner(path, threads)
+
+
+def torch_runner(model) -> Runner:
+    """The PyTorch reference (the training-faithful module) as a NumPy runner."""
+    import torch  # noqa: PLC0415
+
+    def run(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            outs = [model(torch.from_numpy(mel[i:i + 50])) for i in range(0, len(mel), 50)]
+        return (np.concatenate([o[0].numpy() for o in outs]),
+                np.concatenate([o[1].numpy() for o in outs]))
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass
+class OutputCheck:
+    case: str
+    name: str
+    shape: list[int]
+    max_abs_diff: float
+    tolerance: float | None
+    ok: bool
+
+
+@dataclass
+class ValidationReport:
+    """Everything validation measured; ``summary()`` goes into the file's metadata."""
+
+    engine: str
+    audio: str
+    precision: str
+    checks: list[OutputCheck] = field(default_factory=list)
+    accuracy: dict = field(default_factory=dict)  # int8 / dataset agreement, when measured
+    xnnpack_ops_outside: list[str] | None = None  # TFLite: ops XNNPACK did not take
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=math.nan)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        d["max_abs_diff"] = self.max_abs_diff
+        return d
+
+
+def _mel_cases(window_seconds: float, fc, dynamic_time: bool) -> tuple[list[tuple[str, np.ndarray]], str]:
+    from dymn_edge.export.calibration import mel_frames, to_mel, validation_waves  # noqa: PLC0415
+
+    if dynamic_time:
+        # the window, a length that is no multiple of the total stride (32 frames), and 3x
+        lengths = [window_seconds, round(window_seconds * 0.5 + 0.37, 2), window_seconds * 3.0]
+    else:
+        lengths = [window_seconds, window_seconds]
+    waves, source = validation_waves(window_seconds, fc, lengths=lengths)
+    cases = [(label, to_mel(w, fc, mel_frames(sec, fc))) for (label, w), sec in zip(waves, lengths)]
+    return cases, source
+
+
+def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc, dynamic_time: bool,
+                 tolerance: float | None, report: ValidationReport) -> None:
+    """Compare every output on real-audio cases; record checks (and errors beyond tolerance)."""
+    cases, source = _mel_cases(window_seconds, fc, dynamic_time)
+    report.audio = source
+    for label, mel in cases:
+        try:
+            got = runner(mel)
+        except Exception as exc:  # noqa: BLE001 - a failing engine is a failed validation
+            report.errors.append(f"{label}: the file does not run ({str(exc).splitlines()[0][:200]})")
+            continue
+        ref = reference(mel)
+        for name, a, b in zip(("logits", "embedding"), got, ref):
+            if a.shape != b.shape:
+                report.errors.append(f"{label}: {name} shape {list(a.shape)} != reference {list(b.shape)}")
+                continue
+            diff = float(np.max(np.abs(a.astype(np.float64) - b))) if np.all(np.isfinite(a)) else math.inf
+            ok = tolerance is None or diff <= tolerance
+            report.checks.append(OutputCheck(label, name, list(a.shape), diff, tolerance, ok))
+            if not math.isfinite(diff):
+                report.errors.append(f"{label}: {name} has non-finite values")
+            elif not ok:
+                report.errors.append(f"{label}: {name} max abs diff {diff:.3g} > tolerance {tolerance:g}")
+
+
+def evaluate_dataset(runner: Runner, reference: Runner, dataset_dir: str | Path, *, window_seconds: float,
+                     fc, activation: str, split: str | None = "test", progress: bool = False) -> dict:
+    """Accuracy (and mAP) of reference and file on a labelled set, plus their agreement."""
+    from dymn_edge.audio import fit_to_length, read_audio  # noqa: PLC0415
+    from dymn_edge.datasets import fsdd_eval_wave, load_dataset  # noqa: PLC0415
+    from dymn_edge.export.calibration import mel_frames, to_mel, window_samples  # noqa: PLC0415
+    from dymn_edge.metrics import (  # noqa: PLC0415
+        accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap)
+
+    try:
+        ds = load_dataset(dataset_dir, split=split)
+    except Exception:  # noqa: BLE001 - a set without that split: use all of it
+        ds = load_dataset(dataset_dir)
+    n = window_samples(window_seconds, fc)
+    frames = mel_frames(window_seconds, fc)
+    clips = ds.clips
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        clips = tqdm(clips, desc=f"accuracy on {ds.name}", unit="clip", leave=False)
+    mels = []
+    for c in clips:
+        wave = fsdd_eval_wave(c.path) if ds.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
+        mels.append(to_mel(fit_to_length(wave, n), fc, frames))
+    mel = np.concatenate(mels)
+    ref_logits = reference(mel)[0]
+    logits = runner(mel)[0]
+    targets = ds.targets_onehot()
+    p_ref = to_probabilities(ref_logits, activation)
+    p = to_probabilities(logits, activation)
+    out = {"dataset": ds.name, "clips": len(ds)}
+    if ds.multilabel:
+        out.update(reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
+    else:
+        out.update(reference_accuracy=accuracy(ref_logits, targets), accuracy=accuracy(logits, targets),
+                   reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
+        out["accuracy_delta"] = out["accuracy"] - out["reference_accuracy"]
+    out.update(top1_agreement=topk_overlap(ref_logits, logits, 1),
+               max_prob_diff=max_prob_diff(p_ref, p))
+    return out
+
+
+def ops_outside_xnnpack(path: str | Path) -> list[str]:
+    """Op names of a TFLite graph that XNNPACK leaves to the reference kernels.
+
+    LiteRT applies XNNPACK when the interpreter is built; every partition becomes one
+    DELEGATE node whose inputs/outputs are the partition's boundary tensors. A node that
+    feeds a delegate's non-constant input, or computes a graph output the delegates do not
+    produce (and, transitively, its producers), runs outside. An empty list = fully delegated
+    in one partition; several DELEGATE nodes are reported as extra "DELEGATE" entries.
+    """
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    w = it._interpreter  # noqa: SLF001 - the public API exposes no execution plan
+    nodes = [(w.NodeName(i), list(w.NodeInputs(i)), list(w.NodeOutputs(i))) for i in range(w.NumNodes())]
+    delegates = [n for n in nodes if n[0] == "DELEGATE"]
+    ops = [n for n in nodes if n[0] != "DELEGATE"]
+    producer = {t: i for i, (_, _, outs) in enumerate(ops) for t in outs}
+    d_out = {t for _, _, outs in delegates for t in outs}
+    graph_in = set(w.InputIndices())
+    todo = [t for _, ins, _ in delegates for t in ins if t in producer and t not in graph_in]
+    todo += [t for t in w.OutputIndices() if t not in d_out]
+    outside: set[int] = set()
+    while todo:
+        t = todo.pop()
+        if t in d_out or t in graph_in or t not in producer or producer[t] in outside:
+            continue
+        i = producer[t]
+        outside.add(i)
+        todo.extend(x for x in ops[i][1] if x >= 0)
+    names = sorted(ops[i][0] for i in outside)
+    if not delegates:
+        return sorted(n[0] for n in ops)
+    return names + ["DELEGATE"] * (len(delegates) - 1)
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -1,0 +1,323 @@
+"""``dymn-tag`` (files) and ``dymn-listen`` (microphone): the torch-free command-line tools.
+
+Both print user errors (:class:`~dymn_edge.errors.DymnEdgeError`) as one line on stderr
+and exit 2 (tracebacks with ``--verbose``); logging is configured here and only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from dymn_edge.errors import DymnEdgeError
+
+log = logging.getLogger("dymn_edge.runtime")
+
+__all__ = ["tag_main", "listen_main"]
+
+EXIT_USER_ERROR = 2
+
+TAG_EXAMPLES = """\
+examples:
+  dymn-tag --model dymn-s.tflite street.wav            top 5 tags of the whole clip
+  dymn-tag --model fsdd.onnx --window 1 --hop 0.5 --json long.flac > tags.jsonl
+                                                       per-window tags as JSON Lines
+  dymn-tag --model m.onnx --threshold 0.3 --include Speech --include Music a.wav
+                                                       only these labels, only if >= 0.3
+  dymn-tag --model m.onnx --exclude /m/09x0r --top-k 3 *.wav
+                                                       labels by display name or AudioSet mid
+
+how audio is fed: clips shorter than the model window are centred in silence with a
+-80 dBFS noise floor (as the models were trained and validated); windowed mode adds one
+window aligned to the end of the file, so no audio is dropped. Fixed-shape files (TFLite)
+cannot look at more than the window they were exported for.
+JSON Lines: one object per window {"file", "start", "end", "tags": [{"label", "index",
+"mid", "probability"}]}; untrained (random-init) models add "untrained": true.
+"""
+
+LISTEN_EXAMPLES = """\
+examples:
+  dymn-listen --list-devices                           find your microphone
+  dymn-listen --model dymn-s.tflite                    tag the default input until Ctrl-C
+  dymn-listen --model m.tflite --device "USB" --threads 2 --duration 60
+  dymn-listen --model fsdd.onnx --window 1 --hop 0.25 --json | jq .
+                                                       JSON Lines: one line per event change
+  dymn-listen --model m.onnx --json --every-hop        ...and one line per scored hop
+
+window and hop: every HOP seconds the model scores the last WINDOW seconds. The default
+window is the one the file was exported (and validated) for: very short windows tag
+badly, long ones report the same event many times and cost more per hop. Events use
+per-label smoothing and hysteresis (onset >= --on, offset < --off, at least
+--min-duration seconds), so one continuous sound is one event with a start and an end.
+Ctrl-C or SIGTERM stops with a one-line summary (audio seconds, hops run and skipped,
+overflows, mean/p95 inference time, real-time factor). Exit status 2 on user errors
+(no device, unsupported rate, bad model file), 0 otherwise.
+"""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+    try:
+        return fn(args)
+    except DymnEdgeError as exc:
+        if args.verbose:
+            log.exception("%s failed", prog)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `dymn-tag ... | head`
+        return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", metavar="PATH",
+                   help="exported .onnx or .tflite file (engine chosen from its content)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads (default: the engine's choice; 1 on a busy Pi)")
+    p.add_argument("--delegate", default=None, metavar="NAME|PATH[:k=v,...]",
+                   help="LiteRT delegate: xnnpack (default), none, or a delegate library "
+                        "(e.g. an NPU vendor delegate) with options")
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="analysis window (default: the model file's own window)")
+    p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="hop between windows")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="tags per window (default 5)")
+    p.add_argument("--threshold", type=float, default=0.0, metavar="P",
+                   help="hide tags below this probability (default 0)")
+    p.add_argument("--include", action="append", default=[], metavar="LABEL",
+                   help="only these labels (display name or mid; repeat or comma-separate)")
+    p.add_argument("--exclude", action="append", default=[], metavar="LABEL",
+                   help="never these labels (display name or mid)")
+    p.add_argument("--json", action="store_true", help="JSON Lines on stdout")
+    p.add_argument("--dither", type=float, default=None, metavar="STD",
+                   help="noise floor added before the frontend (default 1e-4; 0 = off)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from dymn_edge.runtime.engines import load_engine  # noqa: PLC0415
+    from dymn_edge.runtime.output import TagFilter  # noqa: PLC0415
+    from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger  # noqa: PLC0415
+
+    if not args.model:
+        raise DymnEdgeError("--model PATH is required (an .onnx or .tflite file from dymn-export)")
+    if args.threads is not None and args.threads < 1:
+        raise DymnEdgeError(f"--threads must be >= 1, got {args.threads}")
+    if args.top_k is not None and args.top_k < 1:
+        raise DymnEdgeError(f"--top-k must be >= 1, got {args.top_k}")
+    engine = load_engine(args.model, threads=args.threads, delegate=args.delegate)
+    tagger = Tagger(engine, dither=DEFAULT_DITHER if args.dither is None else args.dither)
+    filt = TagFilter.build(tagger.labels, top_k=args.top_k, threshold=args.threshold,
+                           include=args.include, exclude=args.exclude)
+    return engine, tagger, filt
+
+
+# ---------------------------------------------------------------------------------------
+# dymn-tag
+
+
+def _tag(args: argparse.Namespace) -> int:
+    from dymn_edge.runtime.output import (  # noqa: PLC0415
+        UNTRAINED_WARNING, format_table, json_line, window_json)
+
+    if not args.files:
+        raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
+    engine, tagger, filt = _load(args)
+    untrained = engine.metadata.untrained
+    windowed = args.window is not None or args.hop is not None
+    out = sys.stdout
+    if untrained and not args.json:
+        print(UNTRAINED_WARNING, file=out)
+    for path in args.files:
+        results = tagger.tag_file(path, args.window, args.hop, windowed=windowed)
+        rows = [(r.start, r.end, filt.select(r.probabilities)) for r in results]
+        if args.json:
+            for start, end, sel in rows:
+                extra: dict[str, Any] = {"file": str(path)}
+                if untrained:
+                    extra["untrained"] = True
+                out.write(json_line(window_json(start, end, tagger.labels, sel, **extra)) + "\n")
+        else:
+            mode = "windows" if windowed else "whole clip"
+            print(format_table(rows, tagger.labels, title=f"{path} ({mode}, {engine.metadata.model_name}"
+                                                          f" {engine.metadata.precision})"), file=out)
+    out.flush()
+    return 0
+
+
+def tag_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-tag``."""
+    p = argparse.ArgumentParser(
+        prog="dymn-tag", description="Tag audio files with an exported DyMN/MN model (no torch).",
+        epilog=TAG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="*", metavar="AUDIO", help="audio files (any rate/format soundfile reads)")
+    _common(p)
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run_guarded(_tag, args, "dymn-tag")
+
+
+# ---------------------------------------------------------------------------------------
+# dymn-listen
+
+
+class _Printer:
+    """Event / hop / status output of dymn-listen, JSON or human, TTY-aware."""
+
+    def __init__(self, args: argparse.Namespace, tagger: Any, filt: Any, out: TextIO) -> None:
+        from dymn_edge.runtime.output import UNTRAINED_WARNING  # noqa: PLC0415
+
+        self.args, self.tagger, self.filt, self.out = args, tagger, filt, out
+        self.tty = out.isatty() and not args.json
+        self.untrained = tagger.metadata.untrained
+        self._status_shown = False
+        self._last_status = 0.0
+        if self.untrained and not args.json:
+            self.line(UNTRAINED_WARNING)
+
+    def line(self, text: str) -> None:
+        if self._status_shown:
+            self.out.write("\r\033[K")
+            self._status_shown = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def json(self, obj: dict[str, Any]) -> None:
+        from dymn_edge.runtime.output import json_line  # noqa: PLC0415
+
+        if self.untrained:
+            obj["untrained"] = True
+        self.out.write(json_line(obj) + "\n")
+        self.out.flush()
+
+    def event_obj(self, ev: Any) -> dict[str, Any]:
+        lab = ev.label
+        obj = {"type": "event", "event": ev.kind, "label": lab.display_name, "index": lab.index,
+               "mid": lab.mid, "start": round(ev.start, 3), "probability": round(ev.probability, 6)}
+        if ev.end is not None:
+            obj["end"] = round(ev.end, 3)
+        return obj
+
+    def event(self, ev: Any) -> None:
+        if self.filt.include is not None and ev.label.index not in self.filt.include:
+            return
+        if ev.label.index in self.filt.exclude:
+            return
+        if self.args.json:
+            self.json(self.event_obj(ev))
+        elif ev.kind == "start":
+            self.line(f"[{ev.start:8.2f} s] + {ev.label.display_name} ({ev.probability:.2f})")
+        else:
+            self.line(f"[{ev.end:8.2f} s] - {ev.label.display_name} "
+                      f"({ev.start:.2f}-{ev.end:.2f} s, peak {ev.probability:.2f})")
+
+    def hop(self, scores: Any, events: list[Any], stats: Any) -> None:
+        from dymn_edge.runtime.output import window_json  # noqa: PLC0415
+
+        sel = self.filt.select(scores.probabilities)
+        if self.args.every_hop:
+            if self.args.json:
+                self.json(window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop"))
+            else:
+                tags = ", ".join(f"{self.tagger.labels[i].display_name} {p:.2f}" for i, p in sel)
+                self.line(f"[{scores.start:8.2f}-{scores.end:8.2f} s] {tags}")
+        for ev in events:
+            self.event(ev)
+        if self.tty:
+            tags = ", ".join(f"{self.tagger.labels[i].display_name} {p:.2f}" for i, p in sel[:3])
+            self.out.write(f"\r\033[K{stats.audio_seconds:7.1f} s | {tags} | RTF {stats.rtf:.3f} | "
+                           f"skipped {stats.hops_skipped} | overflows {stats.overflows} | "
+                           f"dropped {stats.dropped_seconds:.1f} s")
+            self.out.flush()
+            self._status_shown = True
+
+    def summary(self, stats: Any) -> None:
+        if self.args.json:
+            obj = {"type": "summary"}
+            obj.update(stats.as_dict())
+            self.json(obj)
+        else:
+            self.line(stats.summary())
+
+
+def _listen(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        from dymn_edge.runtime.microphone import list_devices  # noqa: PLC0415
+
+        print(list_devices())
+        return 0
+    from dymn_edge.runtime.events import EventConfig, EventTracker  # noqa: PLC0415
+    from dymn_edge.runtime.microphone import Listener  # noqa: PLC0415
+    from dymn_edge.runtime.stream import StreamingScorer  # noqa: PLC0415
+
+    if args.duration is not None and args.duration <= 0:
+        raise DymnEdgeError(f"--duration must be positive, got {args.duration:g}")
+    _, tagger, filt = _load(args)
+    hop = 1.0 if args.hop is None else args.hop
+    scorer = StreamingScorer(tagger, args.window, hop)
+    smoothing, alpha, median = "ema", 0.7, 3
+    if args.smooth:
+        kind, _, val = args.smooth.partition(":")
+        smoothing = kind.strip().lower()
+        try:
+            if smoothing == "ema" and val:
+                alpha = float(val)
+            elif smoothing == "median" and val:
+                median = int(val)
+        except ValueError as exc:
+            raise DymnEdgeError(f"--smooth takes ema[:ALPHA], median[:HOPS] or none, got '{args.smooth}'") from exc
+    cfg = EventConfig(on=args.on, off=args.off if args.off is not None else min(args.on, 0.6 * args.on),
+                      min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median)
+    tracker = EventTracker(tagger.labels, cfg, hop_s=scorer.hop_s)
+    listener = Listener(scorer, tracker, device=args.device, device_rate=args.device_rate)
+    printer = _Printer(args, tagger, filt, sys.stdout)
+    stop = threading.Event()
+
+    def _on_term(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        stats = listener.run(duration=args.duration, stop=stop, on_hop=printer.hop)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    for ev in listener.finish():
+        printer.event(ev)
+    printer.summary(stats)
+    return 0
+
+
+def listen_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-listen``."""
+    p = argparse.ArgumentParser(
+        prog="dymn-listen",
+        description="Tag live microphone audio with an exported DyMN/MN model (no torch).",
+        epilog=LISTEN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    p.add_argument("--device", "-d", default=None, metavar="NAME|INDEX",
+                   help="input device: index, exact name or unique part of it (default: system default)")
+    p.add_argument("--device-rate", type=int, default=None, metavar="HZ",
+                   help="capture at this rate (default: 32000 if the device takes it, else the first "
+                        "common rate it accepts); audio is resampled to 32 kHz with soxr")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="stop after this much audio (default: until Ctrl-C / SIGTERM)")
+    p.add_argument("--every-hop", action="store_true", help="also print every scored hop")
+    p.add_argument("--on", type=float, default=0.5, metavar="P", help="event onset threshold (default 0.5)")
+    p.add_argument("--off", type=float, default=None, metavar="P",
+                   help="event offset threshold, below --on (default 0.6 x --on)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="SECONDS",
+                   help="shortest reported event (default 0: a single hop counts)")
+    p.add_argument("--smooth", default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
+                   help="per-label score smoothing over hops (default ema:0.7)")
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run_guarded(_listen, args, "dymn-listen")
+

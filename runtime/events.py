@@ -1,0 +1,158 @@
+"""From per-hop scores to events: per-label smoothing and hysteresis.
+
+A sliding window re-reports a sound in every window that contains it (EfficientAT users
+saw a 10 s buffer shifted by 2 s report the same event five times). Here each label runs
+a small state machine over its smoothed score:
+
+- smoothing: an exponential moving average (``ema``, weight ``alpha`` on the new hop) or
+  a running median over ``median`` hops (removes one-hop spikes at the cost of
+  ``median // 2`` hops of delay), or none;
+- onset when the smoothed score reaches ``on``; the event becomes real (``start``) only
+  once it has stayed at or above ``off`` for ``min_duration`` seconds, so flicker shorter
+  than that never becomes an event;
+- offset when the smoothed score falls below ``off`` (< ``on``): a sound whose score
+  wobbles between the two thresholds stays one event.
+
+Times resolve to the hop: an event starts where the new audio of its first active hop
+starts (window end - hop) and ends at the end of its last active hop's window.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.labels import Label
+
+__all__ = ["EventConfig", "Event", "EventTracker"]
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """Thresholds and smoothing of the event tracker (see the module docstring)."""
+
+    on: float = 0.5
+    off: float = 0.3
+    min_duration: float = 0.0  # seconds an onset must last before it is reported
+    smoothing: str = "ema"  # "ema" | "median" | "none"
+    alpha: float = 0.7  # ema weight of the newest hop (1 = no smoothing)
+    median: int = 3  # hops in the running median
+
+    def validate(self) -> "EventConfig":
+        if not 0.0 < self.on <= 1.0:
+            raise DymnEdgeError(f"onset threshold must be in (0, 1], got {self.on:g}")
+        if not 0.0 <= self.off <= self.on:
+            raise DymnEdgeError(f"offset threshold must be in [0, on={self.on:g}], got {self.off:g}")
+        if self.min_duration < 0:
+            raise DymnEdgeError(f"minimum duration must be >= 0, got {self.min_duration:g}")
+        if self.smoothing not in ("ema", "median", "none"):
+            raise DymnEdgeError(f"smoothing must be ema, median or none, got '{self.smoothing}'")
+        if not 0.0 < self.alpha <= 1.0:
+            raise DymnEdgeError(f"ema alpha must be in (0, 1], got {self.alpha:g}")
+        if self.median < 1:
+            raise DymnEdgeError(f"median length must be >= 1 hop, got {self.median}")
+        return self
+
+
+@dataclass
+class Event:
+    """One change: ``kind`` is "start" or "end"; ``end`` is set on "end" changes."""
+
+    kind: str
+    label: Label
+    start: float
+    end: float | None
+    probability: float  # peak smoothed score so far
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+class EventTracker:
+    """Per-label smoothing + hysteresis over a sequence of hop scores."""
+
+    def __init__(self, labels: Sequence[Label], config: EventConfig = EventConfig(),
+                 hop_s: float = 1.0) -> None:
+        self.labels = list(labels)
+        self.config = config.validate()
+        self.hop_s = float(hop_s)
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.labels)
+        self.smoothed = np.zeros(n, dtype=np.float64)
+        self._history: collections.deque[np.ndarray] = collections.deque(maxlen=self.config.median)
+        self._first = True
+        self._pending = np.full(n, np.nan)  # onset time of a not-yet-confirmed event
+        self._active = np.zeros(n, dtype=bool)  # confirmed (reported) events
+        self._start = np.zeros(n, dtype=np.float64)
+        self._peak = np.zeros(n, dtype=np.float64)
+        self._last_end = np.zeros(n, dtype=np.float64)
+
+    def _smooth(self, p: np.ndarray) -> np.ndarray:
+        c = self.config
+        if c.smoothing == "median":
+            self._history.append(p)
+            return np.median(np.stack(self._history), axis=0)
+        if c.smoothing == "ema" and not self._first:
+            return c.alpha * p + (1.0 - c.alpha) * self.smoothed
+        return p
+
+    def update(self, end: float, probabilities: np.ndarray) -> list[Event]:
+        """Feed the scores of the window ending at ``end`` (s); return the event changes."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        self.smoothed = self._smooth(p)
+        self._first = False
+        c = self.config
+        s = self.smoothed
+        hop_start = max(0.0, end - self.hop_s)
+        changes: list[Event] = []
+        above_on = s >= c.on
+        above_off = s >= c.off
+        # new onsets
+        starting = above_on & np.isnan(self._pending) & ~self._active
+        self._pending[starting] = hop_start
+        self._peak[starting] = 0.0
+        tracking = ~np.isnan(self._pending) | self._active
+        self._peak[tracking] = np.maximum(self._peak[tracking], s[tracking])
+        self._last_end[tracking & above_off] = end
+        # pending onsets that dropped out before min_duration: flicker, forget it
+        dropped = ~np.isnan(self._pending) & ~self._active & ~above_off
+        self._pending[dropped] = np.nan
+        # pending onsets that lasted long enough: report the start
+        confirm = (~np.isnan(self._pending) & ~self._active & above_off
+                   & (end - self._pending >= c.min_duration - 1e-9))
+        for i in np.flatnonzero(confirm):
+            self._active[i] = True
+            self._start[i] = self._pending[i]
+            changes.append(Event("start", self.labels[i], float(self._start[i]), None,
+                                 float(self._peak[i])))
+        # offsets
+        ending = self._active & ~above_off
+        for i in np.flatnonzero(ending):
+            changes.append(Event("end", self.labels[i], float(self._start[i]),
+                                 float(self._last_end[i]), float(self._peak[i])))
+            self._active[i] = False
+            self._pending[i] = np.nan
+        return changes
+
+    def finish(self, end: float | None = None) -> list[Event]:
+        """Close the events still open when the stream stops (they end at the last hop)."""
+        changes = []
+        for i in np.flatnonzero(self._active):
+            stop = float(self._last_end[i]) if end is None else float(end)
+            changes.append(Event("end", self.labels[i], float(self._start[i]), stop,
+                                 float(self._peak[i])))
+        self._active[:] = False
+        self._pending[:] = np.nan
+        return changes
+
+    @property
+    def active(self) -> list[Label]:
+        """Labels with an event in progress."""
+        return [self.labels[i] for i in np.flatnonzero(self._active)]

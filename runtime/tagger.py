@@ -1,0 +1,197 @@
+"""File tagging: whole-clip and windowed predictions from an exported model.
+
+How audio becomes model input (the same rules serve the streaming scorer, so file and
+stream scores of the same window agree exactly):
+
+- A window's log-mel is computed from that window's waveform alone, with the frontend
+  recorded in the model metadata.
+- Audio shorter than the model's window (a short clip, the stream's first hops) is
+  **centred in zeros** to the model window before the frontend: this is how the FSDD
+  evaluation feeds 1 s windows and how fixed-shape files (TFLite, exported for one window)
+  must be fed. Dynamic-time models get the same padding, so a 0.4 s digit is scored as the
+  model was trained and validated, not as a 40-frame sliver.
+- Windowed mode (``window`` / ``hop`` in seconds): windows start at 0, hop, 2 hop, ...
+  as long as they fit; if audio remains after the last full window, one more window is
+  aligned to the end of the clip (real audio only, no padding), so no audio is ever
+  dropped and no window mixes audio with invented silence.
+- A noise floor (``dither``, Gaussian, std 1e-4 = -80 dBFS, seeded by the window's position
+  so results are reproducible) is added to every window before the frontend. Digital
+  silence (zero padding, muted inputs) gives log-mel values at the ``log(1e-5)`` floor that
+  no training clip had: measured on 60 FSDD test digits, zero-padded clips score 62 %
+  top-1 and clips with the floor 95 % (the reference evaluation adds the same 1e-4 noise).
+  Real recordings are far above it; ``dither=0`` turns it off.
+- Whole-clip mode: a dynamic-time model sees the whole clip at once (EfficientAT's
+  inference). A fixed-shape model sees windows of its own length at half-window hop, and
+  the clip probability is their mean (softmax heads: one class per clip) or their maximum
+  (sigmoid heads: a tag present anywhere in the clip).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dymn_edge.audio import fit_to_length, read_audio
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.frontend import LogMelFrontend
+from dymn_edge.labels import Label
+from dymn_edge.runtime.engines import Engine
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WindowScores", "Tagger", "labels_of", "activation", "DEFAULT_DITHER"]
+
+#: Std of the noise floor added before the frontend (see the module docstring).
+DEFAULT_DITHER = 1e-4
+
+
+def labels_of(engine: Engine) -> list[Label]:
+    """The model's labels from its metadata, in output order."""
+    meta = engine.metadata
+    labs = sorted(meta.labels, key=lambda d: int(d["index"]))
+    out = [Label(int(d["index"]), d.get("mid"), str(d.get("display_name") or f"class_{d['index']}"))
+           for d in labs]
+    if len(out) != meta.num_classes:
+        raise DymnEdgeError(f"{engine.path}: metadata lists {len(out)} labels for "
+                            f"{meta.num_classes} classes")
+    return out
+
+
+def activation(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Probabilities from logits: ``sigmoid`` (multi-label) or ``softmax`` (one of N)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if kind == "softmax":
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    if kind == "sigmoid":
+        return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # overflow-free sigmoid
+    raise DymnEdgeError(f"unknown output activation '{kind}' in the model metadata")
+
+
+@dataclass
+class WindowScores:
+    """Scores of one stretch of audio: times in seconds, probabilities (C,) float32."""
+
+    start: float
+    end: float
+    probabilities: np.ndarray
+    logits: np.ndarray | None = field(default=None, repr=False)
+    padded: bool = False  # the audio was shorter than the model window and was centred in zeros
+
+
+class Tagger:
+    """Turn 32 kHz waveforms (or files) into label probabilities with one engine."""
+
+    def __init__(self, engine: Engine, *, dither: float = DEFAULT_DITHER) -> None:
+        self.engine = engine
+        self.dither = float(dither)
+        self.metadata = engine.metadata
+        self.frontend_config = engine.metadata.frontend_config
+        self.sample_rate = self.frontend_config.sample_rate
+        self.frontend = LogMelFrontend(self.frontend_config)
+        self.labels = labels_of(engine)
+        self.window_samples = int(round(self.metadata.window_seconds * self.sample_rate))
+        if self.engine.fixed_frames is not None:
+            # The waveform length whose log-mel has exactly the frames the graph takes.
+            self.window_samples = (self.engine.fixed_frames - 1) * self.frontend_config.hop_length + 1
+            self.window_samples = max(self.window_samples,
+                                      int(round(self.metadata.window_seconds * self.sample_rate)))
+            while self.frontend.num_frames(self.window_samples) > self.engine.fixed_frames:
+                self.window_samples -= 1
+
+    @property
+    def fixed(self) -> bool:
+        return self.engine.fixed_frames is not None
+
+    @property
+    def window_seconds(self) -> float:
+        """The model's own window: the natural analysis window."""
+        return self.window_samples / self.sample_rate
+
+    def check_window(self, window_s: float) -> int:
+        """Samples of an analysis window; fixed-shape files cannot look further than theirs."""
+        n = int(round(window_s * self.sample_rate))
+        if n < 2 * self.frontend_config.hop_length:
+            raise DymnEdgeError(f"window {window_s:g} s is too short (at least "
+                                f"{2 * self.frontend_config.hop_length / self.sample_rate:g} s)")
+        if self.fixed and n > self.window_samples:
+            raise DymnEdgeError(
+                f"{self.engine.path.name} was exported for {self.window_seconds:g} s windows and "
+                f"cannot score {window_s:g} s at once; use --window {self.window_seconds:g} or "
+                "less, or export a dynamic-time ONNX file")
+        return n
+
+    # -- scoring ------------------------------------------------------------------------
+    def prepare(self, segment: np.ndarray, position: int = 0) -> tuple[np.ndarray, bool]:
+        """Waveform -> model input (1, 1, n_mels, T) following the rules above.
+
+        ``position`` (the segment's first sample in its recording) seeds the noise floor,
+        so the same window gets the same input in file and stream mode.
+        """
+        x = np.asarray(segment, dtype=np.float32)
+        padded = False
+        if x.size < self.window_samples or (self.fixed and x.size != self.window_samples):
+            padded = x.size < self.window_samples
+            x = fit_to_length(x, self.window_samples)
+        if self.dither > 0:
+            rng = np.random.default_rng([int(position), int(x.size)])
+            x = x + rng.normal(0.0, self.dither, x.size).astype(np.float32)
+        mel = self.frontend(x)
+        if self.fixed:
+            t = self.engine.fixed_frames
+            if mel.shape[1] < t:
+                mel = np.pad(mel, ((0, 0), (0, t - mel.shape[1])), mode="edge")
+            mel = mel[:, :t]
+        return mel[None, None], padded
+
+    def score(self, segment: np.ndarray, start: float = 0.0, end: float | None = None) -> WindowScores:
+        """Probabilities for one stretch of 32 kHz audio (padded to the model window)."""
+        mel, padded = self.prepare(segment, int(round(start * self.sample_rate)))
+        logits, _ = self.engine.run(mel)
+        end = start + len(segment) / self.sample_rate if end is None else end
+        probs = activation(logits[0], self.metadata.output_activation)
+        return WindowScores(start, end, probs, logits[0], padded)
+
+    def windows(self, n_samples: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+        """(start, end) sample ranges of windowed mode; see the module docstring."""
+        win = self.check_window(window_s)
+        hop = int(round(hop_s * self.sample_rate))
+        if hop <= 0:
+            raise DymnEdgeError(f"hop must be positive, got {hop_s:g} s")
+        if n_samples <= win:
+            return [(0, n_samples)]
+        spans = [(s, s + win) for s in range(0, n_samples - win + 1, hop)]
+        if spans[-1][1] < n_samples:
+            spans.append((n_samples - win, n_samples))
+        return spans
+
+    def tag_windows(self, wave: np.ndarray, window_s: float | None = None,
+                    hop_s: float | None = None) -> list[WindowScores]:
+        """Per-window scores of a 32 kHz waveform (defaults: model window, hop = window)."""
+        window_s = self.window_seconds if window_s is None else window_s
+        hop_s = window_s if hop_s is None else hop_s
+        sr = self.sample_rate
+        return [self.score(wave[a:b], a / sr, b / sr)
+                for a, b in self.windows(len(wave), window_s, hop_s)]
+
+    def tag_clip(self, wave: np.ndarray) -> WindowScores:
+        """One prediction for the whole waveform (see the module docstring)."""
+        sr = self.sample_rate
+        duration = len(wave) / sr
+        if not self.fixed or len(wave) <= self.window_samples:
+            return self.score(wave, 0.0, duration)
+        parts = self.tag_windows(wave, self.window_seconds, self.window_seconds / 2)
+        probs = np.stack([p.probabilities for p in parts])
+        agg = probs.mean(axis=0) if self.metadata.output_activation == "softmax" else probs.max(axis=0)
+        return WindowScores(0.0, duration, agg.astype(np.float32), None, False)
+
+    def tag_file(self, path: str | Path, window_s: float | None = None,
+                 hop_s: float | None = None, windowed: bool = False) -> list[WindowScores]:
+        """Scores of an audio file: one whole-clip entry, or one per window if ``windowed``."""
+        wave = read_audio(path, self.sample_rate)
+        if windowed:
+            return self.tag_windows(wave, window_s, hop_s)
+        return [self.tag_clip(wave)]

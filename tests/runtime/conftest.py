@@ -1,0 +1,105 @@
+"""Runtime fixtures: the trained FSDD DyMN-S exported by the project's own exporter.
+
+The runtime is tested on real files written by ``dymn_edge.export.api.export_model`` (ONNX
+and TFLite, window 1 s, softmax head, FSDD labels), once per session. When the exporter
+cannot be imported (a runtime-only install without torch) the tests that need a model skip
+with that reason; under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import in_ci, require_file
+
+FSDD_LABELS = "datasets/fsdd/labels.csv"
+
+
+def _exporter():
+    try:
+        from dymn_edge.export.api import export_model  # noqa: PLC0415
+        from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or torch missing underneath
+        msg = f"dymn_edge.export is not importable ({type(exc).__name__}: {exc}); cannot build test models"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return export_model, ExportConfig
+
+
+def _export(tmp_path_factory: pytest.TempPathFactory, fmt: str, precision: str = "fp32") -> Path:
+    # Files exported earlier can be reused to iterate quickly: DYMN_EDGE_RUNTIME_MODELS=DIR
+    # holding fsdd_dymn04_<precision>.<fmt> (never set in CI: there the exporter runs).
+    reuse = os.environ.get("DYMN_EDGE_RUNTIME_MODELS")
+    if reuse and not in_ci() and (Path(reuse) / f"fsdd_dymn04_{precision}.{fmt}").is_file():
+        return Path(reuse) / f"fsdd_dymn04_{precision}.{fmt}"
+    weights = require_file("reference/fsdd_dymn04.pt")
+    labels = require_file(FSDD_LABELS)
+    export_model, ExportConfig = _exporter()
+    out = tmp_path_factory.mktemp(f"fsdd-{fmt}-{precision}") / f"fsdd_dymn04_{precision}.{fmt}"
+    cfg = ExportConfig(model="dymn-s", weights=weights, format=fmt, precision=precision,
+                       window_seconds=1.0, labels=labels, output=out, output_activation="softmax")
+    result = export_model(cfg)
+    return Path(result.path)
+
+
+@pytest.fixture(scope="session")
+def fsdd_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FSDD DyMN-S as ONNX fp32 (dynamic time)."""
+    return _export(tmp_path_factory, "onnx")
+
+
+@pytest.fixture(scope="session")
+def fsdd_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FSDD DyMN-S as TFLite fp32 (fixed 1 s window)."""
+    return _export(tmp_path_factory, "tflite")
+
+
+@pytest.fixture(scope="session", params=["onnx", "tflite"])
+def fsdd_model(request: pytest.FixtureRequest) -> Path:
+    """Both formats, one after the other."""
+    return request.getfixturevalue(f"fsdd_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def fsdd_test_clips(fsdd_dir: Path) -> list[tuple[Path, int]]:
+    """A handful of test-split clips (one per digit, varied speakers) with their digit."""
+    rows = list(csv.DictReader((fsdd_dir / "split.csv").open()))
+    speakers = sorted({r["speaker"] for r in rows})
+    picked: list[tuple[Path, int]] = []
+    for digit in range(10):
+        spk = speakers[digit % len(speakers)]
+        for r in rows:
+            if r["split"] == "test" and int(r["label"]) == digit and r["speaker"] == spk:
+                picked.append((fsdd_dir / r["path"], digit))
+                break
+    return picked
+
+
+def spoken_digits(fsdd_dir: Path, digits: list[int], speaker: str = "jackson", take: int = 0,
+                  lead: float = 1.0, gap: float = 1.5, sr: int = 32000) -> tuple[np.ndarray, list[float]]:
+    """32 kHz signal: ``lead`` s of silence, then each digit followed by ``gap`` s of silence.
+
+    Returns the signal and each digit's centre time (s).
+    """
+    from dymn_edge.audio import read_audio  # noqa: PLC0415
+
+    parts = [np.zeros(int(lead * sr), np.float32)]
+    centres, t = [], lead
+    for d in digits:
+        clip = read_audio(fsdd_dir / "recordings" / f"{d}_{speaker}_{take}.wav", sr)
+        centres.append(t + len(clip) / sr / 2)
+        parts += [clip, np.zeros(int(gap * sr), np.float32)]
+        t += len(clip) / sr + gap
+    return np.concatenate(parts), centres
+
+
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """Environment for CLI subprocesses (keeps PULSE_* / VMIC_* / CI)."""
+    return dict(os.environ)

@@ -1,0 +1,209 @@
+"""Engines: content-based format detection, metadata errors, int8 (de)quantization, both engines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dymn_edge.errors import DymnEdgeError, EngineError, MetadataError
+from dymn_edge.runtime.engines import LiteRTEngine, OnnxEngine, load_engine, parse_delegate
+
+
+def _mel(frames: int = 100, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(-0.5, 0.5, (1, 1, 128, frames)).astype(np.float32)
+
+
+def test_both_formats_load_and_run(fsdd_model: Path) -> None:
+    engine = load_engine(fsdd_model, threads=1)
+    assert engine.metadata.num_classes == 10
+    logits, emb = engine.run(_mel())
+    assert logits.shape == (1, 10) and logits.dtype == np.float32
+    assert emb.shape[0] == 1 and emb.ndim == 2
+    assert np.isfinite(logits).all()
+    assert engine.metadata.format in engine.describe()
+
+
+def test_onnx_and_tflite_agree(fsdd_onnx: Path, fsdd_tflite: Path) -> None:
+    from dymn_edge.runtime.tagger import Tagger
+
+    a, b = Tagger(load_engine(fsdd_onnx, threads=1)), Tagger(load_engine(fsdd_tflite, threads=1))
+    rng = np.random.default_rng(1)
+    seg = (0.05 * rng.standard_normal(32000)).astype(np.float32)
+    pa, pb = a.score(seg).probabilities, b.score(seg).probabilities
+    assert np.abs(pa - pb).max() < 1e-3
+
+
+def test_engine_chosen_by_content_not_name(fsdd_tflite: Path, fsdd_onnx: Path, tmp_path: Path) -> None:
+    fake_onnx = tmp_path / "really_tflite.onnx"
+    shutil.copy(fsdd_tflite, fake_onnx)
+    assert isinstance(load_engine(fake_onnx), LiteRTEngine)
+    fake_tflite = tmp_path / "really_onnx.tflite"
+    shutil.copy(fsdd_onnx, fake_tflite)
+    assert isinstance(load_engine(fake_tflite), OnnxEngine)
+
+
+def test_onnx_without_metadata_is_one_clear_error(fsdd_onnx: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(fsdd_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(MetadataError, match="no dymn-edge metadata") as info:
+        load_engine(bare)
+    assert "\n" not in str(info.value)
+
+
+def test_tflite_without_metadata_is_one_clear_error(fsdd_tflite: Path, tmp_path: Path) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+    import flatbuffers
+
+    buf = fsdd_tflite.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    model.metadata = [m for m in (model.metadata or []) if m.name != b"dymn_edge" and m.name != "dymn_edge"]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(bytes(builder.Output()))
+    with pytest.raises(MetadataError, match="no dymn-edge metadata"):
+        load_engine(bare)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not a model" * 10, bytes(range(256)) * 8,
+                                     b"\x08\x07garbage-protobuf" * 4])
+def test_garbage_file_is_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(DymnEdgeError) as info:
+        load_engine(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+
+
+def test_truncated_tflite(fsdd_tflite: Path, tmp_path: Path) -> None:
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(fsdd_tflite.read_bytes()[:4096])
+    with pytest.raises(DymnEdgeError):
+        load_engine(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MetadataError, match="not found"):
+        load_engine(tmp_path / "nope.tflite")
+
+
+def test_fixed_shape_rejects_other_lengths(fsdd_tflite: Path) -> None:
+    engine = load_engine(fsdd_tflite)
+    assert engine.fixed_frames == 100
+    with pytest.raises(EngineError, match="exported for 100 frames"):
+        engine.run(_mel(57))
+
+
+def test_onnx_runs_any_length(fsdd_onnx: Path) -> None:
+    engine = load_engine(fsdd_onnx)
+    if engine.fixed_frames is not None:
+        pytest.skip("this exporter writes fixed-time ONNX")
+    for frames in (100, 250, 1000):
+        assert engine.run(_mel(frames))[0].shape == (1, 10)
+
+
+def test_batch_larger_than_graph_batch_is_split(fsdd_model: Path) -> None:
+    engine = load_engine(fsdd_model)
+    mel = np.concatenate([_mel(seed=s) for s in range(3)])
+    batched = engine.run(mel)[0]
+    single = np.concatenate([engine.run(mel[i:i + 1])[0] for i in range(3)])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_engine_names_pip_command(fsdd_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith(("onnxruntime", "onnx")):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(EngineError, match=r"pip install 'dymn-edge\[onnx\]'"):
+        load_engine(fsdd_onnx)
+
+
+def test_missing_litert_names_pip_command(fsdd_tflite: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith(("ai_edge_litert", "tflite_runtime")):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(EngineError, match=r"pip install 'dymn-edge\[litert\]'"):
+        load_engine(fsdd_tflite)
+
+
+# LiteRT's Delegate.__del__ raises when load_delegate failed half-way (upstream, harmless)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_delegate_options(fsdd_tflite: Path) -> None:
+    assert parse_delegate("libedgetpu.so.1") == ("libedgetpu.so.1", {})
+    assert parse_delegate("/opt/npu/libdelegate.so:device=0,cache=/tmp") == \
+        ("/opt/npu/libdelegate.so", {"device": "0", "cache": "/tmp"})
+    ref = load_engine(fsdd_tflite, delegate="xnnpack").run(_mel())[0]
+    plain = load_engine(fsdd_tflite, delegate="none").run(_mel())[0]
+    np.testing.assert_allclose(ref, plain, atol=1e-3, rtol=1e-3)
+    with pytest.raises(EngineError, match="cannot load LiteRT delegate"):
+        load_engine(fsdd_tflite, delegate="libno_such_delegate.so")
+
+
+def test_int8_io_is_quantized_and_dequantized(tmp_path: Path, fsdd_onnx: Path) -> None:
+    """A tiny ONNX graph with int8 input and outputs: the engine quantizes with the metadata's
+    input scale / zero point and dequantizes the outputs (checked against NumPy)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from dymn_edge.metadata import ModelMetadata, TensorInfo, read_metadata
+
+    base = read_metadata(fsdd_onnx)
+    s_in, z_in, s_out, z_out = 0.05, -3, 0.1, 5
+    w = np.random.default_rng(0).normal(0, 0.02, (128 * 100, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["mel", "s_in", "z_in"], ["x"]),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s_out", "z_out"], ["logits"]),
+        helper.make_node("QuantizeLinear", ["flat", "s_out", "z_out"], ["embedding"]),
+    ]
+    inits = [helper.make_tensor("s_in", TensorProto.FLOAT, [], [s_in]),
+             helper.make_tensor("z_in", TensorProto.INT8, [], [z_in]),
+             helper.make_tensor("s_out", TensorProto.FLOAT, [], [s_out]),
+             helper.make_tensor("z_out", TensorProto.INT8, [], [z_out]),
+             helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1]),
+             onnx.numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("mel", TensorProto.INT8, [1, 1, 128, 100])],
+                              [helper.make_tensor_value_info("logits", TensorProto.INT8, [1, 10]),
+                               helper.make_tensor_value_info("embedding", TensorProto.INT8, [1, 12800])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMetadata(**{**base.__dict__, "dynamic_time": False, "precision": "int8",
+                            "inputs": [TensorInfo("mel", [1, 1, 128, 100], "int8", s_in, z_in)],
+                            "outputs": [TensorInfo("logits", [1, 10], "int8", s_out, z_out),
+                                        TensorInfo("embedding", [1, 12800], "int8", s_out, z_out)]})
+    prop = model.metadata_props.add()
+    prop.key, prop.value = "dymn_edge", meta.to_json()
+    path = tmp_path / "q.onnx"
+    onnx.save(model, str(path))
+
+    engine = load_engine(path)
+    mel = _mel()
+    logits, emb = engine.run(mel)
+    q = np.clip(np.round(mel / s_in) + z_in, -128, 127)
+    xd = (q - z_in) * s_in
+    y = xd.reshape(1, -1) @ w
+    expect = (np.clip(np.round(y / s_out) + z_out, -128, 127) - z_out) * s_out
+    assert logits.dtype == np.float32 and emb.dtype == np.float32
+    np.testing.assert_allclose(logits, expect, atol=s_out * 1.01)
