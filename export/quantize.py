@@ -80,15 +80,21 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
             pre = Path(src)
         try:
             if q.scheme is QuantScheme.DYNAMIC:
-                ortq.quantize_dynamic(str(pre), str(dst), per_channel=q.per_channel,
-                                      weight_type=qt[q.weight_type])
+                # per-channel needs initializer weights; the Dy-Conv MatMuls have runtime ones
+                ortq.quantize_dynamic(str(pre), str(dst), per_channel=False,
+                                      weight_type=qt[q.weight_type],
+                                      nodes_to_exclude=_runtime_weight_nodes(pre))
                 return dst
             if mels is None or len(mels) == 0:
                 raise ExportError("static int8 quantization needs calibration audio")
             method = {CalibrationMethod.MINMAX: ortq.CalibrationMethod.MinMax,
                       CalibrationMethod.PERCENTILE: ortq.CalibrationMethod.Percentile,
                       CalibrationMethod.ENTROPY: ortq.CalibrationMethod.Entropy}[q.calibration_method]
-            extra = {"CalibPercentile": q.percentile} if method == ortq.CalibrationMethod.Percentile else {}
+            # Keep Relu/Clip: ORT drops them assuming the output range clips at 0, which a
+            # symmetric/percentile range does not (ReLU outputs went negative: accuracy 0.10).
+            extra = {"QDQKeepRemovableActivations": True}
+            if method == ortq.CalibrationMethod.Percentile:
+                extra["CalibPercentile"] = q.percentile
             import onnx  # noqa: PLC0415
 
             input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
@@ -102,6 +108,16 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
         except Exception as exc:  # the quantizer raises many types
             raise ExportError(f"ONNX int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
     return dst
+
+
+def _runtime_weight_nodes(path: Path) -> list[str]:
+    """Conv / MatMul / Gemm nodes whose weight is computed at run time (the Dy-Conv kernels)."""
+    import onnx  # noqa: PLC0415
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] not in inits]
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,7 +258,6 @@ class Listener:
         self.samplerate = scorer.sample_rate
         self.channels = 1
         self.buffer = CaptureBuffer(int(buffer_seconds * self.samplerate))
-        self._status_errors: list[str] = []
 
     # -- producer side (PortAudio's thread) -----------------------------------------------
     def callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -350,7 +349,7 @@ class Listener:
                 log.warning("closing the input stream failed: %s", exc)
         return self.stats
 
-    def finish(self, on_hop: HopSink | None = None) -> list[Event]:
+    def finish(self) -> list[Event]:
         """Close open events at the end of the run."""
         return self.tracker.finish()
 
