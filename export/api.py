@@ -177,6 +177,8 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
 
     report = None
     t = time.perf_counter()
+    # validate the file as shipped (metadata already inside), then record the result in it
+    _write_metadata(out_path, fmt, meta)
     if cfg.validate:
         with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
             report = _validate(out_path, cfg, model, meta, weights_sha, progress)
@@ -185,6 +187,8 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         meta.validation = {"passed": None, "skipped": True}
     timings["validate"] = time.perf_counter() - t
     _write_metadata(out_path, fmt, meta)
+    if cfg.validate:
+        _same_outputs_after_rewrite(out_path, fmt, frames, report)
     size = out_path.stat().st_size
     timings["total"] = time.perf_counter() - t0
     log.info("wrote %s (%.2f MB) in %.0f s", out_path, size / 1e6, timings["total"])
@@ -192,6 +196,20 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     if report is not None and not report.passed:
         raise ValidationError(f"{out_path}: validation failed: " + "; ".join(report.errors))
     return result
+
+
+def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report) -> None:
+    """The metadata rewrite must not change the graph: the file still runs, finite outputs."""
+    import numpy as np  # noqa: PLC0415
+
+    from dymn_edge.export.validate import make_runner  # noqa: PLC0415
+
+    try:
+        logits, emb = make_runner(path, fmt.value)(np.full((1, 1, 128, frames), -1.0, np.float32))
+        if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
+            report.errors.append("final file gives non-finite outputs")
+    except Exception as exc:  # noqa: BLE001
+        report.errors.append(f"final file does not run after writing metadata ({str(exc)[:200]})")
 
 
 def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool) -> None:

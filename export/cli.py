@@ -24,7 +24,7 @@ examples:
       untrained structural model (for size / latency only; marked untrained in the file)
 
 formats and precisions:
-  onnx    fp32, int8 (ONNX Runtime static QDQ, Percentile 99.99 calibration)
+  onnx    fp32, int8 (ONNX Runtime dynamic: u8 weights, activations quantized at run time)
   tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated)
 
 Every export is validated in its own runtime against PyTorch on real audio; a failed
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
                       help="float16 weights (tflite only)")
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
-                      help="int8 (onnx: static QDQ; tflite: weight-only)")
+                      help="int8 (onnx: dynamic-range; tflite: weight-only)")
     p.add_argument("--strategy", metavar="NAME",
                    help="dynamic-conv export form: static_k (any batch, XNNPACK; tflite default) "
                    "or runtime_weight (batch 1, fastest in ONNX Runtime; onnx default)")

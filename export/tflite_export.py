@@ -68,6 +68,12 @@ def add_tflite_metadata(data: bytes, name: str, payload: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as fb  # noqa: PLC0415
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for b in model.buffers or []:
+        # AI Edge Quantizer writes the large-model layout (constants after the flatbuffer,
+        # addressed by offset/size): inline them, or repacking would drop the weights.
+        if getattr(b, "offset", 0) and getattr(b, "size", 0):
+            b.data = np.frombuffer(data, dtype=np.uint8, count=b.size, offset=b.offset).copy()
+            b.offset, b.size = 0, 0
     model.metadata = [m for m in (model.metadata or []) if _name(m.name) != name]
     buf = fb.BufferT()
     buf.data = np.frombuffer(payload, dtype=np.uint8).copy()

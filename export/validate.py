@@ -70,7 +70,7 @@ class LiteRTRunner:
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"{path}: LiteRT cannot load the file ({str(exc)[:200]})") from exc
         self.runner = self.it.get_signature_runner("serving_default")
-        d = self.runner.get_input_details()["mel"]
+        self.input, d = next(iter(self.runner.get_input_details().items()))
         self.fixed_frames = int(d["shape"][3])
         self.in_q = d.get("quantization", (0.0, 0))
         self.in_dtype = d["dtype"]
@@ -81,10 +81,11 @@ class LiteRTRunner:
             x = mel[i:i + 1]
             if self.in_q[0]:
                 x = np.clip(np.round(x / self.in_q[0] + self.in_q[1]), -128, 255).astype(self.in_dtype)
-            outs.append(self.runner(mel=x))
+            outs.append(self.runner(**{self.input: x}))
         deq = []
         details = self.runner.get_output_details()
-        for name in ("logits", "embedding"):
+        names = ("logits", "embedding") if "logits" in details else sorted(details)[::-1]
+        for name in names:
             y = np.concatenate([o[name] for o in outs], axis=0)
             scale, zp = details[name].get("quantization", (0.0, 0))
             deq.append((y.astype(np.float32) - zp) * scale if scale else y.astype(np.float32))

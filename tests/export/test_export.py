@@ -1,0 +1,200 @@
+"""dymn-export: formats table, config checks, CLI errors, and real exports validated in their runtimes.
+
+Exports are expensive (a conversion is 20-60 s on 2 cores), so each file is made once per
+session by a fixture and shared by every test that inspects it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require_file
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+# --------------------------------------------------------------------------------------------
+# cheap: table, config, CLI errors
+
+
+def test_format_table_drives_precisions():
+    from dymn_edge.export.formats import FORMATS, Format, Precision, format_spec, iter_variants
+
+    assert format_spec("onnx").precisions == (Precision.FP32, Precision.INT8)
+    assert FORMATS[Format.TFLITE].supports("fp16") and not FORMATS[Format.ONNX].supports("fp16")
+    assert (Format.TFLITE, Precision.INT8) in iter_variants()
+    with pytest.raises(Exception, match="Did you mean 'tflite'"):
+        format_spec("tflit")
+
+
+def test_config_rejects_bad_combinations(tmp_path):
+    from dymn_edge.errors import ExportError, UnknownModelError
+    from dymn_edge.export.config import ExportConfig
+
+    with pytest.raises(ExportError, match="onnx does not support fp16"):
+        ExportConfig(format="onnx", precision="fp16")
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"x")
+    with pytest.raises(ExportError, match="exclude each other"):
+        ExportConfig(random_init=True, weights=w)
+    with pytest.raises(UnknownModelError, match="Did you mean"):
+        ExportConfig(model="dymn-xs")
+    with pytest.raises(ExportError, match="--window"):
+        ExportConfig(window_seconds=0.01)
+    assert ExportConfig(format="tflite").resolved_strategy == "static_k"
+    assert ExportConfig(format="onnx").resolved_strategy == "runtime_weight"
+    assert ExportConfig().window_for(527) == 10.0 and ExportConfig().window_for(10) == 1.0
+
+
+def _cli(argv, capsys):
+    from dymn_edge.export.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_cli_unknown_model_suggests(capsys):
+    code, err = _cli(["--model", "dymn-ss", "--format", "onnx", "--random-init"], capsys)
+    assert code == 2 and len(err) == 1 and "Did you mean 'dymn-s'" in err[0]
+
+
+def test_cli_unreadable_weights(tmp_path, capsys):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, err = _cli(["--model", "dymn-s", "--weights", str(bad), "--format", "onnx"], capsys)
+    assert code == 2 and len(err) == 1 and "broken.pt" in err[0]
+
+
+def test_cli_precision_not_supported_by_format(capsys):
+    code, err = _cli(["--model", "dymn-s", "--random-init", "--format", "onnx", "--fp16"], capsys)
+    assert code == 2 and len(err) == 1 and "onnx does not support fp16" in err[0]
+
+
+def test_cli_labels_length_mismatch(tmp_path, capsys, fsdd_weights):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,display_name\n0,a\n1,b\n2,c\n")
+    code, err = _cli(["--model", "dymn-s", "--weights", str(fsdd_weights), "--labels", str(labels),
+                      "--format", "tflite", "--output", str(tmp_path / "x.tflite")], capsys)
+    assert code == 2 and len(err) == 1 and "3 labels" in err[0] and "10 classes" in err[0]
+
+
+def test_cli_help_teaches(capsys):
+    from dymn_edge.export.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--int8" in out and "--calibration" in out
+
+
+# --------------------------------------------------------------------------------------------
+# real exports (shared)
+
+
+def _export(tmp_dir: Path, **kw):
+    from dymn_edge.export.api import export_model
+    from dymn_edge.export.config import ExportConfig
+
+    cfg = ExportConfig(output=tmp_dir / f"{kw.get('model', 'dymn-s')}-{kw['format']}-"
+                       f"{kw.get('precision', 'fp32')}{'-r' if kw.get('random_init') else ''}."
+                       f"{kw['format']}", **kw)
+    return export_model(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture(scope="session")
+def fsdd_exports(export_dir, fsdd_weights, fsdd_dir):
+    """The trained FSDD DyMN-S in every format x precision, validated (accuracy measured)."""
+    labels = fsdd_dir / "labels.csv"
+    out = {}
+    for fmt, prec in (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"),
+                      ("tflite", "int8")):
+        out[(fmt, prec)] = _export(export_dir, model="dymn-s", weights=fsdd_weights, labels=labels,
+                                   format=fmt, precision=prec, output_activation="softmax")
+    return out
+
+
+@pytest.fixture(scope="session")
+def mn_exports(export_dir):
+    require_file("reference/metro_station-paris.wav")
+    return {fmt: _export(export_dir, model="mn-s", random_init=True, format=fmt, window_seconds=2.0)
+            for fmt in ("onnx", "tflite")}
+
+
+@pytest.mark.parametrize("fmt,prec", [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
+                                      ("tflite", "fp16"), ("tflite", "int8")])
+def test_fsdd_export_validates_with_accuracy(fsdd_exports, fmt, prec):
+    r = fsdd_exports[(fmt, prec)]
+    rep = r.report
+    assert rep["passed"], rep["errors"]
+    acc = rep["accuracy"]
+    assert acc["clips"] == 300 and acc["reference_accuracy"] > 0.95
+    assert acc["accuracy"] >= acc["reference_accuracy"] - (0.0 if prec != "int8" else 0.02)
+    if prec != "int8":
+        tol = 1e-3 if prec == "fp32" else 5e-2
+        assert rep["max_abs_diff"] <= tol
+    if prec != "fp32":
+        assert r.size_bytes < fsdd_exports[(fmt, "fp32")].size_bytes * 0.6
+
+
+def test_fsdd_labels_and_metadata_round_trip(fsdd_exports):
+    from dymn_edge.metadata import read_metadata
+
+    for (fmt, prec), r in fsdd_exports.items():
+        meta = read_metadata(r.path)
+        assert meta.format == fmt and meta.precision == prec
+        assert meta.num_classes == 10 and [lb["display_name"] for lb in meta.labels][:2] == ["zero", "one"]
+        assert meta.window_seconds == 1.0 and meta.output_activation == "softmax"
+        assert meta.weights_sha256 and not meta.untrained
+        assert meta.validation["passed"] is True
+        assert [t.name for t in meta.outputs] == ["logits", "embedding"]
+        assert meta.inputs[0].name == "mel"
+        assert "torch" in meta.tool_versions and "dymn-edge" in meta.tool_versions
+
+
+def test_onnx_parity_at_several_lengths(fsdd_exports):
+    """Dynamic-time ONNX is checked at >= 3 lengths, one not a multiple of the stride."""
+    r = fsdd_exports[("onnx", "fp32")]
+    cases = {c["case"] for c in r.report["checks"]}
+    assert len(cases) >= 3
+    assert r.metadata.dynamic_time and r.metadata.inputs[0].shape[3] == "frames"
+    assert all(c["max_abs_diff"] < 1e-3 for c in r.report["checks"])
+
+
+def test_tflite_fp32_fully_delegated_to_xnnpack(fsdd_exports):
+    from dymn_edge.export.validate import ops_outside_xnnpack
+
+    r = fsdd_exports[("tflite", "fp32")]
+    assert ops_outside_xnnpack(r.path) == []
+    assert r.report["xnnpack_ops_outside"] == []
+
+
+def test_mn_exports_and_untrained_flag(mn_exports):
+    from dymn_edge.metadata import read_metadata
+
+    for fmt, r in mn_exports.items():
+        assert r.report["passed"], r.report["errors"]
+        meta = read_metadata(r.path)
+        assert meta.untrained and meta.num_classes == 527 and meta.window_seconds == 2.0
+        assert meta.labels[0]["mid"]  # AudioSet labels for 527 classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["dymn-m", "dymn-l", "mn-m"])
+@pytest.mark.parametrize("fmt,prec", [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
+                                      ("tflite", "fp16"), ("tflite", "int8")])
+def test_larger_models_export_and_validate(tmp_path, model, fmt, prec):
+    require_file("reference/metro_station-paris.wav")
+    r = _export(tmp_path, model=model, random_init=True, format=fmt, precision=prec,
+                window_seconds=1.0, num_calibration=8)
+    assert r.report["passed"], r.report["errors"]
+    assert np.isfinite(r.report["max_abs_diff"])
