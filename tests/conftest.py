@@ -64,3 +64,34 @@ def fsdd_dir() -> Path:
 @pytest.fixture(scope="session")
 def fsdd_weights() -> Path:
     return require_file("reference/fsdd_dymn04.pt")
+
+
+@pytest.fixture(scope="session")
+def fsdd_export(tmp_path_factory: pytest.TempPathFactory, fsdd_weights: Path, fsdd_dir: Path):
+    """``get(fmt, precision) -> ExportResult``: the trained FSDD DyMN-S exported by the project.
+
+    One cache per test session, shared by the export, runtime and benchmark tests, so each
+    (format, precision) is converted once (conversions dominate the test time).
+    """
+    try:
+        from dymn_edge.export.api import export_model
+        from dymn_edge.export.config import ExportConfig
+    except Exception as exc:  # ImportError, or torch missing underneath
+        msg = f"dymn_edge.export is not importable ({type(exc).__name__}: {exc}); cannot build test models"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cache: dict = {}
+    out_dir = tmp_path_factory.mktemp("fsdd-exports")
+
+    def get(fmt: str, precision: str = "fp32"):
+        key = (fmt, precision)
+        if key not in cache:
+            cfg = ExportConfig(model="dymn-s", weights=fsdd_weights, labels=fsdd_dir / "labels.csv",
+                               format=fmt, precision=precision, window_seconds=1.0,
+                               output_activation="softmax",
+                               output=out_dir / f"fsdd_dymn04_{precision}.{fmt}")
+            cache[key] = export_model(cfg, progress=False)
+        return cache[key]
+
+    return get

@@ -112,15 +112,11 @@ def export_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fsdd_exports(export_dir, fsdd_weights, fsdd_dir):
+def fsdd_exports(fsdd_export):
     """The trained FSDD DyMN-S in every format x precision, validated (accuracy measured)."""
-    labels = fsdd_dir / "labels.csv"
-    out = {}
-    for fmt, prec in (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"),
-                      ("tflite", "int8")):
-        out[(fmt, prec)] = _export(export_dir, model="dymn-s", weights=fsdd_weights, labels=labels,
-                                   format=fmt, precision=prec, output_activation="softmax")
-    return out
+    return {(fmt, prec): fsdd_export(fmt, prec)
+            for fmt, prec in (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
+                              ("tflite", "fp16"), ("tflite", "int8"))}
 
 
 @pytest.fixture(scope="session")

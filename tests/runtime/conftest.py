@@ -20,44 +20,25 @@ from conftest import in_ci, require_file
 FSDD_LABELS = "datasets/fsdd/labels.csv"
 
 
-def _exporter():
-    try:
-        from dymn_edge.export.api import export_model  # noqa: PLC0415
-        from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
-    except Exception as exc:  # ImportError, or torch missing underneath
-        msg = f"dymn_edge.export is not importable ({type(exc).__name__}: {exc}); cannot build test models"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return export_model, ExportConfig
-
-
-def _export(tmp_path_factory: pytest.TempPathFactory, fmt: str, precision: str = "fp32") -> Path:
+def _export(request: pytest.FixtureRequest, fmt: str, precision: str = "fp32") -> Path:
     # Files exported earlier can be reused to iterate quickly: DYMN_EDGE_RUNTIME_MODELS=DIR
     # holding fsdd_dymn04_<precision>.<fmt> (never set in CI: there the exporter runs).
     reuse = os.environ.get("DYMN_EDGE_RUNTIME_MODELS")
     if reuse and not in_ci() and (Path(reuse) / f"fsdd_dymn04_{precision}.{fmt}").is_file():
         return Path(reuse) / f"fsdd_dymn04_{precision}.{fmt}"
-    weights = require_file("reference/fsdd_dymn04.pt")
-    labels = require_file(FSDD_LABELS)
-    export_model, ExportConfig = _exporter()
-    out = tmp_path_factory.mktemp(f"fsdd-{fmt}-{precision}") / f"fsdd_dymn04_{precision}.{fmt}"
-    cfg = ExportConfig(model="dymn-s", weights=weights, format=fmt, precision=precision,
-                       window_seconds=1.0, labels=labels, output=out, output_activation="softmax")
-    result = export_model(cfg)
-    return Path(result.path)
+    return Path(request.getfixturevalue("fsdd_export")(fmt, precision).path)
 
 
 @pytest.fixture(scope="session")
-def fsdd_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fsdd_onnx(request: pytest.FixtureRequest) -> Path:
     """FSDD DyMN-S as ONNX fp32 (dynamic time)."""
-    return _export(tmp_path_factory, "onnx")
+    return _export(request, "onnx")
 
 
 @pytest.fixture(scope="session")
-def fsdd_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fsdd_tflite(request: pytest.FixtureRequest) -> Path:
     """FSDD DyMN-S as TFLite fp32 (fixed 1 s window)."""
-    return _export(tmp_path_factory, "tflite")
+    return _export(request, "tflite")
 
 
 @pytest.fixture(scope="session", params=["onnx", "tflite"])

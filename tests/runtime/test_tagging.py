@@ -28,6 +28,17 @@ def test_right_digit_is_top_tag(fsdd_model: Path, fsdd_test_clips: list[tuple[Pa
     assert sum(hits) >= 8, f"{sum(hits)}/10 clips tagged with the right digit"
 
 
+@pytest.mark.parametrize("fmt,precision", [("onnx", "int8"), ("tflite", "fp16"), ("tflite", "int8")])
+def test_every_export_precision_tags_files(fsdd_export, fmt: str, precision: str,
+                                           fsdd_test_clips: list[tuple[Path, int]]) -> None:
+    """The quantized files the exporter ships run through the same runtime path."""
+    path = Path(fsdd_export(fmt, precision).path)
+    tagger = Tagger(load_engine(path, threads=1))
+    assert tagger.metadata.precision == precision
+    hits = [int(np.argmax(tagger.tag_file(p)[0].probabilities)) == d for p, d in fsdd_test_clips]
+    assert sum(hits) >= 8, f"{fmt} {precision}: {sum(hits)}/10 clips tagged with the right digit"
+
+
 def test_probabilities_follow_metadata_activation(onnx_tagger: Tagger, fsdd_test_clips) -> None:
     assert onnx_tagger.metadata.output_activation == "softmax"
     r = onnx_tagger.tag_file(fsdd_test_clips[0][0])[0]
