@@ -95,8 +95,6 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     :class:`~dymn_edge.errors.ValidationError` when the written file disagrees with PyTorch
     (the file is kept for inspection; its metadata records the failed validation).
     """
-    import torch  # noqa: PLC0415
-
     from dymn_edge.models import create_model  # noqa: PLC0415
     from dymn_edge.models.patcher import make_exportable, strategy_supports_dynamic_batch  # noqa: PLC0415
     from dymn_edge.registry import get_spec  # noqa: PLC0415
@@ -106,7 +104,6 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     t0 = time.perf_counter()
     spec = get_spec(cfg.model)
     fmt, prec = cfg.format, cfg.precision
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = create_model(spec.name, weights=cfg.weights, pretrained=not cfg.random_init,
                          seed=cfg.seed, allow_download=cfg.allow_download)
     num_classes = int(model.num_classes) if hasattr(model, "num_classes") else int(

@@ -12,7 +12,16 @@ trained FSDD DyMN-S (fp32 0.9667, 300 test clips, 64 FSDD train clips for calibr
 - AEQ calibrator (moving-average min/max): 0.867
 - mean of per-clip percentiles (99.99 / 99.9): 0.850 / 0.717 (clipping hurts more)
 - global min/max over the clips: 0.957
-- 1st percentile of the per-clip minima / 99th of the per-clip maxima (used here): 0.967
+- 1st percentile of the per-clip minima / 99th of the per-clip maxima: 0.967 (0.97 with the
+  FC weights per-tensor, 2.9 MB), but **0.41** when the 4 metro-recording segments that
+  ``calibration_mels(None, ...)`` adds are in the set: on that out-of-domain audio the FSDD
+  model's activations reach 100-200x their FSDD range (Dy-ReLU, attention logits, context
+  convs of the last blocks), and p99 of 68 clips is their maximum.
+- 5th percentile of the per-clip minima / 95th of the per-clip maxima (used here): 0.963 on
+  64 FSDD clips, 0.967 on 64 FSDD clips + 4 metro segments (10/90: 0.960 / 0.967). A few
+  out-of-domain clips (under 5 % of the set) are then ignored.
+
+Per-tensor int8 has little margin on this model either way (clipping: 0.87, too wide: 0.41).
 
 Every tensor in the result is int8/int32 (no DEQUANTIZE, no float kernel); input ``mel`` and
 outputs are int8 with their scale / zero point in the signature. Speed (1 thread,
@@ -33,19 +42,19 @@ from dymn_edge.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-SCHEME = "full_int8: AEQ static a8w8 (conv per-channel, FC per-tensor), int8 I/O, ranges p1/p99 of per-clip min/max"
+SCHEME = "full_int8: AEQ static a8w8 (conv per-channel, FC per-tensor), int8 I/O, ranges p5/p95 of per-clip min/max"
 
 # ops that must not compute in float in the result
 _COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
 
 
-def activation_ranges(fp32: bytes, calibration: np.ndarray, *, low_pct: float = 1.0,
-                      high_pct: float = 99.0) -> dict[str, dict[str, np.ndarray]]:
+def activation_ranges(fp32: bytes, calibration: np.ndarray, *, low_pct: float = 5.0,
+                      high_pct: float = 95.0) -> dict[str, dict[str, np.ndarray]]:
     """AEQ QSVs ``{tensor name: {"min", "max"}}`` for every non-constant tensor of ``fp32``.
 
     Per clip the min and max of each tensor; the range is the ``low_pct`` percentile of the
     minima and the ``high_pct`` percentile of the maxima (close to the global extremes, robust
-    to one odd clip).
+    to a few odd clips).
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
 
