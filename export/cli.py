@@ -25,7 +25,8 @@ examples:
 
 formats and precisions:
   onnx    fp32, int8 (ONNX Runtime dynamic: u8 weights, activations quantized at run time)
-  tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated)
+  tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated),
+          --full-int8 (every op int8, int8 I/O: for integer-only NPUs)
 
 Every export is validated in its own runtime against PyTorch on real audio; a failed
 validation exits 1. Errors in the options exit 2 with one line (add --verbose for details).
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="float16 weights (tflite only)")
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
                       help="int8 (onnx: dynamic-range; tflite: weight-only)")
+    prec.add_argument("--full-int8", action="store_const", const="full_int8", dest="precision",
+                      help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
+                      "integer-only NPUs: on CPUs it is slower than fp32)")
     p.add_argument("--strategy", metavar="NAME",
                    help="dynamic-conv export form: static_k (any batch, XNNPACK; tflite default) "
                    "or runtime_weight (batch 1, fastest in ONNX Runtime; onnx default)")
@@ -113,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         from dymn_edge.export.api import export_model  # noqa: PLC0415
         from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
 
+        quant = None
+        if args.precision == "full_int8":
+            from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
+
+            args.precision = "int8"
+            quant = QuantizationConfig(scheme="full_int8", activation_type="int8")
         cfg = ExportConfig(
-            model=args.model, weights=args.weights, random_init=args.random_init, seed=args.seed,
+            quantization=quant, model=args.model, weights=args.weights, random_init=args.random_init, seed=args.seed,
             format=args.format, precision=args.precision or "fp32", strategy=args.strategy,
             window_seconds=args.window, calibration=args.calibration,
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,

@@ -112,7 +112,9 @@ class QuantizationConfig:
         if self.scheme is QuantScheme.WEIGHT_ONLY:
             return ("int8 weight-only: int8 weights (per-channel convs, per-tensor Dy-Conv kernel "
                     "banks and linear layers), float32 compute")
-        return "int8 full-integer (experimental)"
+        from dymn_edge.export.full_int8 import SCHEME  # noqa: PLC0415
+
+        return SCHEME
 
 
 def _enum(cls: type[enum.Enum], value: object, what: str):

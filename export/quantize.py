@@ -156,9 +156,7 @@ def tflite_int8(data: bytes, qcfg: QuantizationConfig, mels: np.ndarray | None =
     gran = qtyping.QuantGranularity
     conv_gran = gran.CHANNELWISE if qcfg.per_channel else gran.TENSORWISE
     if qcfg.scheme is QuantScheme.FULL_INT8:
-        raise ExportError("full-integer int8 TFLite is not shipped: its measured accuracy on "
-                          "FSDD is not close to fp32 (see dymn_edge.export.quantize); use the "
-                          "default weight-only int8")
+        return _tflite_full_int8(data, mels)
 
     def configure(q) -> None:
         add = (q.add_weight_only_config if qcfg.scheme is QuantScheme.WEIGHT_ONLY
@@ -172,3 +170,16 @@ def tflite_int8(data: bytes, qcfg: QuantizationConfig, mels: np.ndarray | None =
         return _aeq_quantize(data, configure)
     except Exception as exc:  # the quantizer raises many types
         raise ExportError(f"TFLite int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _tflite_full_int8(data: bytes, mels: np.ndarray | None) -> bytes:
+    """Full-integer int8 (int8 I/O, every op int8) of the fp32 flatbuffer ``data``."""
+    from dymn_edge.export.full_int8 import quantize_full_int8_tflite  # noqa: PLC0415
+
+    if mels is None or len(mels) == 0:
+        raise ExportError("full-integer int8 needs calibration audio (--calibration DIR)")
+    with tempfile.TemporaryDirectory(prefix="dymn-edge-fullint8-") as tmp:
+        out = Path(tmp) / "full_int8.tflite"
+        info = quantize_full_int8_tflite(None, int(mels.shape[3]), mels, out, fp32=data)
+        log.info("full int8: ops outside XNNPACK %s", info["outside_xnnpack"])
+        return out.read_bytes()

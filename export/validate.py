@@ -80,7 +80,8 @@ class LiteRTRunner:
         for i in range(mel.shape[0]):  # the graph is batch 1
             x = mel[i:i + 1]
             if self.in_q[0]:
-                x = np.clip(np.round(x / self.in_q[0] + self.in_q[1]), -128, 255).astype(self.in_dtype)
+                info = np.iinfo(self.in_dtype)
+                x = np.clip(np.round(x / self.in_q[0] + self.in_q[1]), info.min, info.max).astype(self.in_dtype)
             outs.append(self.runner(**{self.input: x}))
         deq = []
         details = self.runner.get_output_details()

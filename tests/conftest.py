@@ -85,10 +85,17 @@ def fsdd_export(tmp_path_factory: pytest.TempPathFactory, fsdd_weights: Path, fs
     out_dir = tmp_path_factory.mktemp("fsdd-exports")
 
     def get(fmt: str, precision: str = "fp32"):
+        """``precision``: fp32, fp16, int8 (the format's default scheme) or full_int8."""
         key = (fmt, precision)
         if key not in cache:
+            quant = None
+            if precision == "full_int8":
+                from dymn_edge.export.config import QuantizationConfig
+
+                quant = QuantizationConfig(scheme="full_int8", activation_type="int8")
             cfg = ExportConfig(model="dymn-s", weights=fsdd_weights, labels=fsdd_dir / "labels.csv",
-                               format=fmt, precision=precision, window_seconds=1.0,
+                               format=fmt, precision="int8" if quant else precision,
+                               quantization=quant, window_seconds=1.0,
                                output_activation="softmax",
                                output=out_dir / f"fsdd_dymn04_{precision}.{fmt}")
             cache[key] = export_model(cfg, progress=False)

@@ -194,3 +194,20 @@ def test_larger_models_export_and_validate(tmp_path, model, fmt, prec):
                 window_seconds=1.0, num_calibration=8)
     assert r.report["passed"], r.report["errors"]
     assert np.isfinite(r.report["max_abs_diff"])
+
+
+def test_full_int8_through_the_pipeline(fsdd_export):
+    """--full-int8: every op int8, int8 I/O with scale / zero point in the metadata, validated."""
+    from dymn_edge.export.full_int8 import graph_ops
+    from dymn_edge.metadata import read_metadata
+
+    r = fsdd_export("tflite", "full_int8")
+    assert r.report["passed"], r.report["errors"]
+    acc = r.report["accuracy"]
+    assert acc["accuracy"] >= acc["reference_accuracy"] - 0.02
+    meta = read_metadata(r.path)
+    assert meta.precision == "int8" and meta.quantization.startswith("full_int8")
+    assert meta.inputs[0].dtype == "int8" and meta.inputs[0].scale and meta.inputs[0].zero_point is not None
+    assert all(t.dtype == "int8" and t.scale for t in meta.outputs)
+    info = graph_ops(r.path)
+    assert info["float_ops"] == {} and "DEQUANTIZE" not in info["ops"]
