@@ -17,6 +17,8 @@ What is compared, and how strictly:
   AVX2 u8s8 with saturation) and the quantized dynamic path amplifies rounding. mAP uses the
   same tolerances. Anything beyond is a real change and fails.
 - An artifact present in the baseline but failed or missing in the run fails the gate.
+- The eager PyTorch reference row is gated on accuracy only, not latency: it is not a shipped
+  artifact, and its speed on a shared 2-core runner swings several-fold with torch threading.
 
 Refreshing the baseline (after an intended change, or a new CI machine type): run on the CI
 machine type, from the repository root,
@@ -138,9 +140,11 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], *,
                 if c.get(key) != b[key]:
                     res.fail(f"{name}: {key} {c.get(key)} != baseline {b[key]} (MAC counts are "
                              "deterministic: the model or the export form changed)")
-        # Latency as a ratio to the reference GEMM
+        # Latency as a ratio to the reference GEMM, for shipped files only: the eager PyTorch
+        # row is a yardstick whose speed swings with torch's own threading, not an artifact.
         cur_cells = _ratio_cells(c)
-        for (t, L), bst in _ratio_cells(b).items():
+        base_cells = {} if c.get("format") == "pytorch" else _ratio_cells(b)
+        for (t, L), bst in base_cells.items():
             res.checked += 1
             cst = cur_cells.get((t, L))
             if cst is None:
