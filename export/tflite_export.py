@@ -46,6 +46,7 @@ def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
     except ImportError as exc:
         raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
     x = torch.zeros(1, 1, 128, frames)
+    _quiet_converter_progress()
     try:
         with torch.no_grad():
             edge = litert_torch.convert(_named_io(module), sample_kwargs={INPUT_NAME: x},
@@ -54,6 +55,16 @@ def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
     except Exception as exc:  # the converter raises many types
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"TFLite conversion failed: {first}") from exc
+
+
+def _quiet_converter_progress() -> None:
+    """litert-torch prints a step tree to the console; keep it for --verbose (DEBUG) only."""
+    try:
+        from litert_torch import progress  # noqa: PLC0415
+
+        progress.console.quiet = not logging.getLogger("dymn_edge").isEnabledFor(logging.DEBUG)
+    except (ImportError, AttributeError):  # another litert-torch layout: leave it as it is
+        pass
 
 
 def add_tflite_metadata(data: bytes, name: str, payload: bytes) -> bytes:
