@@ -109,8 +109,10 @@ def summary_table(result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # root at WARNING: some converters log chatty INFO lines straight to the root logger
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
+    logging.getLogger("dymn_edge").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("onnx_ir", "onnxscript", "absl", "jax", "torch", "litert_torch"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
