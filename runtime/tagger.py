@@ -62,13 +62,12 @@ def labels_of(engine: Engine) -> list[Label]:
 
 def activation(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities from logits: ``sigmoid`` (multi-label) or ``softmax`` (one of N)."""
-    z = np.asarray(logits, dtype=np.float64)
-    if kind == "softmax":
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
-        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-    if kind == "sigmoid":
-        return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # overflow-free sigmoid
-    raise DymnEdgeError(f"unknown output activation '{kind}' in the model metadata")
+    from dymn_edge.metrics import to_probabilities  # noqa: PLC0415  (one definition, shared with the benchmarks)
+
+    try:
+        return to_probabilities(logits, kind).astype(np.float32)
+    except ValueError as exc:
+        raise DymnEdgeError(f"unknown output activation '{kind}' in the model metadata") from exc
 
 
 @dataclass
