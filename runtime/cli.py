@@ -21,6 +21,7 @@ log = logging.getLogger("dymn_edge.runtime")
 __all__ = ["tag_main", "listen_main"]
 
 EXIT_USER_ERROR = 2
+EXIT_FILES_FAILED = 1  # dymn-tag --output --strict: some files became error rows
 
 TAG_EXAMPLES = """\
 examples:
@@ -31,6 +32,12 @@ examples:
                                                        only these labels, only if >= 0.3
   dymn-tag --model m.onnx --exclude /m/09x0r --top-k 3 *.wav
                                                        labels by display name or AudioSet mid
+  dymn-tag --model m.tflite --output tags.parquet recordings/ more.csv
+                                                       an archive: one Parquet row per window,
+                                                       resumable (re-run skips finished parts)
+  dymn-tag --model m.tflite --output tags.parquet --workers 8 recordings/
+  dymn-tag --model m.tflite --output tags.jsonl --scheduler tcp://head:8786 list.txt
+                                                       the same on a local / running Dask cluster
 
 how audio is fed: clips shorter than the model window are centred in silence with a
 -80 dBFS noise floor (as the models were trained and validated); windowed mode adds one
@@ -38,6 +45,8 @@ window aligned to the end of the file, so no audio is dropped. Fixed-shape files
 cannot look at more than the window they were exported for.
 JSON Lines: one object per window {"file", "start", "end", "tags": [{"label", "index",
 "mid", "probability"}]}; untrained (random-init) models add "untrained": true.
+With --output, a file that cannot be read is one error row {"file", "error"}; the run goes
+on, ends with a summary line on stderr and exits 0 with a warning (1 with --strict).
 """
 
 LISTEN_EXAMPLES = """\
@@ -129,6 +138,8 @@ def _tag(args: argparse.Namespace) -> int:
 
     if not args.files:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
+    if args.output or args.workers is not None or args.scheduler:
+        return _tag_archive(args)
     engine, tagger, filt = _load(args)
     untrained = engine.metadata.untrained
     windowed = args.window is not None or args.hop is not None
@@ -152,6 +163,41 @@ def _tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tag_archive(args: argparse.Namespace) -> int:
+    """``--output`` / ``--workers`` / ``--scheduler``: the resumable archive path (archive.py)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive  # noqa: PLC0415
+    from dymn_edge.runtime.tagger import DEFAULT_DITHER  # noqa: PLC0415
+
+    if not args.output:
+        raise DymnEdgeError("--workers / --scheduler write to a file: add --output TAGS.parquet (or .jsonl)")
+    if not args.model:
+        raise DymnEdgeError("--model PATH is required (an .onnx or .tflite file from dymn-export)")
+    if args.top_k is not None and args.top_k < 1:
+        raise DymnEdgeError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.threads is not None and args.threads < 1:
+        raise DymnEdgeError(f"--threads must be >= 1, got {args.threads}")
+    if args.json:
+        log.warning("--json is ignored with --output (the output suffix chooses the format)")
+    opts = ArchiveOptions(
+        window=args.window, hop=args.hop, windowed=args.window is not None or args.hop is not None,
+        top_k=args.top_k, threshold=args.threshold, include=tuple(args.include),
+        exclude=tuple(args.exclude), scores=args.scores, embeddings=args.embeddings,
+        dither=DEFAULT_DITHER if args.dither is None else args.dither, fmt=output_format(Path(args.output)),
+        threads=args.threads, delegate=args.delegate)
+    summary = run_archive(args.model, args.files, args.output, opts=opts, task_size=args.task_size,
+                          workers=args.workers, scheduler=args.scheduler, progress=sys.stderr.isatty())
+    print(f"dymn-tag: {summary.line()}", file=sys.stderr)
+    if summary.error_rows:
+        print(f"dymn-tag: warning: {summary.error_rows} files could not be tagged (error rows "
+              f"in {summary.output}){'' if args.strict else '; --strict makes this exit 1'}",
+              file=sys.stderr)
+        if args.strict:
+            return EXIT_FILES_FAILED
+    return 0
+
+
 def tag_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-tag``."""
     p = argparse.ArgumentParser(
@@ -159,6 +205,20 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
         epilog=TAG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", metavar="AUDIO", help="audio files (any rate/format soundfile reads)")
     _common(p)
+    arc = p.add_argument_group("archives (resumable; parallel with Dask: pip install 'dymn-edge[cluster]')")
+    arc.add_argument("--output", "-o", default=None, metavar="PATH.parquet|PATH.jsonl",
+                     help="write one row per window to this file; AUDIO may then also be folders "
+                          "(recursive) and .txt/.csv manifests; parts in PATH.parts/ make re-runs resume")
+    arc.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="tag on a local Dask cluster of N one-thread worker processes")
+    arc.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                     help="tag on a running Dask cluster (workers need dymn-edge and the audio paths)")
+    arc.add_argument("--task-size", type=int, default=50, metavar="FILES",
+                     help="files per task and per part file (default 50)")
+    arc.add_argument("--scores", action="store_true", help="also store every class probability")
+    arc.add_argument("--embeddings", action="store_true", help="also store the model embedding")
+    arc.add_argument("--strict", action="store_true",
+                     help="exit 1 when any file could not be tagged (default: exit 0 with a warning)")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     return _run_guarded(_tag, args, "dymn-tag")

@@ -1,0 +1,641 @@
+"""Tag an archive: many files, resumable part files, one process or a Dask cluster.
+
+Why this shape:
+
+- **Inputs** are files, folders (recursive, audio suffixes only) or manifests (``.txt`` /
+  ``.lst``: one path a line; ``.csv`` / ``.tsv``: a ``path`` / ``file`` / ``filename``
+  column, else the first one). Relative manifest paths are read relative to the manifest.
+  A path listed twice is tagged once (with a warning): every file is in the output once.
+- **Tasks** are consecutive groups of ``task_size`` files in input order. Each task's result
+  is one *part file* in ``OUTPUT.parts/``, named by the task's position and a digest of its
+  files and of everything that changes its rows (model bytes, window, hop, selection,
+  columns). A part is written to a temporary name and renamed, so a part either exists whole
+  or not at all; a re-run with the same output skips every part that exists, and a run with
+  other options or inputs never reuses a stale one. Part files are written by the *client*
+  (workers return the encoded bytes), so a killed worker can never leave half a part, and
+  workers need no access to the output folder, only to the audio.
+- **Errors**: a file that cannot be read or scored becomes one error row (file, message); a
+  task that kills its worker process repeatedly (a decoder crash) is split into one-file
+  tasks, and a file that still kills its worker becomes an error row. The job never stops
+  for one file.
+- **Dask**: the model file's bytes are scattered once to every worker (``broadcast``); each
+  worker thread loads the engine once and caches it (LiteRT / ONNX Runtime sessions are not
+  shared between threads). At most a few tasks per worker thread are in flight, so memory on
+  the client stays flat for millions of files.
+- **Output**: the parts are concatenated in task order into ``OUTPUT`` (Parquet via pyarrow,
+  or JSON Lines as ``dymn-tag --json`` writes them), atomically. Parquet columns: ``file``,
+  ``start``, ``end`` (s), ``labels``, ``indices``, ``probabilities`` (top-k, float32, exact),
+  optional ``scores`` (all classes) and ``embedding``, ``error`` (null on good rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dymn_edge.audio import read_audio
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.runtime.engines import load_engine
+from dymn_edge.runtime.output import TagFilter, json_line, window_json
+from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AUDIO_SUFFIXES", "ArchiveOptions", "ArchiveSummary", "Task", "expand_inputs",
+           "plan_tasks", "run_archive", "PIP_CLUSTER"]
+
+PIP_CLUSTER = "pip install 'dymn-edge[cluster]'"
+
+#: Suffixes picked up when a folder is walked (what libsndfile decodes).
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                            ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".wv"})
+MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".tsv"})
+OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+_PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "audio", "audio_path")
+#: Tasks in flight per worker thread: enough to keep workers busy, few enough to bound memory.
+_INFLIGHT_PER_THREAD = 3
+
+
+# ---------------------------------------------------------------------------------------
+# inputs and tasks
+
+
+def _read_manifest(path: Path) -> list[Path]:
+    """Paths listed in a text (one a line, ``#`` comments) or CSV/TSV manifest."""
+    base = path.parent
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DymnEdgeError(f"cannot read manifest {path}: {exc}") from exc
+    if path.suffix.lower() in (".csv", ".tsv"):
+        rows = list(csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+        rows = [r for r in rows if r and any(c.strip() for c in r)]
+        if not rows:
+            return []
+        header = [c.strip().lower() for c in rows[0]]
+        col = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
+        if col is None:  # no known header: a first row that names an audio file is data
+            col, body = 0, rows if Path(rows[0][0].strip()).suffix.lower() in AUDIO_SUFFIXES else rows[1:]
+        else:
+            body = rows[1:]
+        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    else:
+        entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [p if p.is_absolute() else base / p for p in map(Path, entries)]
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (recursive, :data:`AUDIO_SUFFIXES`) and manifests -> audio paths.
+
+    A named path that does not exist is a user error (a typo should not become an empty
+    job); a path *listed in a manifest* that does not exist becomes an error row later, as
+    archives do lose files. Order: inputs in the given order, folders sorted.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+            if not found:
+                log.warning("no audio files (%s) under %s", ", ".join(sorted(AUDIO_SUFFIXES)), p)
+            out.extend(found)
+        elif p.suffix.lower() in MANIFEST_SUFFIXES:
+            if not p.is_file():
+                raise DymnEdgeError(f"manifest not found: {p}")
+            out.extend(_read_manifest(p))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DymnEdgeError(f"input not found: {p} (give audio files, folders or a .txt/.csv manifest)")
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for p in out:
+        key = os.path.normpath(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if len(unique) < len(out):
+        log.warning("%d paths were listed more than once; each is tagged once", len(out) - len(unique))
+    return unique
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: consecutive files, and the part file that will hold their rows."""
+
+    index: int
+    part: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """Everything that decides the rows of a file (and so the part names)."""
+
+    window: float | None = None
+    hop: float | None = None
+    windowed: bool = False
+    top_k: int | None = 5
+    threshold: float = 0.0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    scores: bool = False
+    embeddings: bool = False
+    dither: float = DEFAULT_DITHER
+    fmt: str = "parquet"
+    #: not part of the rows (results are identical per thread count on the same engine)
+    threads: int | None = field(default=None, compare=False)
+    delegate: str | None = None
+
+    def fingerprint(self, model_digest: str) -> str:
+        d = asdict(self)
+        d.pop("threads")
+        d["model"] = model_digest
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def output_format(output: Path) -> str:
+    """``parquet`` or ``jsonl`` from the output suffix (a user error otherwise)."""
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise DymnEdgeError(f"--output must end in .parquet or .jsonl, got '{output.name}'")
+    return suffix[1:]
+
+
+def plan_tasks(files: Sequence[Path], task_size: int, fingerprint: str, fmt: str) -> list[Task]:
+    """Group files into tasks whose part names change whenever their rows would."""
+    if task_size < 1:
+        raise DymnEdgeError(f"--task-size must be >= 1, got {task_size}")
+    tasks = []
+    for i, a in enumerate(range(0, len(files), task_size)):
+        group = tuple(str(f) for f in files[a:a + task_size])
+        h = hashlib.sha256(fingerprint.encode())
+        for f in group:
+            h.update(f.encode("utf-8", "surrogateescape") + b"\0")
+        tasks.append(Task(i, f"part-{i:07d}-{h.hexdigest()[:16]}.{fmt}", group))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------
+# tagging one task (runs in the client process or on a Dask worker)
+
+
+@dataclass
+class TaskResult:
+    """What a task sends back: the encoded part file and its counts."""
+
+    index: int
+    payload: bytes
+    n_files: int
+    n_failed: int
+    audio_seconds: float
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _TagContext:
+    """A loaded engine, tagger and tag filter: built once per process / worker thread."""
+
+    def __init__(self, model_path: Path, opts: ArchiveOptions) -> None:
+        self.opts = opts
+        engine = load_engine(model_path, threads=opts.threads, delegate=opts.delegate)
+        self.tagger = Tagger(engine, dither=opts.dither)
+        self.filter = TagFilter.build(self.tagger.labels, top_k=opts.top_k, threshold=opts.threshold,
+                                      include=opts.include, exclude=opts.exclude)
+        if opts.windowed:  # a bad window is one user error up front, not an error row per file
+            self.tagger.windows(0, self.tagger.window_seconds if opts.window is None else opts.window,
+                                opts.hop or self.tagger.window_seconds)
+
+    def tag(self, path: str) -> list[Any]:
+        """Window scores of one file through the Tagger's public API."""
+        o = self.opts
+        return self.tagger.tag_file(path, o.window, o.hop, windowed=o.windowed)
+
+
+def _rows_of(ctx: _TagContext, path: str, results: list[Any]) -> list[dict[str, Any]]:
+    labels = ctx.tagger.labels
+    rows = []
+    for r in results:
+        sel = ctx.filter.select(r.probabilities)
+        row: dict[str, Any] = {"file": path, "start": float(r.start), "end": float(r.end),
+                               "labels": [labels[i].display_name for i, _ in sel],
+                               "indices": [i for i, _ in sel],
+                               "probabilities": np.asarray([r.probabilities[i] for i, _ in sel], np.float32),
+                               "error": None}
+        if ctx.opts.scores:
+            row["scores"] = np.asarray(r.probabilities, np.float32)
+        if ctx.opts.embeddings:
+            emb = getattr(r, "embedding", None)
+            if emb is None:
+                raise DymnEdgeError("this tagger gives no embedding for the window; drop --embeddings")
+            row["embedding"] = np.asarray(emb, np.float32).ravel()
+        rows.append(row)
+    return rows
+
+
+def _error_row(path: str, message: str, opts: ArchiveOptions) -> dict[str, Any]:
+    row: dict[str, Any] = {"file": path, "start": None, "end": None, "labels": [], "indices": [],
+                           "probabilities": np.zeros(0, np.float32), "error": message}
+    if opts.scores:
+        row["scores"] = None
+    if opts.embeddings:
+        row["embedding"] = None
+    return row
+
+
+def _schema(opts: ArchiveOptions) -> Any:
+    import pyarrow as pa  # noqa: PLC0415  (optional: the cluster extra)
+
+    fields = [pa.field("file", pa.string(), nullable=False), pa.field("start", pa.float64()),
+              pa.field("end", pa.float64()), pa.field("labels", pa.list_(pa.string())),
+              pa.field("indices", pa.list_(pa.int32())), pa.field("probabilities", pa.list_(pa.float32()))]
+    if opts.scores:
+        fields.append(pa.field("scores", pa.list_(pa.float32())))
+    if opts.embeddings:
+        fields.append(pa.field("embedding", pa.list_(pa.float32())))
+    fields.append(pa.field("error", pa.string()))
+    return pa.schema(fields)
+
+
+def _encode(rows: list[dict[str, Any]], opts: ArchiveOptions, labels: Sequence[Any]) -> bytes:
+    """Rows -> the bytes of one part file (Parquet table or JSON Lines)."""
+    if opts.fmt == "jsonl":
+        lines = []
+        for r in rows:
+            if r["error"] is not None:
+                obj: dict[str, Any] = {"file": r["file"], "error": r["error"]}
+            else:
+                sel = list(zip(r["indices"], (float(p) for p in r["probabilities"])))
+                obj = window_json(r["start"], r["end"], labels, sel, file=r["file"])
+                if opts.scores:
+                    obj["scores"] = [float(x) for x in r["scores"]]
+                if opts.embeddings:
+                    obj["embedding"] = [float(x) for x in r["embedding"]]
+            lines.append(json_line(obj) + "\n")
+        return "".join(lines).encode("utf-8")
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    schema = _schema(opts)
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    table = pa.Table.from_pydict(cols, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _run_task(ctx: _TagContext, task: Task) -> TaskResult:
+    rows: list[dict[str, Any]] = []
+    errors: list[tuple[str, str]] = []
+    seconds = 0.0
+    for path in task.files:
+        try:
+            results = ctx.tag(path)
+            file_rows = _rows_of(ctx, path, results)
+        except Exception as exc:  # noqa: BLE001  (one bad file is one error row, never a dead job)
+            msg = str(exc) if isinstance(exc, DymnEdgeError) else f"{type(exc).__name__}: {exc}"
+            msg = " ".join(msg.split()) or type(exc).__name__
+            log.debug("%s: %s", path, msg)
+            errors.append((path, msg))
+            rows.append(_error_row(path, msg, ctx.opts))
+            continue
+        rows.extend(file_rows)
+        seconds += max((float(r.end) for r in results), default=0.0)
+    return TaskResult(task.index, _encode(rows, ctx.opts, ctx.tagger.labels), len(task.files),
+                      len(errors), seconds, errors)
+
+
+# Per worker thread: (model digest, options) -> loaded context. A Dask worker process keeps
+# it across tasks, so each thread loads the engine once.
+_local = threading.local()
+
+
+def _worker_context(model_bytes: bytes, model_name: str, digest: str, opts: ArchiveOptions) -> _TagContext:
+    cache = getattr(_local, "contexts", None)
+    if cache is None:
+        cache = _local.contexts = {}
+    key = (digest, opts)
+    if key not in cache:
+        try:
+            from distributed import get_worker  # noqa: PLC0415
+
+            base = Path(get_worker().local_directory)
+        except (ImportError, ValueError):
+            base = Path(tempfile.gettempdir())
+        path = base / f"dymn-model-{digest[:16]}{Path(model_name).suffix}"
+        if not path.is_file() or path.stat().st_size != len(model_bytes):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(model_bytes)
+            os.replace(tmp, path)
+        log.info("worker %d: loading %s", os.getpid(), model_name)
+        cache[key] = _TagContext(path, opts)
+    return cache[key]
+
+
+def dask_task(model_bytes: bytes, model_name: str, digest: str, opts: ArchiveOptions,
+              task: Task) -> TaskResult:
+    """The function a Dask worker runs: ``model_bytes`` arrives once per worker (scattered)."""
+    return _run_task(_worker_context(model_bytes, model_name, digest, opts), task)
+
+
+# ---------------------------------------------------------------------------------------
+# the job
+
+
+@dataclass
+class ArchiveSummary:
+    """Counts and rates of one run (``skipped``: files whose parts existed already)."""
+
+    output: Path
+    files: int
+    done: int
+    failed: int
+    skipped: int
+    error_rows: int
+    audio_seconds: float
+    wall_seconds: float
+    workers: int
+
+    @property
+    def files_per_second(self) -> float:
+        return (self.done + self.failed) / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def audio_hours_per_hour(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.files} files: {self.done} done, {self.failed} failed, {self.skipped} skipped "
+                f"in {self.wall_seconds:.1f} s ({self.files_per_second:.1f} files/s); "
+                f"{self.audio_seconds / 3600:.3f} h of audio = {self.audio_hours_per_hour:.1f} audio hours "
+                f"per wall-clock hour -> {self.output}")
+
+
+def _write_atomic(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _merge(parts: list[Path], output: Path, opts: ArchiveOptions) -> None:
+    """Concatenate part files in task order into ``output`` (atomically)."""
+    if opts.fmt == "jsonl":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as out:
+                for p in parts:
+                    out.write(p.read_bytes())
+    else:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        def write(tmp: Path) -> None:
+            with pq.ParquetWriter(tmp, _schema(opts)) as writer:
+                for p in parts:
+                    writer.write_table(pq.read_table(p))
+    _write_atomic(output, write)
+
+
+def count_error_rows(output: Path) -> int:
+    """Error rows in a merged output file."""
+    if output.suffix.lower() == ".jsonl":
+        n = 0
+        with open(output, encoding="utf-8") as fh:
+            for line in fh:
+                if '"error"' in line and "error" in json.loads(line):
+                    n += 1
+        return n
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    col = pq.read_table(output, columns=["error"]).column("error")
+    return len(col) - col.null_count
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, unit="file", desc="dymn-tag", disable=not enabled or total == 0,
+                mininterval=1.0, smoothing=0.1, dynamic_ncols=True)
+
+
+def _need_pyarrow(fmt: str) -> None:
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401, PLC0415
+        except ImportError as exc:
+            raise DymnEdgeError(f"Parquet output needs pyarrow: {PIP_CLUSTER} (or use --output X.jsonl)") from exc
+
+
+def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: str | Path, *,
+                opts: ArchiveOptions, task_size: int = 50, workers: int | None = None,
+                scheduler: str | None = None, progress: bool = True,
+                client: Any = None) -> ArchiveSummary:
+    """Tag every input file into ``output``; see the module docstring.
+
+    ``workers`` starts a ``distributed.LocalCluster`` with that many one-thread worker
+    processes, ``scheduler`` connects to a running cluster, ``client`` uses a connected
+    ``distributed.Client`` (tests); none of them: the plain loop in this process.
+    """
+    t0 = time.perf_counter()
+    output = Path(output)
+    if opts.fmt != output_format(output):
+        raise DymnEdgeError(f"options say {opts.fmt} but the output is {output.name}")
+    _need_pyarrow(opts.fmt)
+    model = Path(model)
+    if not model.is_file():
+        raise DymnEdgeError(f"model file not found: {model}")
+    if workers is not None and workers < 1:
+        raise DymnEdgeError(f"--workers must be >= 1, got {workers}")
+    files = expand_inputs(inputs)
+    if not files:
+        raise DymnEdgeError("no audio files in the inputs")
+    model_bytes = model.read_bytes()
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    tasks = plan_tasks(files, task_size, opts.fingerprint(digest), opts.fmt)
+    parts_dir = output.with_name(output.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    todo = [t for t in tasks if not (parts_dir / t.part).is_file()]
+    skipped = sum(len(t.files) for t in tasks) - sum(len(t.files) for t in todo)
+    stale = {p.name for p in parts_dir.glob("part-*")} - {t.part for t in tasks}
+    if stale:
+        log.info("%d part files in %s belong to other inputs or options and are left out", len(stale), parts_dir)
+    if skipped:
+        log.info("%d of %d files already tagged in %s", skipped, len(files), parts_dir)
+
+    counts = {"done": 0, "failed": 0, "seconds": 0.0}
+    bar = _progress(sum(len(t.files) for t in todo), progress)
+
+    def accept(task: Task, res: TaskResult) -> None:
+        _write_atomic(parts_dir / task.part, res.payload)
+        counts["done"] += res.n_files - res.n_failed
+        counts["failed"] += res.n_failed
+        counts["seconds"] += res.audio_seconds
+        for path, msg in res.errors:
+            log.warning("%s: %s", path, msg)
+        bar.update(res.n_files)
+        if counts["failed"]:
+            bar.set_postfix(failed=counts["failed"], refresh=False)
+
+    n_workers = 1
+    try:
+        if todo and (workers or scheduler or client is not None):
+            n_workers = _run_dask(todo, accept, model, model_bytes, digest, opts, workers, scheduler, client)
+        elif todo:
+            ctx = _TagContext(model, opts)
+            for task in todo:
+                accept(task, _run_task(ctx, task))
+    finally:
+        bar.close()
+    final = [parts_dir / t.part for t in tasks]
+    if todo or not output.is_file() or output.stat().st_mtime < max(p.stat().st_mtime for p in final):
+        _merge(final, output, opts)
+    return ArchiveSummary(output, len(files), counts["done"], counts["failed"], skipped,
+                          count_error_rows(output), counts["seconds"], time.perf_counter() - t0, n_workers)
+
+
+def _check_model_loads(model: Path, opts: ArchiveOptions) -> None:
+    """Fail in the client, with one line, on a model the workers could not load either."""
+    _TagContext(model, opts)
+
+
+def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], model: Path,
+              model_bytes: bytes, digest: str, opts: ArchiveOptions, workers: int | None,
+              scheduler: str | None, client: Any) -> int:
+    """Run ``todo`` on a Dask cluster; returns the number of worker threads used."""
+    try:
+        from distributed import Client, LocalCluster, as_completed  # noqa: PLC0415
+    except ImportError as exc:
+        raise DymnEdgeError(f"--workers / --scheduler need Dask: {PIP_CLUSTER}") from exc
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        # distributed logs every cluster start and stop at INFO on its own handler
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    _check_model_loads(model, opts)
+    # One-thread engines on workers unless asked: parallelism comes from the workers.
+    wopts = opts if opts.threads else ArchiveOptions(**{**asdict(opts), "threads": 1})
+    cluster = own_client = None
+    try:
+        if client is None:
+            if scheduler:
+                try:
+                    client = own_client = Client(scheduler, timeout="30s")
+                except (OSError, TimeoutError) as exc:
+                    raise DymnEdgeError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from exc
+            else:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+                client = own_client = Client(cluster)
+        threads = max(1, sum(client.nthreads().values()))
+        log.info("Dask: %s, %d worker threads", client.scheduler.address, threads)
+        model_future = client.scatter(model_bytes, broadcast=True, hash=True)
+        pending: Iterator[Task] = iter(todo)
+        by_key: dict[str, tuple[Task, int]] = {}
+        ac = as_completed()
+
+        def submit(task: Task, attempt: int = 0) -> None:
+            fut = client.submit(dask_task, model_future, model.name, digest, wopts, task,
+                                key=f"dymn-tag-{task.part}-{attempt}", pure=False)
+            by_key[fut.key] = (task, attempt)
+            ac.add(fut)
+
+        for task in _take(pending, threads * _INFLIGHT_PER_THREAD):
+            submit(task)
+        splits: dict[int, list[TaskResult | None]] = {}
+        for fut in ac:
+            task, attempt = by_key.pop(fut.key)
+            if fut.status == "finished":
+                _collect(task, fut.result(), splits, accept, opts)
+            else:
+                try:
+                    exc = fut.exception()
+                except Exception as why:  # noqa: BLE001  (a cancelled future raises here)
+                    exc = why
+                if len(task.files) > 1 and attempt == 0:
+                    log.warning("task of %d files failed on its workers (%s); retrying file by file",
+                                len(task.files), _one_line(exc))
+                    splits[task.index] = [None] * len(task.files)
+                    for k, f in enumerate(task.files):
+                        submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
+                else:
+                    res = _crash_result(task, f"worker died or failed on this file: {_one_line(exc)}", opts)
+                    _collect(task, res, splits, accept, opts)
+            fut.release()
+            for nxt in _take(pending, 1):
+                submit(nxt)
+        return threads
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _take(it: Iterator[Task], n: int) -> list[Task]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = " ".join(str(exc).split()) if exc is not None else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _crash_result(task: Task, message: str, opts: ArchiveOptions) -> TaskResult:
+    rows = [_error_row(f, message, opts) for f in task.files]
+    return TaskResult(task.index, _encode(rows, opts, ()), len(task.files), len(task.files), 0.0,
+                      [(f, message) for f in task.files])
+
+
+def _collect(task: Task, res: TaskResult, splits: dict[int, list[TaskResult | None]],
+             accept: Callable[[Task, TaskResult], None], opts: ArchiveOptions) -> None:
+    """Accept a whole task, or gather the one-file pieces of a split one."""
+    if "#" not in task.part:
+        accept(task, res)
+        return
+    part, k = task.part.rsplit("#", 1)
+    pieces = splits[task.index]
+    pieces[int(k)] = res
+    if all(p is not None for p in pieces):
+        del splits[task.index]
+        whole = [p for p in pieces if p is not None]
+        payload = _concat_payloads([p.payload for p in whole], opts)
+        merged = TaskResult(task.index, payload, sum(p.n_files for p in whole),
+                            sum(p.n_failed for p in whole), sum(p.audio_seconds for p in whole),
+                            [e for p in whole for e in p.errors])
+        accept(Task(task.index, part, ()), merged)
+
+
+def _concat_payloads(payloads: list[bytes], opts: ArchiveOptions) -> bytes:
+    if opts.fmt == "jsonl":
+        return b"".join(payloads)
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    table = pa.concat_tables([pq.read_table(pa.BufferReader(p)) for p in payloads])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
