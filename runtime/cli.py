@@ -319,6 +319,11 @@ def _listen(args: argparse.Namespace) -> int:
 
     if args.duration is not None and args.duration <= 0:
         raise DymnEdgeError(f"--duration must be positive, got {args.duration:g}")
+    from dymn_edge.runtime import device as dev  # noqa: PLC0415
+
+    if args.print_systemd_unit:
+        print(dev.systemd_unit(args.argv), end="")
+        return 0
     _, tagger, filt = _load(args)
     hop = 1.0 if args.hop is None else args.hop
     scorer = StreamingScorer(tagger, args.window, hop)
@@ -335,8 +340,13 @@ def _listen(args: argparse.Namespace) -> int:
             raise DymnEdgeError(f"--smooth takes ema[:ALPHA], median[:HOPS] or none, got '{args.smooth}'") from exc
     cfg = EventConfig(on=args.on, off=args.off if args.off is not None else min(args.on, 0.6 * args.on),
                       min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median)
-    tracker = EventTracker(tagger.labels, cfg, hop_s=scorer.hop_s)
+    tracker = EventTracker(tagger.labels, cfg, hop_s=scorer.hop_s,
+                           per_label=dev.per_label_thresholds(args, tagger.labels, cfg))
     listener = Listener(scorer, tracker, device=args.device, device_rate=args.device_rate)
+    sinks = dev.build_sinks(args, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
+    if sinks is not None:
+        listener.sinks = sinks
+        signal.signal(signal.SIGHUP, lambda signum, frame: listener.reopen.set())
     printer = _Printer(args, tagger, filt, sys.stdout)
     stop = threading.Event()
 
@@ -346,6 +356,9 @@ def _listen(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
         stats = listener.run(duration=args.duration, stop=stop, on_hop=printer.hop)
+    except BaseException:
+        listener.finish()  # device errors too: open events are closed into the sinks
+        raise
     finally:
         signal.signal(signal.SIGTERM, old)
     for ev in listener.finish():
@@ -359,7 +372,8 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="dymn-listen",
         description="Tag live microphone audio with an exported DyMN/MN model (no torch).",
-        epilog=LISTEN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=LISTEN_EXAMPLES + "\n" + _device_examples(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--device", "-d", default=None, metavar="NAME|INDEX",
@@ -377,7 +391,17 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
                    help="shortest reported event (default 0: a single hop counts)")
     p.add_argument("--smooth", default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
                    help="per-label score smoothing over hops (default ema:0.7)")
+    from dymn_edge.runtime.device import add_device_args  # noqa: PLC0415
+
+    add_device_args(p)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --print-systemd-unit
     _setup_logging(args.verbose)
     return _run_guarded(_listen, args, "dymn-listen")
+
+
+def _device_examples() -> str:
+    from dymn_edge.runtime.device import DEVICE_EXAMPLES  # noqa: PLC0415
+
+    return DEVICE_EXAMPLES
 

@@ -67,6 +67,11 @@ class Event:
     start: float
     end: float | None
     probability: float  # peak smoothed score so far
+    mean: float | None = None  # mean smoothed score over the event's hops (set on "end")
+    # set by the listener (it knows the wall clock), for sinks: UTC epoch seconds, clip file
+    start_utc: float | None = None
+    end_utc: float | None = None
+    clip: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -77,10 +82,19 @@ class EventTracker:
     """Per-label smoothing + hysteresis over a sequence of hop scores."""
 
     def __init__(self, labels: Sequence[Label], config: EventConfig = EventConfig(),
-                 hop_s: float = 1.0) -> None:
+                 hop_s: float = 1.0, per_label: "np.ndarray | None" = None) -> None:
+        """``per_label``: optional (n_labels, 3) array of on / off / min_duration per label
+        (from :mod:`dymn_edge.runtime.thresholds`) replacing the global thresholds."""
         self.labels = list(labels)
         self.config = config.validate()
         self.hop_s = float(hop_s)
+        n = len(self.labels)
+        base = np.array([[config.on, config.off, config.min_duration]] * n, dtype=np.float64).reshape(n, 3)
+        if per_label is not None:
+            base = np.asarray(per_label, dtype=np.float64)
+            if base.shape != (n, 3):
+                raise DymnEdgeError(f"per-label thresholds need shape ({n}, 3), got {base.shape}")
+        self._on, self._off, self._min = base[:, 0].copy(), base[:, 1].copy(), base[:, 2].copy()
         self.reset()
 
     def reset(self) -> None:
@@ -93,6 +107,8 @@ class EventTracker:
         self._start = np.zeros(n, dtype=np.float64)
         self._peak = np.zeros(n, dtype=np.float64)
         self._last_end = np.zeros(n, dtype=np.float64)
+        self._sum = np.zeros(n, dtype=np.float64)  # smoothed scores summed over the event
+        self._hops = np.zeros(n, dtype=np.int64)
 
     def _smooth(self, p: np.ndarray) -> np.ndarray:
         c = self.config
@@ -108,25 +124,29 @@ class EventTracker:
         p = np.asarray(probabilities, dtype=np.float64)
         self.smoothed = self._smooth(p)
         self._first = False
-        c = self.config
         s = self.smoothed
         hop_start = max(0.0, end - self.hop_s)
         changes: list[Event] = []
-        above_on = s >= c.on
-        above_off = s >= c.off
+        above_on = s >= self._on
+        above_off = s >= self._off
         # new onsets
         starting = above_on & np.isnan(self._pending) & ~self._active
         self._pending[starting] = hop_start
         self._peak[starting] = 0.0
+        self._sum[starting] = 0.0
+        self._hops[starting] = 0
         tracking = ~np.isnan(self._pending) | self._active
         self._peak[tracking] = np.maximum(self._peak[tracking], s[tracking])
+        counted = tracking & above_off
+        self._sum[counted] += s[counted]
+        self._hops[counted] += 1
         self._last_end[tracking & above_off] = end
         # pending onsets that dropped out before min_duration: flicker, forget it
         dropped = ~np.isnan(self._pending) & ~self._active & ~above_off
         self._pending[dropped] = np.nan
         # pending onsets that lasted long enough: report the start
         confirm = (~np.isnan(self._pending) & ~self._active & above_off
-                   & (end - self._pending >= c.min_duration - 1e-9))
+                   & (end - self._pending >= self._min - 1e-9))
         for i in np.flatnonzero(confirm):
             self._active[i] = True
             self._start[i] = self._pending[i]
@@ -136,7 +156,7 @@ class EventTracker:
         ending = self._active & ~above_off
         for i in np.flatnonzero(ending):
             changes.append(Event("end", self.labels[i], float(self._start[i]),
-                                 float(self._last_end[i]), float(self._peak[i])))
+                                 float(self._last_end[i]), float(self._peak[i]), self._mean(i)))
             self._active[i] = False
             self._pending[i] = np.nan
         return changes
@@ -147,10 +167,13 @@ class EventTracker:
         for i in np.flatnonzero(self._active):
             stop = float(self._last_end[i]) if end is None else float(end)
             changes.append(Event("end", self.labels[i], float(self._start[i]), stop,
-                                 float(self._peak[i])))
+                                 float(self._peak[i]), self._mean(i)))
         self._active[:] = False
         self._pending[:] = np.nan
         return changes
+
+    def _mean(self, i: int) -> float:
+        return float(self._sum[i] / self._hops[i]) if self._hops[i] else float(self._peak[i])
 
     @property
     def active(self) -> list[Label]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from dymn_edge.errors import DeviceError
 from dymn_edge.runtime.events import Event, EventTracker
+from dymn_edge.runtime.sinks import EventSink, SinkSet
 from dymn_edge.runtime.stream import StreamingScorer
 from dymn_edge.runtime.tagger import WindowScores
 
@@ -204,6 +205,7 @@ class ListenStats:
     overflows: int = 0
     dropped_seconds: float = 0.0
     inference_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # sink counters (mqtt, clips, ...)
     _recent_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10000))
 
     def add_inference(self, ms: float) -> None:
@@ -229,13 +231,15 @@ class ListenStats:
                 "hops_skipped": self.hops_skipped, "overflows": self.overflows,
                 "dropped_seconds": round(self.dropped_seconds, 3),
                 "mean_inference_ms": round(self.mean_ms, 3), "p95_inference_ms": round(self.p95_ms, 3),
-                "rtf": round(self.rtf, 5), "device": self.device, "samplerate": self.samplerate}
+                "rtf": round(self.rtf, 5), "device": self.device, "samplerate": self.samplerate,
+                **self.extra}
 
     def summary(self) -> str:
         return (f"summary: {self.audio_seconds:.1f} s audio, {self.hops_run} hops run, "
                 f"{self.hops_skipped} skipped, {self.overflows} overflows, "
                 f"{self.dropped_seconds:.2f} s dropped, inference mean {self.mean_ms:.1f} ms / "
-                f"p95 {self.p95_ms:.1f} ms, real-time factor {self.rtf:.3f}")
+                f"p95 {self.p95_ms:.1f} ms, real-time factor {self.rtf:.3f}"
+                + "".join(f", {k.replace('_', ' ')} {v}" for k, v in self.extra.items()))
 
 
 #: Called by the consumer for every scored hop with its events, and with the stats.
@@ -247,8 +251,13 @@ class Listener:
 
     def __init__(self, scorer: StreamingScorer, tracker: EventTracker, *,
                  device: str | int | None = None, buffer_seconds: float = 30.0,
-                 stall_seconds: float = STALL_SECONDS, device_rate: int | None = None) -> None:
+                 stall_seconds: float = STALL_SECONDS, device_rate: int | None = None,
+                 sinks: "EventSink | None" = None) -> None:
         self.scorer = scorer
+        self.sinks: EventSink = sinks if sinks is not None else SinkSet()
+        self.reopen = threading.Event()  # set (e.g. by SIGHUP): sinks re-open their files
+        self._clock = (time.time(), 0.0)  # (wall UTC, stream seconds) at the newest audio
+        self._open_utc: dict[int, float] = {}
         self.tracker = tracker
         self.device_spec = device
         self.buffer_seconds = buffer_seconds
@@ -318,6 +327,9 @@ class Listener:
         try:
             stream.start()
             while not stop.is_set():
+                if self.reopen.is_set():
+                    self.reopen.clear()
+                    self.sinks.reopen()
                 x, lost = self.buffer.read(timeout=0.1)
                 if lost:
                     self._gap(lost, resampler)
@@ -350,8 +362,25 @@ class Listener:
         return self.stats
 
     def finish(self) -> list[Event]:
-        """Close open events at the end of the run."""
-        return self.tracker.finish()
+        """Close open events at the end of the run, hand them to the sinks, close the sinks
+        (their counters go into ``stats.extra``)."""
+        events = self.tracker.finish()
+        self._dispatch(events)
+        self.stats.extra.update(self.sinks.close())
+        return events
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Stamp wall-clock UTC times on the events and hand them to the sinks."""
+        wall, stream = self._clock
+        for ev in events:
+            key = ev.label.index
+            if ev.kind == "start":
+                ev.start_utc = wall - (stream - ev.start)
+                self._open_utc[key] = ev.start_utc
+            else:
+                ev.start_utc = self._open_utc.pop(key, wall - (stream - ev.start))
+                ev.end_utc = wall - (stream - (ev.end if ev.end is not None else stream))
+            self.sinks.event(ev)
 
     def _make_resampler(self) -> Callable[[np.ndarray], np.ndarray] | None:
         if self.samplerate == self.scorer.sample_rate:
@@ -375,9 +404,12 @@ class Listener:
         update = self.scorer.push(y, max_windows=1)
         self.stats.hops_skipped += update.skipped
         self.stats.audio_seconds = self.scorer.seconds
+        self._clock = (time.time(), self.scorer.seconds)
+        self.sinks.audio(y, self.scorer.seconds)
         for scores, ms in zip(update.scores, update.inference_ms):
             self.stats.hops_run += 1
             self.stats.add_inference(ms)
             events = self.tracker.update(scores.end, scores.probabilities)
+            self._dispatch(events)
             if on_hop:
                 on_hop(scores, events, self.stats)

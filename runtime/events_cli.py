@@ -1,0 +1,143 @@
+"""``dymn-events``: list, filter, export and summarise what ``dymn-listen --db`` stored.
+
+Reads the database read-only (safe while dymn-listen writes to it: WAL readers never block
+the writer). Times are UTC; ``--since`` / ``--until`` take ISO dates or times (read as UTC
+unless they carry an offset) or an age like ``30m``, ``6h``, ``7d``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.runtime.cli import _run_guarded, _setup_logging
+from dymn_edge.runtime.eventlog import COLUMNS, EventQuery, open_readonly, query_events, utc_iso
+
+__all__ = ["main", "parse_time", "summary_rows"]
+
+EXAMPLES = """\
+examples:
+  dymn-events events.db                                 every event, oldest first
+  dymn-events events.db --label Dog --since 24h         dogs of the last day
+  dymn-events events.db --since 2026-05-01 --format csv > may.csv
+  dymn-events events.db --format jsonl --min-prob 0.8   JSON Lines, confident ones only
+  dymn-events events.db --summary --since 7d            events per label and hour (UTC)
+"""
+
+SUMMARY_COLUMNS = ("hour_utc", "label", "events", "total_s", "max_peak_prob", "mean_prob")
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: dt.datetime | None = None) -> str:
+    """UTC ISO text (as stored) from an ISO date / time or an age (``6h``: six hours ago)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    m = _AGE.match(text)
+    if m:
+        t = now - dt.timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    else:
+        try:
+            t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise DymnEdgeError(f"not a time: '{text}' (use e.g. 2026-05-01, 2026-05-01T06:30, "
+                                "30m, 6h, 7d)") from exc
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.timezone.utc)
+    return utc_iso(t.timestamp())
+
+
+def summary_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events per (UTC hour, label): count, total seconds, max peak, mean of means."""
+    acc: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["start_utc"][:13] + ":00Z", r["label"])
+        a = acc.setdefault(key, {"hour_utc": key[0], "label": key[1], "events": 0, "total_s": 0.0,
+                                 "max_peak_prob": 0.0, "_means": []})
+        a["events"] += 1
+        a["total_s"] += float(r["duration_s"] or 0.0)
+        a["max_peak_prob"] = max(a["max_peak_prob"], float(r["peak_prob"] or 0.0))
+        if r["mean_prob"] is not None:
+            a["_means"].append(float(r["mean_prob"]))
+    out = []
+    for key in sorted(acc):
+        a = acc[key]
+        means = a.pop("_means")
+        a["total_s"] = round(a["total_s"], 3)
+        a["max_peak_prob"] = round(a["max_peak_prob"], 6)
+        a["mean_prob"] = round(sum(means) / len(means), 6) if means else None
+        out.append(a)
+    return out
+
+
+def _write(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, out: TextIO) -> None:
+    if fmt == "jsonl":
+        for r in rows:
+            out.write(json.dumps({c: r[c] for c in columns}, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        w = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        def cell(v: Any) -> str:
+            if v is None:
+                return "-"
+            return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+        table = [[cell(r[c]) for c in columns] for r in rows]
+        widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
+        out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+        for t in table:
+            out.write("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() + "\n")
+
+
+TABLE_COLUMNS = ("id", "start_utc", "duration_s", "label", "peak_prob", "mean_prob", "clip")
+
+
+def _events(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise DymnEdgeError(f"--limit must be >= 1, got {args.limit}")
+    q = EventQuery(labels=[x for item in args.label for x in item.split("|")],
+                   since=parse_time(args.since) if args.since else None,
+                   until=parse_time(args.until) if args.until else None,
+                   min_prob=args.min_prob, limit=None if args.summary else args.limit,
+                   newest_first=args.newest_first)
+    conn = open_readonly(args.db)
+    try:
+        rows = list(query_events(conn, q))
+    finally:
+        conn.close()
+    out = sys.stdout
+    if args.summary:
+        _write(summary_rows(rows), SUMMARY_COLUMNS, args.format, out)
+    else:
+        _write(rows, TABLE_COLUMNS if args.format == "table" else COLUMNS, args.format, out)
+    out.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-events``."""
+    p = argparse.ArgumentParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("db", metavar="DB", help="SQLite file written by dymn-listen --db")
+    p.add_argument("--label", action="append", default=[], metavar="NAME|MID",
+                   help="only these labels (display name, case-insensitive, or mid; repeat or use |)")
+    p.add_argument("--since", metavar="TIME", help="events starting at or after TIME (ISO, or 30m / 6h / 7d ago)")
+    p.add_argument("--until", metavar="TIME", help="events starting before TIME")
+    p.add_argument("--min-prob", type=float, default=None, metavar="P", help="peak probability >= P")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N events")
+    p.add_argument("--newest-first", action="store_true", help="newest events first")
+    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table",
+                   help="output format (default: a table; csv / jsonl carry every column)")
+    p.add_argument("--summary", action="store_true", help="events per UTC hour and label instead of events")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run_guarded(_events, args, "dymn-events")

@@ -1,0 +1,234 @@
+"""MQTT publisher against a real mosquitto broker (started here on a free loopback port)
+and a real paho-mqtt subscriber: messages, retained availability, Home Assistant discovery,
+a broker that is down at the start, and the bounded queue's drop counter.
+
+``Broker`` and ``Subscriber`` are reused by test_device_listen.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import in_ci
+from dymn_edge.labels import Label
+from dymn_edge.runtime.events import Event
+from dymn_edge.runtime.mqtt import MqttError, parse_mqtt_url
+
+LABELS = [Label(i, f"/m/d{i}", name) for i, name in enumerate(["zero", "one", "two", "Dog bark"])]
+HA_BINARY_KEYS = {"name", "unique_id", "state_topic", "payload_on", "payload_off", "availability_topic",
+                  "payload_available", "payload_not_available", "device", "device_class"}
+HA_SENSOR_KEYS = {"name", "unique_id", "state_topic", "value_template", "json_attributes_topic",
+                  "availability_topic", "device"}
+
+
+def _mosquitto_bin() -> str:
+    path = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
+    if not path:
+        msg = "mosquitto not installed (apt-get install mosquitto; .ci/run installs it)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A private mosquitto on 127.0.0.1:<free port>, with persistence so that a durable
+    subscriber keeps its session across stop() / start()."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.exe = _mosquitto_bin()
+        self.port = _free_port()
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/broker.log\n")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Subscriber:
+    """paho-mqtt client subscribed to ``#`` with a durable session (QoS 1)."""
+
+    def __init__(self, port: int, client_id: str = "dymn-edge-test-sub") -> None:
+        import paho.mqtt.client as paho
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
+                                  client_id=client_id, clean_session=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        assert self.connected.wait(10), "subscriber could not connect"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        client.subscribe("#", qos=1)
+        self.connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def wait_for(self, pred: Any, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.05)
+        return bool(pred())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def _ev(kind: str, i: int, start: float, end: float | None = None) -> Event:
+    now = time.time()
+    return Event(kind, LABELS[i], start, end, 0.9, 0.8 if end else None, start_utc=now - 1,
+                 end_utc=now if end else None)
+
+
+def _publisher(url: str, **kw: Any):
+    from dymn_edge.runtime.mqtt import MqttPublisher
+
+    return MqttPublisher(parse_mqtt_url(url), LABELS, model_name="dymn-s", model_file="m.onnx", **kw)
+
+
+def test_url_parsing_and_errors() -> None:
+    c = parse_mqtt_url("mqtts://u%40x:p%3Aw@broker.lan/home/audio?node=Garden Pi&qos=0&queue=5")
+    assert (c.host, c.port, c.tls, c.username, c.password) == ("broker.lan", 8883, True, "u@x", "p:w")
+    assert c.base == "home/audio/garden_pi" and c.qos == 0 and c.queue == 5
+    assert parse_mqtt_url("mqtt://h").port == 1883 and parse_mqtt_url("mqtt://h").prefix == "dymn-edge"
+    assert parse_mqtt_url("mqtt://h?discovery=none").discovery is None
+    for bad, msg in [("http://h", "must start with mqtt://"), ("mqtt://h?color=red", "unknown option"),
+                     ("mqtt://h:99999", "bad port"), ("mqtt://h?qos=3", "qos must be"),
+                     ("mqtt://h/a/#", "wildcards"), ("mqtt://h/a/+/b", "wildcards")]:
+        with pytest.raises(MqttError, match=msg):
+            parse_mqtt_url(bad)
+
+
+def test_events_availability_and_discovery(broker: Broker) -> None:
+    sub = Subscriber(broker.port)
+    pub = _publisher(broker.url + "/t?node=kitchen", watched=[0, 3])
+    try:
+        assert sub.wait_for(lambda: sub.on("t/kitchen/availability")[-1:] == [b"online"])
+        pub.event(_ev("start", 3, 1.0))
+        pub.event(_ev("end", 3, 1.0, 2.5))
+        pub.event(_ev("start", 1, 3.0))  # not watched: event message, no state
+        pub.event(_ev("end", 1, 3.0, 3.5))
+        assert sub.wait_for(lambda: len(sub.on("t/kitchen/event")) == 4)
+    finally:
+        counters = pub.close()
+    assert sub.wait_for(lambda: sub.on("t/kitchen/availability")[-1:] == [b"offline"])
+    sub.close()
+    events = [json.loads(p) for p in sub.on("t/kitchen/event")]
+    assert [(e["event"], e["label"]) for e in events] == [("start", "Dog bark"), ("end", "Dog bark"),
+                                                          ("start", "one"), ("end", "one")]
+    assert events[1]["duration_s"] == 1.5 and events[1]["mid"] == "/m/d3" and "end_utc" in events[1]
+    assert sub.on("t/kitchen/label/dog_bark/state") == [b"OFF", b"ON", b"OFF"]
+    assert sub.on("t/kitchen/label/one/state") == []
+    assert json.loads(sub.on("t/kitchen/last_event")[-1])["label"] == "one"
+    configs = {t: json.loads(p) for t, p, _ in sub.messages if t.startswith("homeassistant/")}
+    assert set(configs) == {"homeassistant/binary_sensor/kitchen/zero/config",
+                            "homeassistant/binary_sensor/kitchen/dog_bark/config",
+                            "homeassistant/sensor/kitchen/last_event/config"}
+    dog = configs["homeassistant/binary_sensor/kitchen/dog_bark/config"]
+    assert HA_BINARY_KEYS <= set(dog) and dog["state_topic"] == "t/kitchen/label/dog_bark/state"
+    assert dog["availability_topic"] == "t/kitchen/availability" and dog["unique_id"] == "kitchen_dog_bark"
+    last = configs["homeassistant/sensor/kitchen/last_event/config"]
+    assert HA_SENSOR_KEYS <= set(last) and last["state_topic"] == "t/kitchen/last_event"
+    assert dog["device"]["identifiers"] == last["device"]["identifiers"]
+    assert counters == {"mqtt_sent": 4, "mqtt_queued": 0, "mqtt_dropped": 0, "mqtt_unsent": 0,
+                        "mqtt_reconnects": 0}
+    # retained: a new subscriber sees availability and discovery without any new publish
+    late = Subscriber(broker.port, client_id="late")
+    assert late.wait_for(lambda: late.on("t/kitchen/availability") == [b"offline"])
+    assert late.wait_for(lambda: len([t for t, _, r in late.messages if t.startswith("homeassistant/") and r]) == 3)
+    late.close()
+
+
+def test_broker_down_at_start_queues_then_delivers_and_counts_drops(tmp_path: Path) -> None:
+    b = Broker(tmp_path / "broker")  # not started yet
+    pub = _publisher(b.url + "/q?node=n1&queue=4&discovery=none")
+    try:
+        for k in range(3):  # 2 messages each (event + last_event): the 3rd event's are refused
+            pub.event(_ev("start", k, float(k)))
+        assert pub.queued == 2 and pub.dropped == 1
+        b.start()
+        sub = Subscriber(b.port)  # connects at once; the publisher retries after >= 1 s backoff
+        assert sub.wait_for(lambda: pub.connected, timeout=20)
+        pub.event(_ev("end", 0, 0.0, 1.0))  # sent live once connected
+        assert sub.wait_for(lambda: len(sub.on("q/n1/event")) == 3)
+        got = [(e["event"], e["label"]) for e in map(json.loads, sub.on("q/n1/event"))]
+        assert got == [("start", "zero"), ("start", "one"), ("end", "zero")]  # the refused one is lost
+    finally:
+        counters = pub.close()
+        b.stop()
+    assert counters["mqtt_queued"] == 2 and counters["mqtt_dropped"] == 1
+    assert counters["mqtt_sent"] == 3 and counters["mqtt_unsent"] == 0
+
+
+def test_missing_broker_at_stop_counts_unsent(tmp_path: Path) -> None:
+    pub = _publisher(f"mqtt://127.0.0.1:{_free_port()}/x?discovery=none")
+    pub.event(_ev("start", 0, 0.0))
+    counters = pub.close()  # returns at once: nothing to wait for while offline
+    assert counters["mqtt_queued"] == 1 and counters["mqtt_unsent"] == 1 and counters["mqtt_sent"] == 0
