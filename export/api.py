@@ -111,6 +111,7 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     weights_path = getattr(model, "weights_path", None)
     weights_sha = sha256_file(weights_path) if weights_path else None
     labels = _labels(cfg, num_classes, spec)
+    activation = cfg.activation_for(num_classes)  # before any slow step: a missing flag fails now
     untrained = bool(getattr(model, "untrained", False))
     if untrained:
         log.warning("%s: exporting an UNTRAINED random-init model (seed %d): its outputs are "
@@ -166,7 +167,7 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         frontend=fc.to_dict(), window_seconds=window, dynamic_batch=dyn_batch,
         dynamic_time=dyn_time, inputs=inputs, outputs=outputs, format=fmt.value,
         precision=prec.value, quantization=quant_desc, strategy=strategy,
-        output_activation=cfg.output_activation, untrained=untrained,
+        output_activation=activation, untrained=untrained,
         weights_sha256=weights_sha,
         weights_source=(str(weights_path) if weights_path else f"random init (seed {cfg.seed})"),
         tool_versions=tool_versions(),
@@ -270,7 +271,7 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
         eval_dir = default_fsdd_dir()
     if eval_dir is not None:
         acc = v.evaluate_dataset(runner, reference, eval_dir, window_seconds=meta.window_seconds,
-                                 fc=meta.frontend_config, activation=cfg.output_activation,
+                                 fc=meta.frontend_config, activation=meta.output_activation,
                                  progress=progress)
         report.accuracy = acc
         drop = cfg.extra.get("max_accuracy_drop", 0.02)

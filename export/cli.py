@@ -17,9 +17,10 @@ examples:
   dymn-export --model dymn-s --format onnx
       fp32 ONNX with a dynamic time axis (batch 1 with the default runtime_weight strategy)
   dymn-export --model dymn-s --weights my_finetune.pt --labels classes.csv --window 5 \\
-      --format onnx --int8 --calibration my_clips/
-      fine-tuned head (class count read from the weights), names from classes.csv
-      (header index,display_name[,mid]), int8 calibrated on your own audio
+      --activation softmax --format onnx --int8 --calibration my_clips/
+      fine-tuned 1-of-N head (class count read from the weights), names from classes.csv
+      (header index,display_name[,mid]), int8 calibrated on your own audio; a head that
+      is not 527-class AudioSet needs --activation softmax (1-of-N) or sigmoid (multi-label)
   dymn-export --model dymn-l --random-init --format tflite --fp16
       untrained structural model (for size / latency only; marked untrained in the file)
 
@@ -66,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=float, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
-    p.add_argument("--softmax", action="store_true",
-                   help="the head is 1-of-N: the runtime shows softmax probabilities (default sigmoid)")
+    p.add_argument("--activation", metavar="sigmoid|softmax",
+                   help="how the head's logits become probabilities: softmax for a 1-of-N "
+                   "classifier, sigmoid for multi-label tagging; default sigmoid for 527-class "
+                   "AudioSet heads, required for any other head")
     p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
                    "layout) to measure accuracy on (default: FSDD for the FSDD reference weights)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             window_seconds=args.window, calibration=args.calibration,
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,
             validate=not args.no_validate, eval_dataset=args.eval_dataset,
-            output_activation="softmax" if args.softmax else "sigmoid")
+            output_activation=args.activation)
         result = export_model(cfg, progress=not args.no_progress)
     except DymnEdgeError as exc:
         from dymn_edge.errors import ValidationError  # noqa: PLC0415

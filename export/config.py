@@ -10,10 +10,11 @@ and evaluated on), 1 s for any other head (the FSDD reference model is trained o
 fine-tuned head should pass ``--window`` explicitly). For ONNX the window is the length used
 for calibration and validation; the file itself takes any length.
 
-Output activation (decided): ``sigmoid`` (AudioSet is multi-label, and EfficientAT fine-tuning
-keeps the head's logits) unless the user says ``output_activation="softmax"`` (CLI
-``--softmax``) for a 1-of-N head. Accuracy and top-k are unaffected; only the probabilities
-the runtime shows change.
+Output activation (decided): part of the model's contract, never guessed. The 527-class
+AudioSet heads are multi-label: ``sigmoid`` by default. Any other head must say
+``output_activation="sigmoid"|"softmax"`` (CLI ``--activation``): a 1-of-N classifier exported
+as sigmoid shows several classes near 1.0 and turns silence into confident tags, and the
+class count alone cannot tell a multi-label head from a 1-of-N one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 AUDIOSET_WINDOW_S = 10.0
+AUDIOSET_CLASSES = 527
+ACTIVATIONS = ("sigmoid", "softmax")
 DEFAULT_WINDOW_S = 1.0
 MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
 MAX_WINDOW_S = 60.0
@@ -144,7 +147,7 @@ class ExportConfig:
     labels: str | Path | None = None  # CSV index,display_name[,mid]
     output: str | Path | None = None  # file path or existing folder
     validate: bool = True
-    output_activation: str = "sigmoid"
+    output_activation: str | None = None  # None: sigmoid for 527-class AudioSet heads, else required
     eval_dataset: str | Path | None = None  # labelled set for the int8 accuracy check (auto: FSDD for the FSDD weights)
     quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format)
     allow_download: bool = True
@@ -180,8 +183,11 @@ class ExportConfig:
             from dymn_edge.errors import LabelsError  # noqa: PLC0415
 
             raise LabelsError(f"labels file not found: {self.labels}")
-        if self.output_activation not in ("sigmoid", "softmax"):
-            raise ExportError(f"output activation must be sigmoid or softmax, got '{self.output_activation}'")
+        if self.output_activation is not None:
+            act = str(self.output_activation).strip().lower()
+            if act not in ACTIVATIONS:
+                raise ExportError(f"--activation must be sigmoid or softmax, got '{self.output_activation}'")
+            self.output_activation = act
         if self.quantization is None:
             self.quantization = QuantizationConfig.default_for(self.format)
         if self.num_calibration is not None:
@@ -209,8 +215,19 @@ class ExportConfig:
     def resolved_strategy(self) -> str:
         return self.strategy or self.format_spec.default_strategy
 
+    def activation_for(self, num_classes: int) -> str:
+        """The head's activation: explicit, else sigmoid for 527-class AudioSet heads only."""
+        if self.output_activation is not None:
+            return self.output_activation
+        if num_classes == AUDIOSET_CLASSES:
+            return "sigmoid"
+        raise ExportError(
+            f"the checkpoint has a {num_classes}-class head: say how its logits become "
+            "probabilities with --activation softmax (one class per clip) or --activation "
+            "sigmoid (multi-label); only 527-class AudioSet heads default to sigmoid")
+
     def window_for(self, num_classes: int) -> float:
         """The export window: explicit, else 10 s for 527-class AudioSet heads, else 1 s."""
         if self.window_seconds is not None:
             return self.window_seconds
-        return AUDIOSET_WINDOW_S if num_classes == 527 else DEFAULT_WINDOW_S
+        return AUDIOSET_WINDOW_S if num_classes == AUDIOSET_CLASSES else DEFAULT_WINDOW_S

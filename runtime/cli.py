@@ -148,7 +148,7 @@ def _tag(args: argparse.Namespace) -> int:
         print(UNTRAINED_WARNING, file=out)
     for path in args.files:
         results = tagger.tag_file(path, args.window, args.hop, windowed=windowed)
-        rows = [(r.start, r.end, filt.select(r.probabilities)) for r in results]
+        rows = [(r.start, r.end, filt.select(r.probabilities, r.logits)) for r in results]
         if args.json:
             for start, end, sel in rows:
                 extra: dict[str, Any] = {"file": str(path)}
@@ -281,7 +281,7 @@ class _Printer:
     def hop(self, scores: Any, events: list[Any], stats: Any) -> None:
         from dymn_edge.runtime.output import window_json  # noqa: PLC0415
 
-        sel = self.filt.select(scores.probabilities)
+        sel = self.filt.select(scores.probabilities, scores.logits)
         if self.args.every_hop:
             if self.args.json:
                 self.json(window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop"))

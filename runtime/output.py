@@ -43,10 +43,22 @@ class TagFilter:
         exc = _resolve_all(labels, exclude)
         return cls(top_k, float(threshold), frozenset(inc) if inc else None, frozenset(exc))
 
-    def select(self, probabilities: np.ndarray) -> list[tuple[int, float]]:
-        """(index, probability) pairs, best first."""
+    def select(self, probabilities: np.ndarray,
+               logits: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(index, probability) pairs, best first.
+
+        Probabilities saturate (sigmoid of 20 and of 1600 are both 1.0 in float32), so equal
+        probabilities are ordered by ``logits`` (the activation is monotone in them) when
+        given; without it a saturated tie would list the lowest class index first.
+        """
         p = np.asarray(probabilities, dtype=np.float64)
-        order = np.argsort(-p, kind="stable")
+        if logits is not None:
+            z = np.asarray(logits, dtype=np.float64).reshape(-1)
+            if z.shape != p.shape:
+                raise ValueError(f"logits {z.shape} and probabilities {p.shape} differ")
+            order = np.lexsort((-z, -p))  # primary: probability; ties: logit
+        else:
+            order = np.argsort(-p, kind="stable")
         out: list[tuple[int, float]] = []
         for i in order:
             i = int(i)

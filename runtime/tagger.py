@@ -79,6 +79,7 @@ class WindowScores:
     probabilities: np.ndarray
     logits: np.ndarray | None = field(default=None, repr=False)
     padded: bool = False  # the audio was shorter than the model window and was centred in zeros
+    embedding: np.ndarray | None = field(default=None, repr=False)  # (E,) of one model window
 
 
 class Tagger:
@@ -149,10 +150,10 @@ class Tagger:
     def score(self, segment: np.ndarray, start: float = 0.0, end: float | None = None) -> WindowScores:
         """Probabilities for one stretch of 32 kHz audio (padded to the model window)."""
         mel, padded = self.prepare(segment, int(round(start * self.sample_rate)))
-        logits, _ = self.engine.run(mel)
+        logits, emb = self.engine.run(mel)
         end = start + len(segment) / self.sample_rate if end is None else end
         probs = activation(logits[0], self.metadata.output_activation)
-        return WindowScores(start, end, probs, logits[0], padded)
+        return WindowScores(start, end, probs, logits[0], padded, emb[0])
 
     def windows(self, n_samples: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
         """(start, end) sample ranges of windowed mode; see the module docstring."""
@@ -183,9 +184,24 @@ class Tagger:
         if not self.fixed or len(wave) <= self.window_samples:
             return self.score(wave, 0.0, duration)
         parts = self.tag_windows(wave, self.window_seconds, self.window_seconds / 2)
-        probs = np.stack([p.probabilities for p in parts])
-        agg = probs.mean(axis=0) if self.metadata.output_activation == "softmax" else probs.max(axis=0)
-        return WindowScores(0.0, duration, agg.astype(np.float32), None, False)
+        return self._aggregate(parts, 0.0, duration)
+
+    def _aggregate(self, parts: list[WindowScores], start: float, end: float) -> WindowScores:
+        """One clip score from window scores: mean (softmax) or max (sigmoid).
+
+        The ``logits`` of the result are a ranking key with the aggregate's order (max
+        logit for sigmoid; mean log-probability for softmax), so saturated probabilities
+        still rank correctly (see :meth:`TagFilter.select`).
+        """
+        z = np.stack([np.asarray(p.logits, dtype=np.float64) for p in parts])
+        if self.metadata.output_activation == "softmax":
+            logp = z - z.max(axis=1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            agg, key = np.exp(logp).mean(axis=0), logp.mean(axis=0)
+        else:
+            key = z.max(axis=0)
+            agg = activation(key, "sigmoid")
+        return WindowScores(start, end, agg.astype(np.float32), key, False)
 
     def tag_file(self, path: str | Path, window_s: float | None = None,
                  hop_s: float | None = None, windowed: bool = False) -> list[WindowScores]:
