@@ -254,6 +254,33 @@ def test_jsonl_output_and_bad_arguments(local_run, subset, fsdd_tflite: Path, tm
         assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
+def test_embeddings_per_window(subset, fsdd_tflite: Path, metro_wav: Path, tmp_path: Path) -> None:
+    _, good, _ = subset
+    tagger = Tagger(load_engine(fsdd_tflite, threads=1))
+    out = tmp_path / "emb.parquet"
+    assert tag_main(["--model", str(fsdd_tflite), "--output", str(out), "--embeddings", "--threads", "1",
+                     str(good[0]), str(metro_wav)]) == 0
+    rows = _rows(out)
+    ref = tagger.tag_file(good[0])[0]
+    assert np.array_equal(np.asarray(rows["embedding"][0], np.float32), ref.embedding)
+    # a 10 s file scored whole by a 1 s model averages windows: no single embedding to give
+    assert rows["file"][1] == str(metro_wav) and "add --window" in rows["error"][1]
+    out2 = tmp_path / "emb_windows.parquet"
+    assert tag_main(["--model", str(fsdd_tflite), "--output", str(out2), "--embeddings", "--threads", "1",
+                     "--window", "1", "--hop", "1", str(metro_wav)]) == 0
+    rows = _rows(out2)
+    assert len(rows["file"]) == 10 and all(e is None for e in rows["error"])
+    assert {len(e) for e in rows["embedding"]} == {ref.embedding.size}
+
+
+def test_archive_module_stays_light() -> None:
+    """The runtime install without the cluster extra: no torch, and Dask only when used."""
+    code = ("import sys, dymn_edge.runtime.archive; heavy = [m for m in ('torch', 'distributed', 'dask', "
+            "'pyarrow') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-500:]
+
+
 @pytest.mark.slow
 def test_full_fsdd_on_two_workers_matches_single_process(fsdd_dir: Path, fsdd_tflite: Path,
                                                          tmp_path: Path) -> None:
