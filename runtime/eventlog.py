@@ -29,7 +29,7 @@ from dymn_edge.runtime.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventLog", "EventLogError", "SCHEMA_VERSION", "file_sha256", "utc_iso", "query_events",
+__all__ = ["EventLog", "EventLogError", "EventQuery", "SCHEMA_VERSION", "file_sha256", "utc_iso", "query_events",
            "open_readonly", "COLUMNS"]
 
 SCHEMA_VERSION = 1

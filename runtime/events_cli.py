@@ -12,13 +12,14 @@ import csv
 import datetime as dt
 import json
 import re
+import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.cli import _run_guarded, _setup_logging
-from dymn_edge.runtime.eventlog import COLUMNS, EventQuery, open_readonly, query_events, utc_iso
+from dymn_edge.runtime.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
 
@@ -111,6 +112,8 @@ def _events(args: argparse.Namespace) -> int:
     conn = open_readonly(args.db)
     try:
         rows = list(query_events(conn, q))
+    except sqlite3.Error as exc:  # e.g. a damaged file
+        raise EventLogError(f"cannot read {args.db}: {exc}") from exc
     finally:
         conn.close()
     out = sys.stdout
