@@ -31,11 +31,13 @@ Why this shape:
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -341,8 +343,28 @@ def _worker_context(model_bytes: bytes, model_name: str, digest: str, opts: Arch
             tmp.write_bytes(model_bytes)
             os.replace(tmp, path)
         log.info("worker %d: loading %s", os.getpid(), model_name)
+        _undo_dask_malloc_trim()
         cache[key] = _TagContext(path, opts)
     return cache[key]
+
+
+def _undo_dask_malloc_trim() -> None:
+    """Give back glibc's large-buffer reuse on workers started with Dask's nanny defaults.
+
+    ``MALLOC_TRIM_THRESHOLD_=65536`` (set by every Dask nanny) freezes the mmap threshold at
+    128 kB, so each ~0.8 MB log-mel buffer is a fresh mmap with page faults: twice the CPU
+    per file (see :func:`_local_cluster`). Raising both thresholds keeps such buffers on the
+    heap; a worker then holds at most a few tens of MB more.
+    """
+    if sys.platform != "linux" or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 64 << 20)
+        log.debug("worker %d: malloc thresholds raised (%s)", os.getpid(), bool(ok))
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
 
 
 def dask_task(model_bytes: bytes, model_name: str, digest: str, opts: ArchiveOptions,
