@@ -18,6 +18,7 @@ log = logging.getLogger("dymn_edge.benchmarks")
 EPILOG = """\
 examples:
   dymn-bench --model dymn-s                       every format of the exporter's table
+  dymn-bench --model dymn-m,mn-m --random-init    DyMN-M and MN-10 in one run: /MN ratios
   dymn-bench --model dymn-m --random-init --formats onnx:fp32,tflite:fp32 --lengths 10
   dymn-bench --weights my_dymn.pt --data ESC-50-master --split 1 --threads 1
   dymn-bench --macs --model dymn-l                analytic MACs per block, nothing run
@@ -25,18 +26,31 @@ examples:
   dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json   (refresh)
 
 what the columns mean:
+  model      registry name; with several --model all their files are timed in one run
   status     exported / validated (outputs checked against PyTorch at export) / failed /
-             reference (the eager PyTorch fp32 model everything is compared with)
+             reference (the eager PyTorch fp32 model everything is compared with);
+             "(cached)": the file was re-used from the export cache, not exported again
   GMAC       MACs the artifact really computes for one window (the static_k depthwise form
              runs K convolutions; the analytic count is checked against the ONNX graph)
+  ops        operators in the file (TFLite flatbuffer ops / ONNX graph nodes); the JSON
+             has the count per op type
   acc / mAP  on --data (default: the FSDD test split with the trained DyMN-S); delta is
              artifact minus reference on the same clips
   p50 / p90  median / 90th percentile latency per inference (batch 1); n/a where a
              fixed-shape file cannot take that length
+  /MN        (DyMN rows, when the run holds the static partner: dymn-s <-> mn-s,
+             dymn-m <-> mn-m) this file's p50 over the MN file's p50 of the same format,
+             precision, threads and length, timed in the same run (ratio_to_static)
+  xeager     the same model's eager PyTorch p50 over this file's p50 (speedup_vs_eager)
   RTF        real-time factor when streaming with a 1 s hop: time per hop / hop length
   RSS MB     peak resident memory of a process that loaded and ran only that artifact
 latencies are measured interleaved (A B A B ...) with a reference GEMM timed in the same job;
 the JSON has ratios to it and the achieved fraction of its MAC/s.
+
+export cache: exported files are kept in --workdir (default $DYMN_EDGE_CACHE/bench) and re-used
+while the weights (sha256), model, format, precision, window, activation, dymn-edge and converter
+versions and the exporter's source (dymn_edge/models/*.py, export/*.py) are unchanged; a second
+identical run only measures. --no-cache exports again.
 """
 
 
@@ -55,10 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "for every format and precision of the exporter; optional CI gate.",
         epilog=EPILOG)
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="dymn-s", help="registry name (dymn-s/m/l, mn-s/m; default dymn-s)")
-    m.add_argument("--weights", metavar="PATH", help="checkpoint (default: FSDD DyMN-S reference "
-                   "for dymn-s when present, else the released AudioSet weights)")
-    m.add_argument("--random-init", action="store_true", help="untrained model: speed only")
+    m.add_argument("--model", default="dymn-s", metavar="NAME[,NAME]",
+                   help="registry name or comma list (dymn-s/m/l, mn-s/m; default dymn-s); "
+                        "e.g. dymn-m,mn-m times both in one run and reports the /MN ratio")
+    m.add_argument("--weights", metavar="PATH", help="checkpoint, one model only (default: FSDD "
+                   "DyMN-S reference for dymn-s when present, else the released AudioSet weights)")
+    m.add_argument("--random-init", action="store_true", help="untrained model(s): speed only")
+    m.add_argument("--activation", choices=("sigmoid", "softmax"), help="head of the exported "
+                   "files for a non-AudioSet --weights (the FSDD reference: softmax)")
     r = p.add_argument_group("what to run")
     r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
                    "format:precision pairs of the exporter's table)")
@@ -69,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=float, default=2.0, metavar="SECONDS",
                    help="timed seconds per artifact, length and thread count (default 2)")
     r.add_argument("--no-reference", action="store_true", help="leave out the eager PyTorch row")
-    r.add_argument("--workdir", metavar="DIR", help="keep the exported files here")
+    r.add_argument("--workdir", metavar="DIR", help="export cache folder (default "
+                   "$DYMN_EDGE_CACHE/bench)")
+    r.add_argument("--no-cache", action="store_true", help="export every file again (and "
+                   "overwrite its cache entry)")
     r.add_argument("--macs", action="store_true", help="print the analytic per-block MACs and exit")
     d = p.add_argument_group("accuracy")
     d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
@@ -84,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-regression", default="15%", metavar="PCT",
                    help="allowed latency regression vs the baseline, relative to the reference "
                         "GEMM (default 15%%)")
+    o.add_argument("--max-ratio-regression", default="25%", metavar="PCT",
+                   help="allowed growth of a DyMN file's latency ratio to its MN partner vs the "
+                        "baseline's ratio (default 25%%)")
     o.add_argument("--ci-gate", action="store_true", help="run the baseline's configuration "
-                   "(DyMN-S, 1 s window, 1 thread) instead of the options above")
+                   "(DyMN-S and MN-S, 1 s window, 1 thread) instead of the options above")
     o.add_argument("--write-baseline", metavar="PATH", help="write this run as a gate baseline")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
@@ -98,32 +122,41 @@ def _config_from_args(args: argparse.Namespace):
     from dymn_edge.benchmarks.runner import BenchConfig  # noqa: PLC0415
 
     if args.ci_gate:
-        base = CI_CONFIG
+        base = dict(CI_CONFIG)
         if args.compare and Path(args.compare).is_file():
             c = read_json(args.compare)["config"]
-            base = {k: c[k] for k in CI_CONFIG if k in c}
+            base.update({k: c[k] for k in CI_CONFIG if k in c and k != "model"})
             base["formats"] = c.get("formats") or c.get("variants")
+            # the baseline's models, plus CI_CONFIG's (an older baseline lacks MN-S: it is
+            # still measured, and the gate notes that the ratio has no baseline yet)
+            models = str(c.get("model", "")).split(",") + CI_CONFIG["model"].split(",")
+            base["model"] = ",".join(dict.fromkeys(m for m in models if m))
         return BenchConfig(model=base["model"], formats=base["formats"],
+                           random_init_models=tuple(base.get("random_init_models") or ()),
                            window_s=base["window_s"], lengths=tuple(base["lengths"]),
                            threads=tuple(base["threads"]), budget_s=base["budget_s"],
-                           workdir=args.workdir, progress=not args.quiet)
+                           workdir=args.workdir, cache=not args.no_cache,
+                           progress=not args.quiet)
     return BenchConfig(
         model=args.model, weights=args.weights, random_init=args.random_init,
+        activation=args.activation,
         formats=[v for v in args.formats.split(",") if v.strip()] if args.formats else None,
         data=args.data, split=args.split, no_accuracy=args.no_accuracy,
         max_clips=args.max_clips, window_s=args.window,
         lengths=tuple(_csv(float, args.lengths, "lengths")),
         threads=tuple(_csv(int, args.threads, "threads")), budget_s=args.budget,
-        reference=not args.no_reference, workdir=args.workdir, progress=not args.quiet)
+        reference=not args.no_reference, workdir=args.workdir, cache=not args.no_cache,
+        progress=not args.quiet)
 
 
 def _print_macs(args: argparse.Namespace) -> int:
     from dymn_edge.benchmarks.latency import frames_for_seconds  # noqa: PLC0415
     from dymn_edge.benchmarks.macs import count_model, table  # noqa: PLC0415
 
-    for s in _csv(float, args.lengths, "lengths"):
-        cx = count_model(args.model, frames=frames_for_seconds(s))
-        print(f"{args.model}, {s:g} s ({cx.frames} frames): {cx.macs / 1e9:.4f} GMAC "
+    for s, model in ((s, m.strip()) for m in args.model.split(",") if m.strip()
+                     for s in _csv(float, args.lengths, "lengths")):
+        cx = count_model(model, frames=frames_for_seconds(s))
+        print(f"{model}, {s:g} s ({cx.frames} frames): {cx.macs / 1e9:.4f} GMAC "
               f"({cx.macs_with_aggregation / 1e9:.4f} with kernel aggregation), "
               f"{cx.params / 1e6:.3f} M params ({cx.params_with_bn_stats / 1e6:.3f} M with BN "
               "statistics)")
@@ -155,6 +188,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.macs:
         return _print_macs(args)
     max_reg = parse_percent(args.max_regression)
+    max_ratio = parse_percent(args.max_ratio_regression, "--max-ratio-regression")
     if args.compare and not Path(args.compare).is_file():
         raise DymnEdgeError(f"baseline not found: {args.compare} (create it with "
                             "--write-baseline)")
@@ -174,7 +208,8 @@ def _main(args: argparse.Namespace) -> int:
             log.warning("baseline holds failed artifacts, which the gate cannot check: %s",
                         ", ".join(failed))
     if args.compare:
-        gate = compare(result, report.read_json(args.compare), max_regression=max_reg)
+        gate = compare(result, report.read_json(args.compare), max_regression=max_reg,
+                       max_ratio_regression=max_ratio)
         print(gate.summary())
         return 0 if gate.ok else 1
     return 0

@@ -16,6 +16,11 @@ What is compared, and how strictly:
   clips), because ONNX Runtime and XNNPACK pick different int8 kernels per CPU (VNNI vs
   AVX2 u8s8 with saturation) and the quantized dynamic path amplifies rounding. mAP uses the
   same tolerances. Anything beyond is a real change and fails.
+- **DyMN / static MN latency ratio** (``ratio_to_static``: a DyMN file's median over the
+  median of its MN partner's file of the same format and precision, measured interleaved in
+  the same run, so it barely depends on the machine): its own check and threshold, fails when
+  ``current ratio / baseline ratio - 1`` exceeds ``max_ratio_regression`` (default 25 %). A
+  baseline without the MN rows skips it with a note (refresh the baseline to enable it).
 - An artifact present in the baseline but failed or missing in the run fails the gate.
 - The eager PyTorch reference row is gated on accuracy only, not latency: it is not a shipped
   artifact, and its speed on a shared 2-core runner swings several-fold with torch threading.
@@ -25,8 +30,9 @@ machine type, from the repository root,
 
     dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json
 
-(the CI configuration: DyMN-S with the FSDD reference weights, 1 s window, 1 thread, the
-formats listed in the baseline), review the table it prints, and commit the JSON. ``--ci-gate``
+(the CI configuration: DyMN-S with the FSDD reference weights and a random-init MN-S, its
+static partner for the ratio check, 1 s window, 1 thread, the formats listed in the baseline),
+review the table it prints, and commit the JSON. ``--ci-gate``
 without ``--write-baseline`` re-runs the baseline's configuration and compares.
 """
 
@@ -39,13 +45,19 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REGRESSION = 0.15
+DEFAULT_MAX_RATIO_REGRESSION = 0.25
+REFRESH_COMMAND = "dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json"
 FLOAT_CLIPS_TOL = 1  # clips
 INT8_ABS_TOL = 0.01
 SPEEDUP_NOTE = 0.30  # faster than this: suggest refreshing the baseline
 
 #: the CI baseline configuration (also what ``--ci-gate`` runs when no baseline exists yet)
 CI_CONFIG: dict[str, Any] = {
-    "model": "dymn-s",
+    # DyMN-S and its static partner MN-S, timed in one interleaved run: the DyMN-S / MN-S
+    # latency ratio at 1 s, 1 thread is gated on its own (--max-ratio-regression)
+    "model": "dymn-s,mn-s",
+    # MN-S only serves the speed ratio: a seeded random init, no download, same graph
+    "random_init_models": ["mn-s"],
     # one row per engine plus the quantized file a Pi would run; keeps the CI gate to minutes
     "formats": ["onnx:fp32", "tflite:fp32", "tflite:int8"],
     "window_s": 1.0,
@@ -75,8 +87,8 @@ class GateResult:
         return "\n".join(lines)
 
 
-def parse_percent(text: str | float) -> float:
-    """``"15%"`` / ``"0.15"`` / ``15`` -> 0.15."""
+def parse_percent(text: str | float, flag: str = "--max-regression") -> float:
+    """``"15%"`` / ``"0.15"`` / ``15`` -> 0.15; ``flag`` names the option in the error."""
     from dymn_edge.errors import DymnEdgeError  # noqa: PLC0415
 
     s = str(text).strip()
@@ -87,21 +99,33 @@ def parse_percent(text: str | float) -> float:
             v = float(s)
             v = v / 100.0 if v > 1.0 else v
     except ValueError:
-        raise DymnEdgeError(f"--max-regression must look like 15% or 0.15, got '{text}'") from None
+        raise DymnEdgeError(f"{flag} must look like 15% or 0.15, got '{text}'") from None
     if not 0.0 < v < 10.0:
-        raise DymnEdgeError(f"--max-regression must be positive, got '{text}'")
+        raise DymnEdgeError(f"{flag} must be positive, got '{text}'")
     return v
 
 
-def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["name"]: r for r in result.get("artifacts", [])}
+def _models(result: dict[str, Any]) -> list[str]:
+    """Models of a result document (older single-model documents: ``model.name``)."""
+    return list(result.get("models") or [(result.get("model") or {}).get("name")])
 
 
-def _ratio_cells(row: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def _rows(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows keyed by (model, name); rows without ``model`` belong to the document's model."""
+    first = (result.get("model") or {}).get("name")
+    return {(r.get("model") or first, r["name"]): r for r in result.get("artifacts", [])}
+
+
+def _label(key: tuple[str, str]) -> str:
+    return f"{key[0]} {key[1]}" if key[0] else key[1]
+
+
+def _ratio_cells(row: dict[str, Any], what: str = "ratio_to_gemm"
+                 ) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for t, cell in (row.get("latency") or {}).items():
-        for L, st in (cell.get("lengths") or {}).items():
-            if st and st.get("ratio_to_gemm") is not None:
+        for L, st in ((cell or {}).get("lengths") or {}).items():
+            if st and st.get(what) is not None:
                 out[(t, L)] = st
     return out
 
@@ -113,15 +137,18 @@ def _acc_tol(row: dict[str, Any], clips: int) -> float:
 
 
 def compare(current: dict[str, Any], baseline: dict[str, Any], *,
-            max_regression: float = DEFAULT_MAX_REGRESSION) -> GateResult:
+            max_regression: float = DEFAULT_MAX_REGRESSION,
+            max_ratio_regression: float = DEFAULT_MAX_RATIO_REGRESSION) -> GateResult:
     """Gate ``current`` against ``baseline`` (both dymn-bench result documents)."""
     res = GateResult()
     cur_rows, base_rows = _rows(current), _rows(baseline)
-    if current.get("model", {}).get("name") != baseline.get("model", {}).get("name"):
-        res.fail(f"model differs: run {current.get('model', {}).get('name')} vs baseline "
-                 f"{baseline.get('model', {}).get('name')}")
-    for name, b in base_rows.items():
-        c = cur_rows.get(name)
+    missing = [m for m in _models(baseline) if m not in _models(current)]
+    if missing:
+        res.fail(f"model differs: baseline has {', '.join(map(str, missing))}, this run "
+                 f"{', '.join(map(str, _models(current)))}")
+    for key, b in base_rows.items():
+        name = _label(key)
+        c = cur_rows.get(key)
         if b.get("status") == "failed":
             res.notes.append(f"{name}: failed in the baseline too, not gated (refresh the "
                              "baseline once it exports)")
@@ -180,6 +207,50 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], *,
                 if abs(diff) > tol:
                     res.fail(f"{name}: {key} {cs.get(key):+.4f} vs baseline {bs[key]:+.4f} "
                              f"(change {diff:+.4f}, tolerance {tol:.4f})")
-    for name in cur_rows.keys() - base_rows.keys():
-        res.notes.append(f"{name}: not in the baseline (not gated)")
+    for key in sorted(cur_rows.keys() - base_rows.keys(), key=str):
+        res.notes.append(f"{_label(key)}: not in the baseline (not gated)")
+    _compare_static_ratios(res, cur_rows, base_rows, max_ratio_regression)
     return res
+
+
+def _compare_static_ratios(res: GateResult, cur_rows: dict, base_rows: dict,
+                           max_ratio: float) -> None:
+    """Gate each DyMN file's latency ratio to its static MN partner (same run, same engine).
+
+    Shipped files only, like the latency check. A baseline that lacks the ratio (no MN rows)
+    skips the check with a note, so CI keeps passing until the baseline is refreshed.
+    """
+    skipped: set[str] = set()
+    for key, b in base_rows.items():
+        if b.get("format") == "pytorch" or b.get("status") == "failed":
+            continue
+        c = cur_rows.get(key)
+        cur_cells = _ratio_cells(c, "ratio_to_static") if c else {}
+        base_cells = _ratio_cells(b, "ratio_to_static")
+        if not base_cells:
+            if cur_cells:
+                skipped.add(str(c.get("static_model") or "static MN"))
+            continue
+        for (t, L), bst in base_cells.items():
+            res.checked += 1
+            cst = cur_cells.get((t, L))
+            if cst is None:
+                res.fail(f"{_label(key)}: no ratio to {b.get('static_model', 'its MN partner')} "
+                         f"at {L} s, {t} thread(s) in this run (was the MN model run?)")
+                continue
+            change = cst["ratio_to_static"] / bst["ratio_to_static"] - 1.0
+            detail = (f"{_label(key)} / {b.get('static_model', 'MN')} @ {L} s, {t} thread(s): "
+                      f"{cst['ratio_to_static']:.3f} vs baseline {bst['ratio_to_static']:.3f}: "
+                      f"{change:+.1%}")
+            if change > max_ratio:
+                res.fail(f"DyMN/MN ratio regression {detail} > +{max_ratio:.0%} allowed")
+            elif change < -SPEEDUP_NOTE:
+                res.notes.append(f"DyMN/MN ratio improved, consider refreshing the baseline: "
+                                 f"{detail}")
+            else:
+                log.info("ratio ok: %s", detail)
+    for partner in sorted(skipped):
+        msg = (f"DyMN/MN ratio check skipped: the baseline has no {partner} rows (refresh it "
+               f"with: {REFRESH_COMMAND})")
+        log.warning(msg)
+        res.notes.append(msg)

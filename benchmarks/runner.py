@@ -5,23 +5,31 @@ iter_variants`), so a new format or precision is benchmarked without touching th
 Files are written with :func:`dymn_edge.export.api.export_model` and measured through
 :func:`dymn_edge.runtime.engines.load_engine`: what is measured is what ships.
 
+Several models in one run (``model="dymn-m,mn-m"``): every model's files are exported (or
+re-used from the export cache, :mod:`dymn_edge.benchmarks.export_cache`), then all artifacts
+of all models are timed in ONE interleaved latency run, so a DyMN row's median divided by the
+median of its static partner's row (the registry's MN of the same width; same
+format:precision, threads and input length) is a ratio taken under the same load:
+``ratio_to_static``. ``speedup_vs_eager`` is the same model's eager PyTorch median over the
+artifact's.
+
 Weights (``BenchConfig.weights`` unset, no ``random_init``): for DyMN-S with the shared FSDD
 reference present, the trained ``fsdd_dymn04.pt`` on the FSDD test split (the built-in
-accuracy check); otherwise the released AudioSet checkpoint (cache or download); when none
-can be had, a random-init model, and the result says why accuracy is missing.
+accuracy check, exported with a softmax head); otherwise the released AudioSet checkpoint
+(cache or download); when none can be had, a random-init model, and the result says why
+accuracy is missing.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.registry import get_spec
+from dymn_edge.registry import Arch, get_spec, list_models
 
 from dymn_edge.benchmarks import latency as lat
 from dymn_edge.benchmarks.macs import count_model, deployed_macs
@@ -36,29 +44,41 @@ REFERENCE_NAME = "pytorch:fp32"
 class BenchConfig:
     """What to benchmark and how long to spend."""
 
-    model: str = "dymn-s"
-    weights: str | None = None
+    model: str = "dymn-s"  # one registry name or a comma list ("dymn-m,mn-m")
+    weights: str | None = None  # a checkpoint for a single model
     random_init: bool = False
+    random_init_models: tuple[str, ...] = ()  # these models are random-init in any case
+    activation: str | None = None  # exported head; None: softmax for the FSDD reference, else the exporter's rule
     formats: list[str] | None = None  # ["onnx:fp32", ...]; None: every variant of the table
     data: str | None = None  # dataset folder; None: FSDD test split when the weights fit it
     split: str | None = None
     no_accuracy: bool = False
     max_clips: int | None = None
-    window_s: float | None = None  # export window; None: the exporter's default
+    window_s: float | None = None  # export window; None: the exporter's default (first model's)
     lengths: tuple[float, ...] = (1.0, 10.0)
     threads: tuple[int, ...] = (1, 2)
     budget_s: float = 2.0
-    reference: bool = True  # include the eager PyTorch row
-    workdir: str | None = None  # where the files go; None: a temporary folder
+    reference: bool = True  # include the eager PyTorch row (one per model)
+    workdir: str | None = None  # export cache folder; None: $DYMN_EDGE_CACHE/bench
+    cache: bool = True  # False: export again even when the cache holds a matching file
     progress: bool = True
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        get_spec(self.model)
+        names = [get_spec(m).name for m in str(self.model).split(",") if m.strip()]
+        if not names:
+            raise DymnEdgeError("--model needs a registry name or a comma list, e.g. dymn-s,mn-s")
+        self.model = ",".join(dict.fromkeys(names))
+        self.random_init_models = tuple(get_spec(m).name for m in self.random_init_models)
         if self.random_init and self.weights:
             raise DymnEdgeError("--random-init and --weights exclude each other: pick one")
+        if self.weights and len(self.models) > 1:
+            raise DymnEdgeError("--weights names one checkpoint: use it with one --model (several "
+                                "models take --random-init or their released weights)")
         if self.weights and not Path(self.weights).expanduser().is_file():
             raise DymnEdgeError(f"weights file not found: {self.weights}")
+        if self.activation is not None and self.activation not in ("sigmoid", "softmax"):
+            raise DymnEdgeError(f"--activation must be sigmoid or softmax, got '{self.activation}'")
         if not self.lengths or any(x <= 0 for x in self.lengths):
             raise DymnEdgeError("--lengths needs positive seconds, e.g. 1,10")
         if not self.threads or any(t < 1 for t in self.threads):
@@ -66,6 +86,20 @@ class BenchConfig:
         if self.budget_s <= 0:
             raise DymnEdgeError("--budget must be > 0 seconds")
         self.formats = [normalize_variant(v) for v in self.formats] if self.formats else None
+
+    @property
+    def models(self) -> list[str]:
+        """Canonical model names of the run, in the order given."""
+        return self.model.split(",")
+
+
+def static_partner(model: str) -> str | None:
+    """The registered static MN of the same width as a dynamic model (dymn-s -> mn-s)."""
+    spec = get_spec(model)
+    if spec.arch is Arch.MN:
+        return None
+    return next((n for n in list_models()
+                 if get_spec(n).arch is Arch.MN and get_spec(n).width == spec.width), None)
 
 
 def all_variants() -> list[str]:
@@ -88,33 +122,38 @@ def normalize_variant(text: str) -> str:
     return f"{spec.format.value}:{prec}"
 
 
+
 # ---------------------------------------------------------------------------------------
 
 
-def _resolve_weights(cfg: BenchConfig, notes: list[str]) -> tuple[str | None, bool, str | None]:
-    """(weights path, random_init, data folder) after the defaults described above."""
+def _resolve_weights(cfg: BenchConfig, model: str,
+                     notes: list[str]) -> tuple[str | None, bool, str | None, str | None]:
+    """(weights path, random_init, data folder, activation) of ``model`` after the defaults."""
     from dymn_edge.datasets import default_fsdd_dir, default_fsdd_weights  # noqa: PLC0415
 
-    if cfg.random_init:
-        return None, True, None
+    if cfg.random_init or model in cfg.random_init_models:
+        return None, True, None, cfg.activation
     if cfg.weights:
-        return str(Path(cfg.weights).expanduser()), False, cfg.data
-    spec = get_spec(cfg.model)
+        return str(Path(cfg.weights).expanduser()), False, cfg.data, cfg.activation
+    spec = get_spec(model)
     fsdd_w, fsdd_d = default_fsdd_weights(), default_fsdd_dir()
     if spec.name == "dymn-s" and cfg.data is None:
         if fsdd_w is not None and fsdd_d is not None:
             notes.append(f"weights: trained FSDD DyMN-S reference ({fsdd_w}); data: FSDD test split")
-            return str(fsdd_w), False, str(fsdd_d)
+            # spoken digits: one class per clip, so a softmax head (the exporter asks for 10 classes)
+            return str(fsdd_w), False, str(fsdd_d), cfg.activation or "softmax"
         notes.append("FSDD reference data not found (set DYMN_EDGE_SHARED or put shared/ beside "
                      "the checkout): trying the released AudioSet weights")
     from dymn_edge.weights import resolve_weights  # noqa: PLC0415
     from dymn_edge.errors import WeightsError  # noqa: PLC0415
 
     try:
-        return str(resolve_weights(spec, None, progress=cfg.progress)), False, cfg.data
+        return (str(resolve_weights(spec, None, progress=cfg.progress)), False, cfg.data,
+                cfg.activation)
     except WeightsError as exc:
-        notes.append(f"no weights available ({exc}): random-init model, accuracy not measured")
-        return None, True, None
+        notes.append(f"{model}: no weights available ({exc}): random-init model, accuracy not "
+                     "measured")
+        return None, True, None, cfg.activation
 
 
 def _validation_status(result: Any) -> tuple[str, dict[str, Any]]:
@@ -130,25 +169,50 @@ def _validation_status(result: Any) -> tuple[str, dict[str, Any]]:
     return "exported", d
 
 
-def _export(cfg: BenchConfig, variant: str, weights: str | None, random_init: bool,
-            outdir: Path) -> dict[str, Any]:
+def _export(model: str, variant: str, weights: str | None, random_init: bool,
+            window_s: float | None, activation: str | None, cache_root: Path,
+            use_cache: bool) -> dict[str, Any]:
+    """Export one file into its cache entry, or re-use the entry when its key matches."""
+    from dymn_edge.benchmarks import export_cache  # noqa: PLC0415
+
+    fmt, prec = variant.split(":")
+    key = export_cache.cache_key(model=model, fmt=fmt, precision=prec, weights=weights,
+                                 window_s=window_s, activation=activation)
+    if use_cache:
+        cached = export_cache.lookup(cache_root, key)
+        if cached is not None:
+            log.info("reused %s %s from the export cache: %s", model, variant, cached["path"])
+            return {**cached, "cached": True}
+    outdir = export_cache.entry_dir(cache_root, key)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / export_cache.ENTRY).unlink(missing_ok=True)  # the file is about to be overwritten
+    row = _export_file(model, variant, weights, random_init, window_s, activation, outdir)
+    if row["status"] != "failed":
+        export_cache.store(cache_root, key, row)
+        log.info("exported %s %s: %s", model, variant, row["path"])
+    row["cached"] = False
+    return row
+
+
+def _export_file(model: str, variant: str, weights: str | None, random_init: bool,
+                 window_s: float | None, activation: str | None, outdir: Path) -> dict[str, Any]:
     from dymn_edge.export.api import export_model  # noqa: PLC0415
     from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
 
     fmt, prec = variant.split(":")
-    row: dict[str, Any] = {"name": variant, "format": fmt, "precision": prec}
+    row: dict[str, Any] = {"name": variant, "model": model, "format": fmt, "precision": prec}
     t0 = time.perf_counter()
     try:
-        ec = ExportConfig(model=cfg.model, weights=weights, random_init=random_init, format=fmt,
-                          precision=prec, window_seconds=cfg.window_s,
-                          output=str(outdir / f"{cfg.model}_{fmt}_{prec}"
+        ec = ExportConfig(model=model, weights=weights, random_init=random_init, format=fmt,
+                          precision=prec, window_seconds=window_s, output_activation=activation,
+                          output=str(outdir / f"{model}_{fmt}_{prec}"
                                      f"{'.onnx' if fmt == 'onnx' else '.tflite'}"))
         res = export_model(ec, progress=False)
     except DymnEdgeError as exc:
         row.update(status="failed", error=f"export: {exc}")
         return row
     except Exception as exc:  # a converter crash must not end the whole benchmark
-        log.debug("export of %s crashed", variant, exc_info=True)
+        log.debug("export of %s %s crashed", model, variant, exc_info=True)
         row.update(status="failed", error=f"export crashed: {type(exc).__name__}: {exc}"[:400])
         return row
     status, report = _validation_status(res)
@@ -177,6 +241,34 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
+@dataclass
+class _ModelRun:
+    """Per-model state of a run: weights, data, complexity, rows."""
+
+    name: str
+    weights: str | None
+    random_init: bool
+    data_dir: str | None
+    activation: str | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    num_classes: int = 527
+    window_s: float = 1.0
+    cx: Any = None
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+
+def _cache_root(cfg: BenchConfig) -> Path:
+    from dymn_edge.benchmarks.export_cache import default_root  # noqa: PLC0415
+
+    root = Path(cfg.workdir).expanduser() if cfg.workdir else default_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DymnEdgeError(f"cannot create the export folder {root} ({exc.strerror or exc}): "
+                            "pass --workdir DIR") from None
+    return root
+
+
 def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     """The whole run; returns the result document (see :mod:`dymn_edge.benchmarks.report`)."""
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -185,98 +277,123 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
 
     t_start = time.time()
     notes = list(cfg.notes)
-    spec = get_spec(cfg.model)
-    weights, random_init, data_dir = _resolve_weights(cfg, notes)
-    if cfg.no_accuracy:
-        data_dir = None
+    runs = [_ModelRun(m, *_resolve_weights(cfg, m, notes)) for m in cfg.models]
+    for mr in runs:
+        if cfg.no_accuracy:
+            mr.data_dir = None
+        mr.num_classes = _num_classes(mr.weights, get_spec(mr.name))
+    # One window for every model of a run: fixed-shape TFLite files of two models are only
+    # comparable at the same window. Default: the first model's (10 s AudioSet head, else 1 s).
+    window_req = cfg.window_s
+    if window_req is None and len(runs) > 1:
+        window_req = 10.0 if runs[0].num_classes == 527 else 1.0
     variants = cfg.formats or all_variants()
-    tmp = None
-    if cfg.workdir:
-        outdir = Path(cfg.workdir).expanduser()
-        outdir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="dymn-bench-")
-        outdir = Path(tmp.name)
-    try:
-        rows: list[dict[str, Any]] = []
-        for v in tqdm(variants, desc="export", unit="file", disable=not cfg.progress, leave=False):
-            row = _export(cfg, v, weights, random_init, outdir)
-            if row["status"] == "failed":
-                log.warning("%s: %s", v, row["error"])
-            rows.append(row)
-        exported = [r for r in rows if r["status"] != "failed"]
-        window_s = next((r["window_s"] for r in exported), cfg.window_s)
-        num_classes = _num_classes(weights, exported, spec)
-        if window_s is None:
-            window_s = 10.0 if num_classes == 527 else 1.0
+    cache_root = _cache_root(cfg)
+    jobs = [(mr, v) for mr in runs for v in variants]
+    for mr, v in tqdm(jobs, desc="export", unit="file", disable=not cfg.progress, leave=False):
+        row = _export(mr.name, v, mr.weights, mr.random_init, window_req, mr.activation,
+                      cache_root, cfg.cache)
+        if row["status"] == "failed":
+            log.warning("%s %s: %s", mr.name, v, row["error"])
+        mr.rows.append(row)
+    reused = sum(1 for mr in runs for r in mr.rows if r.get("cached"))
+    notes.append(f"export cache {cache_root}: {reused} file(s) reused, "
+                 f"{sum(len(mr.rows) for mr in runs) - reused} exported"
+                 f"{' (--no-cache)' if not cfg.cache else ''}")
+    for mr in runs:
+        exported = [r for r in mr.rows if r["status"] != "failed"]
+        mr.window_s = next((r["window_s"] for r in exported), window_req) or (
+            10.0 if mr.num_classes == 527 else 1.0)
         # Complexity (analytic, at the export window and per measured length)
-        frames = lat.frames_for_seconds(window_s)
-        cx = count_model(cfg.model, frames=frames, num_classes=num_classes)
+        frames = lat.frames_for_seconds(mr.window_s)
+        mr.cx = count_model(mr.name, frames=frames, num_classes=mr.num_classes)
         if cfg.reference:
-            rows.insert(0, {"name": REFERENCE_NAME, "format": "pytorch", "precision": "fp32",
-                            "status": "reference", "strategy": None, "window_s": window_s,
-                            "size_mb": _weights_mb(weights), "output_activation":
-                            exported[0]["output_activation"] if exported else "sigmoid"})
-        for r in rows:
+            mr.rows.insert(0, {"name": REFERENCE_NAME, "model": mr.name, "format": "pytorch",
+                               "precision": "fp32", "status": "reference", "strategy": None,
+                               "window_s": mr.window_s, "size_mb": _weights_mb(mr.weights),
+                               "output_activation": exported[0]["output_activation"]
+                               if exported else (mr.activation or "sigmoid")})
+        for r in mr.rows:
             if r["status"] == "failed":
                 continue
-            strat = r.get("strategy")
-            r["macs"] = cx.macs
-            r["deployed_macs"] = deployed_macs(cx, strat, export_form=r["format"] != "pytorch")
+            r["macs"] = mr.cx.macs
+            r["deployed_macs"] = deployed_macs(mr.cx, r.get("strategy"),
+                                               export_form=r["format"] != "pytorch")
             if r["format"] == "onnx":
                 r["graph_macs"] = _graph_macs(r["path"], frames)
-        # Latency
-        specs = []
-        for r in rows:
+            if r["format"] != "pytorch":
+                r["ops"] = _ops(r["path"])
+    # Latency: every artifact of every model in one interleaved run
+    specs, owner = [], {}
+    for mr in runs:
+        for r in mr.rows:
             if r["status"] == "failed":
                 continue
+            sname = f"{mr.name} {r['name']}"
+            owner[sname] = r
             if r["format"] == "pytorch":
-                specs.append(lat.ArtifactSpec(r["name"], "torch", model=cfg.model, weights=weights,
-                                              random_init=random_init))
+                specs.append(lat.ArtifactSpec(sname, "torch", model=mr.name, weights=mr.weights,
+                                              random_init=mr.random_init))
             else:
-                specs.append(lat.ArtifactSpec(r["name"], "engine", path=r["path"]))
-        worker_results = lat.measure(specs, lengths=tuple(cfg.lengths), threads=tuple(cfg.threads),
-                                     budget_s=cfg.budget_s, progress=cfg.progress)
-        gemm = {str(w.threads): w for w in worker_results if w.kind == "gemm"}
-        by_name: dict[str, list[lat.WorkerResult]] = {}
-        for w in worker_results:
-            by_name.setdefault(w.name, []).append(w)
-        for r in rows:
-            _attach_latency(r, by_name.get(r["name"], []), gemm, cx_macs=cx, frames_window=frames)
-        machine = machine_info()
-        machine["reference_gemm"] = {
-            t: _gemm_summary(w) for t, w in gemm.items()
-        }
-        # Accuracy
-        accuracy_info = _accuracy(cfg, rows, data_dir, weights, random_init, window_s, notes)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+                specs.append(lat.ArtifactSpec(sname, "engine", path=r["path"]))
+    worker_results = lat.measure(specs, lengths=tuple(cfg.lengths), threads=tuple(cfg.threads),
+                                 budget_s=cfg.budget_s, progress=cfg.progress)
+    gemm = {str(w.threads): w for w in worker_results if w.kind == "gemm"}
+    by_spec: dict[str, list[lat.WorkerResult]] = {}
+    for w in worker_results:
+        by_spec.setdefault(w.name, []).append(w)
+    for mr in runs:
+        for r in mr.rows:
+            _attach_latency(r, by_spec.get(f"{mr.name} {r['name']}", []), gemm, cx_macs=mr.cx)
+    _attach_ratios([r for mr in runs for r in mr.rows])
+    machine = machine_info()
+    machine["reference_gemm"] = {t: _gemm_summary(w) for t, w in gemm.items()}
+    # Accuracy, per model on its own data
+    for mr in runs:
+        mr.accuracy = _accuracy(cfg, mr, notes)
+    first = runs[0]
+    models_doc = {mr.name: _model_doc(mr) for mr in runs}
     return {
         "schema": RESULT_SCHEMA,
-        "config": {**asdict(cfg), "weights_resolved": weights, "random_init_resolved": random_init,
-                   "data_resolved": data_dir, "variants": variants, "window_s": window_s},
-        "model": {"name": spec.name, "arch": spec.arch.value, "width": spec.width,
-                  "num_classes": num_classes, "published_gmacs": spec.published_gmacs,
-                  "published_params_m": spec.published_params_m},
-        "complexity": {
-            "window_s": window_s, "frames": frames, "macs": cx.macs,
-            "macs_with_aggregation": cx.macs_with_aggregation, "params": cx.params,
-            "params_with_bn_stats": cx.params_with_bn_stats,
-            "macs_10s": count_model(cfg.model, frames=1000, num_classes=num_classes).macs,
-            "blocks": cx.to_dict()["blocks"],
-        },
+        "config": {**asdict(cfg), "models": cfg.models, "weights_resolved": first.weights,
+                   "random_init_resolved": first.random_init, "data_resolved": first.data_dir,
+                   "variants": variants, "window_s": first.window_s,
+                   "cache_dir": str(cache_root)},
+        "model": models_doc[first.name]["model"],
+        "models": models_doc,
+        "complexity": models_doc[first.name]["complexity"],
         "machine": machine,
         "tools": tool_versions(),
-        "accuracy": accuracy_info,
-        "artifacts": rows,
+        "accuracy": first.accuracy,
+        "artifacts": [r for mr in runs for r in mr.rows],
         "notes": notes,
         "duration_s": time.time() - t_start,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def _num_classes(weights: str | None, exported: list[dict], spec: Any) -> int:
+def _model_doc(mr: _ModelRun) -> dict[str, Any]:
+    spec = get_spec(mr.name)
+    cx = mr.cx
+    return {
+        "model": {"name": spec.name, "arch": spec.arch.value, "width": spec.width,
+                  "num_classes": mr.num_classes, "published_gmacs": spec.published_gmacs,
+                  "published_params_m": spec.published_params_m,
+                  "static_partner": static_partner(spec.name)},
+        "weights_resolved": mr.weights, "random_init_resolved": mr.random_init,
+        "data_resolved": mr.data_dir,
+        "complexity": {
+            "window_s": mr.window_s, "frames": cx.frames, "macs": cx.macs,
+            "macs_with_aggregation": cx.macs_with_aggregation, "params": cx.params,
+            "params_with_bn_stats": cx.params_with_bn_stats,
+            "macs_10s": count_model(mr.name, frames=1000, num_classes=mr.num_classes).macs,
+            "blocks": cx.to_dict()["blocks"],
+        },
+        "accuracy": mr.accuracy,
+    }
+
+
+def _num_classes(weights: str | None, spec: Any) -> int:
     if weights:
         try:
             from dymn_edge.models.factory import num_classes_in, read_state_dict  # noqa: PLC0415
@@ -301,6 +418,16 @@ def _graph_macs(path: str, frames: int) -> int | None:
         return None
 
 
+def _ops(path: str) -> dict[str, Any] | None:
+    from dymn_edge.benchmarks.graph_ops import count_ops  # noqa: PLC0415
+
+    try:
+        return count_ops(path)
+    except DymnEdgeError as exc:
+        log.warning("op count of %s failed: %s", path, exc)
+        return None
+
+
 def _gemm_summary(w: lat.WorkerResult) -> dict[str, Any]:
     stats = [s for s in w.latency.values() if s is not None]
     if not stats:
@@ -314,8 +441,7 @@ def _gemm_summary(w: lat.WorkerResult) -> dict[str, Any]:
 
 
 def _attach_latency(row: dict[str, Any], results: list[lat.WorkerResult],
-                    gemm: dict[str, lat.WorkerResult], *, cx_macs: Any,
-                    frames_window: int) -> None:
+                    gemm: dict[str, lat.WorkerResult], *, cx_macs: Any) -> None:
     """Put timings, ratios to the GEMM, RTF and MAC throughput fraction into ``row``."""
     from dymn_edge.benchmarks.macs import count as count_arch  # noqa: PLC0415
 
@@ -354,38 +480,71 @@ def _attach_latency(row: dict[str, Any], results: list[lat.WorkerResult],
         row["error"] = "; ".join(errors)[:400]
 
 
+def _medians(row: dict[str, Any]) -> dict[tuple[str, str], float]:
+    out = {}
+    for t, cell in (row.get("latency") or {}).items():
+        for L, st in ((cell or {}).get("lengths") or {}).items():
+            if st and st.get("median_ms"):
+                out[(t, L)] = st["median_ms"]
+    return out
+
+
+def _attach_ratios(rows: list[dict[str, Any]]) -> None:
+    """``ratio_to_static`` (DyMN / its MN partner) and ``speedup_vs_eager`` per latency cell.
+
+    Both are ratios of medians measured in the same interleaved run: machine speed and load
+    cancel. Rows are matched on model (partner from the registry), format:precision, threads
+    and input length; a cell without a counterpart gets no key.
+    """
+    ok = {(r.get("model"), r["name"]): r for r in rows
+          if r["status"] != "failed" and r.get("latency")}
+    for (model, name), r in ok.items():
+        med = _medians(r)
+        partner = ok.get((static_partner(model) if model else None, name))
+        eager = ok.get((model, REFERENCE_NAME)) if r["format"] != "pytorch" else None
+        if partner is not None:
+            r["static_model"] = partner["model"]
+        for other, key, mine_over_other in ((partner, "ratio_to_static", True),
+                                            (eager, "speedup_vs_eager", False)):
+            if other is None:
+                continue
+            om = _medians(other)
+            for (t, L), ms in med.items():
+                if (t, L) in om:
+                    r["latency"][t]["lengths"][L][key] = (ms / om[(t, L)] if mine_over_other
+                                                          else om[(t, L)] / ms)
+
+
 def _gemm_macs() -> int:
     from dymn_edge.benchmarks.machine import GEMM_N  # noqa: PLC0415
 
     return GEMM_N ** 3
 
 
-def _accuracy(cfg: BenchConfig, rows: list[dict[str, Any]], data_dir: str | None,
-              weights: str | None, random_init: bool, window_s: float,
-              notes: list[str]) -> dict[str, Any]:
-    """Score every artifact; returns dataset info (or why accuracy is missing)."""
+def _accuracy(cfg: BenchConfig, mr: _ModelRun, notes: list[str]) -> dict[str, Any]:
+    """Score every artifact of one model; returns dataset info (or why accuracy is missing)."""
     from dymn_edge.benchmarks import accuracy as acc  # noqa: PLC0415
     from dymn_edge.datasets import load_dataset  # noqa: PLC0415
 
+    rows, data_dir = mr.rows, mr.data_dir
     if data_dir is None:
         reason = ("disabled (--no-accuracy)" if cfg.no_accuracy else
-                  "random-init model (untrained weights mean nothing)" if random_init else
+                  "random-init model (untrained weights mean nothing)" if mr.random_init else
                   "no labelled data: pass --data DIR (FSDD / ESC-50 / AudioSet CSV / labels.csv)")
-        notes.append(f"accuracy not measured: {reason}")
+        notes.append(f"accuracy not measured ({mr.name}): {reason}")
         return {"measured": False, "reason": reason}
     split = cfg.split
     ds_probe = Path(data_dir)
     if split is None and (ds_probe / "split.csv").is_file():
         split = "test"
     ds = load_dataset(data_dir, split=split)
-    num_classes = _num_classes(weights, [], get_spec(cfg.model))
-    if len(ds.labels) != num_classes:
-        raise DymnEdgeError(f"dataset {ds.name} has {len(ds.labels)} classes, the model "
-                            f"{num_classes}: pass matching --weights and --data")
-    data = acc.prepare(ds, window_s=window_s, limit=cfg.max_clips, progress=cfg.progress)
+    if len(ds.labels) != mr.num_classes:
+        raise DymnEdgeError(f"dataset {ds.name} has {len(ds.labels)} classes, {mr.name} "
+                            f"{mr.num_classes}: pass matching --weights and --data")
+    data = acc.prepare(ds, window_s=mr.window_s, limit=cfg.max_clips, progress=cfg.progress)
     from dymn_edge.models import create_model  # noqa: PLC0415
 
-    model = create_model(cfg.model, weights=weights, allow_download=False)
+    model = create_model(mr.name, weights=mr.weights, allow_download=False)
     ref_logits = acc.predict(acc.torch_runner(model), data)
     activation = next((r.get("output_activation") for r in rows
                        if r.get("output_activation")), "sigmoid")
@@ -408,4 +567,4 @@ def _accuracy(cfg: BenchConfig, rows: list[dict[str, Any]], data_dir: str | None
         r["scores"] = acc.score(logits, data, reference=ref_logits,
                                 activation=activation).to_dict()
     return {"measured": True, "dataset": ds.name, "layout": ds.layout, "clips": len(data.mels),
-            "classes": len(ds.labels), "multilabel": ds.multilabel, "window_s": window_s}
+            "classes": len(ds.labels), "multilabel": ds.multilabel, "window_s": mr.window_s}
