@@ -130,8 +130,12 @@ def test_device_run_db_clips_mqtt_with_broker_restart(vmic: dict[str, str], fsdd
             assert r["model_sha256"] == sha and "pulse" in r["device"] and r["start_utc"] < r["end_utc"]
             assert 0.4 <= r["mean_prob"] <= r["peak_prob"] <= 1.0 and r["duration_s"] > 0
         # MQTT: every onset / offset arrived (the broker's outage included), in order
-        assert sub.wait_for(lambda: len(sub.on("test/pi/event")) >= 2 * len(rows), timeout=20), sub.messages
-        msgs = [json.loads(p) for p in sub.on("test/pi/event")]
+        assert sub.wait_for(lambda: len(set(sub.on("test/pi/event"))) >= 2 * len(rows), timeout=20), \
+            (summary, [json.loads(p)["event"] + " " + json.loads(p)["label"] for p in sub.on("test/pi/event")],
+             rows, run.stderr[-1500:], (broker.dir / "broker.log").read_text()[-2000:] if (broker.dir / "broker.log").exists() else "")
+        # QoS 1 is at-least-once: a message the broker took just before it stopped is re-sent
+        # (same payload) after the reconnect; drop such duplicates, keep the order
+        msgs = [json.loads(p) for p in dict.fromkeys(sub.on("test/pi/event"))]
         assert [(m["event"], m["label"], m["start_s"]) for m in msgs if m["event"] == "end"] == \
             [("end", r["label"], r["start_s"]) for r in rows]
         _assert_digits_in_order(digits, [c + 0.25 for c in centres],
