@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from dymn_edge.datasets import Dataset, fsdd_eval_wave
+from dymn_edge.errors import DymnEdgeError
 from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap,
 )
@@ -113,3 +115,42 @@ def score(logits: np.ndarray, data: EvalSet, *, reference: np.ndarray | None = N
         s.max_prob_diff = max_prob_diff(to_probabilities(reference, activation),
                                         to_probabilities(logits, activation))
     return s
+
+
+def archive_scores(model_file: str | Path, dataset: Dataset, output: str | Path, *,
+                   workers: int | None = None, scheduler: str | None = None,
+                   task_size: int = 50, progress: bool = True) -> tuple[Scores, Any]:
+    """Accuracy / mAP of one exported file on a large labelled set, via ``dymn-tag --output``.
+
+    :func:`prepare` holds every clip's log-mel in memory (AudioSet's 20k 10 s clips would be
+    ~10 GB); this path streams the clips through the runtime's archive job instead (whole
+    clip as ``dymn-tag`` scores it, resumable parts beside ``output``, optionally on a Dask
+    cluster), then reads the score vectors back. Unreadable clips are left out and counted
+    (``Scores.clips`` is the number scored). Returns the scores and the job's summary.
+    """
+    import pyarrow.parquet as pq  # noqa: PLC0415  (the cluster extra)
+
+    from dymn_edge.runtime.archive import ArchiveOptions, run_archive  # noqa: PLC0415
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [str(Path(c.path).absolute()) for c in dataset.clips]
+    manifest = output.with_name(output.stem + ".clips.txt")
+    manifest.write_text("".join(p + "\n" for p in paths), encoding="utf-8")
+    summary = run_archive(model_file, [manifest], output, task_size=task_size, workers=workers,
+                          scheduler=scheduler, progress=progress,
+                          opts=ArchiveOptions(top_k=1, scores=True, fmt="parquet"))
+    rows = pq.read_table(output, columns=["file", "scores", "error"]).to_pydict()
+    by_file = {f: s for f, s, e in zip(rows["file"], rows["scores"], rows["error"]) if e is None}
+    keep = [i for i, p in enumerate(paths) if p in by_file]
+    if not keep:
+        raise DymnEdgeError(f"no clip of {dataset.name} could be scored (see the error rows in {output})")
+    scores = np.asarray([by_file[paths[i]] for i in keep], dtype=np.float32)
+    if scores.shape[1] != dataset.num_classes:
+        raise DymnEdgeError(f"{Path(model_file).name} has {scores.shape[1]} classes, "
+                            f"{dataset.name} has {dataset.num_classes}")
+    if len(keep) < len(paths):
+        log.warning("%d of %d clips could not be read and are left out", len(paths) - len(keep), len(paths))
+    targets = dataset.targets_onehot()[keep]
+    acc = None if dataset.multilabel else accuracy(scores, targets)
+    return Scores(acc, mean_average_precision(scores, targets), clips=len(keep)), summary

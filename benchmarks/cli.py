@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", help="FSDD split (default test) or ESC-50 fold")
     d.add_argument("--max-clips", type=int, metavar="N", help="score only the first N clips")
     d.add_argument("--no-accuracy", action="store_true", help="skip accuracy")
+    d.add_argument("--score-file", metavar="MODEL", help="only accuracy / mAP of this exported file "
+                   "on --data, streamed through dymn-tag's archive path (large sets, resumable)")
+    d.add_argument("--workers", type=int, metavar="N", help="with --score-file: a local Dask cluster")
+    d.add_argument("--scheduler", metavar="ADDR", help="with --score-file: a running Dask cluster")
     o = p.add_argument_group("output and gate")
     o.add_argument("--json", metavar="OUT", help="write everything (machine, tools, per-block MACs)")
     o.add_argument("--plot", metavar="OUT.png", help="accuracy vs latency and vs MACs")
@@ -181,12 +185,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _score_file(args: argparse.Namespace) -> int:
+    """``--score-file M --data D``: one file's accuracy / mAP via the archive path (archive.py)."""
+    from dymn_edge.benchmarks.accuracy import archive_scores  # noqa: PLC0415
+    from dymn_edge.datasets import load_dataset  # noqa: PLC0415
+
+    if not args.data:
+        raise DymnEdgeError("--score-file needs --data DIR (the labelled set)")
+    ds = load_dataset(args.data, split=args.split)
+    if args.max_clips:
+        ds.clips = ds.clips[:args.max_clips]
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in ds.name)
+    out = Path(args.workdir or ".") / f"{Path(args.score_file).stem}.{name}.parquet"
+    s, summary = archive_scores(args.score_file, ds, out, workers=args.workers, scheduler=args.scheduler,
+                                progress=not args.quiet and sys.stderr.isatty())
+    acc = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
+    print(f"{Path(args.score_file).name} on {ds.name}: accuracy {acc}, mAP {s.map:.4f} "
+          f"({s.clips} of {len(ds)} clips; {summary.line()})")
+    return 0
+
+
 def _main(args: argparse.Namespace) -> int:
     from dymn_edge.benchmarks import report  # noqa: PLC0415
     from dymn_edge.benchmarks.gate import compare, parse_percent  # noqa: PLC0415
 
     if args.macs:
         return _print_macs(args)
+    if args.score_file:
+        return _score_file(args)
     max_reg = parse_percent(args.max_regression)
     max_ratio = parse_percent(args.max_ratio_regression, "--max-ratio-regression")
     if args.compare and not Path(args.compare).is_file():

@@ -69,6 +69,8 @@ OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 _PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "audio", "audio_path")
 #: Tasks in flight per worker thread: enough to keep workers busy, few enough to bound memory.
 _INFLIGHT_PER_THREAD = 3
+#: Unreadable files logged one by one before the rest go to the debug log only.
+_ERRORS_SHOWN = 20
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,8 +515,9 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
         counts["done"] += res.n_files - res.n_failed
         counts["failed"] += res.n_failed
         counts["seconds"] += res.audio_seconds
-        for path, msg in res.errors:
-            log.warning("%s: %s", path, msg)
+        for path, msg in res.errors:  # the first ones on stderr; all of them are error rows
+            shown = counts["failed"] - res.n_failed < _ERRORS_SHOWN
+            log.log(logging.WARNING if shown else logging.DEBUG, "%s: %s", path, msg)
         bar.update(res.n_files)
         if counts["failed"]:
             bar.set_postfix(failed=counts["failed"], refresh=False)

@@ -281,6 +281,23 @@ def test_archive_module_stays_light() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-500:]
 
 
+def test_bench_scores_a_file_through_the_archive_path(fsdd_dir: Path, fsdd_tflite: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    """``dymn-bench --score-file M --data D``: accuracy / mAP from the archive's score vectors."""
+    from dymn_edge.benchmarks.cli import main as bench_main
+    from dymn_edge.datasets import load_dataset
+
+    rc = bench_main(["--score-file", str(fsdd_tflite), "--data", str(fsdd_dir), "--split", "test",
+                     "--max-clips", "60", "--workdir", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = _rows(tmp_path / f"{fsdd_tflite.stem}.fsdd-test.parquet")
+    clips = load_dataset(fsdd_dir, split="test").clips[:60]
+    assert rows["file"] == [str(c.path.absolute()) for c in clips]
+    acc = np.mean([int(np.argmax(s)) == c.targets[0] for s, c in zip(rows["scores"], clips)])
+    assert acc >= 0.85 and f"accuracy {acc:.4f}" in out and "60 of 60 clips" in out
+
+
 @pytest.mark.slow
 def test_full_fsdd_on_two_workers_matches_single_process(fsdd_dir: Path, fsdd_tflite: Path,
                                                          tmp_path: Path) -> None:
