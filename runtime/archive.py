@@ -596,6 +596,8 @@ def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], mode
                     exc = fut.exception()
                 except Exception as why:  # noqa: BLE001  (a cancelled future raises here)
                     exc = why
+                if isinstance(exc, DymnEdgeError):  # e.g. a worker without the engine: every task would fail
+                    raise DymnEdgeError(f"on a Dask worker: {exc}") from exc
                 if len(task.files) > 1 and attempt == 0:
                     log.warning("task of %d files failed on its workers (%s); retrying file by file",
                                 len(task.files), _one_line(exc))
