@@ -111,3 +111,85 @@ def test_reference_row_latency_is_not_gated() -> None:
     st2["ratio_to_gemm"] *= 1.3
     res = compare(cur, base)
     assert not res.ok and any("onnx:fp32" in f for f in res.failures)
+
+
+def _with_static(result: dict, ratio: float = 2.0) -> dict:
+    """``result`` plus the MN-S rows and DyMN-S ratios of a two-model run."""
+    out = copy.deepcopy(result)
+    mn_rows = []
+    for r in out["artifacts"]:
+        r["model"] = "dymn-s"
+        mn = copy.deepcopy(r)
+        mn["model"] = "mn-s"
+        for t, cell in mn["latency"].items():
+            for L, st in cell["lengths"].items():
+                st["median_ms"] /= ratio
+                st["ratio_to_gemm"] /= ratio
+                r["latency"][t]["lengths"][L]["ratio_to_static"] = ratio
+        r["static_model"] = "mn-s"
+        mn_rows.append(mn)
+    out["artifacts"] += mn_rows
+    out["models"] = {"dymn-s": {}, "mn-s": {}}
+    return out
+
+
+def _scale_ratio(result: dict, model: str, name: str, factor: float) -> None:
+    row = next(r for r in result["artifacts"] if r["model"] == model and r["name"] == name)
+    st = row["latency"]["1"]["lengths"]["1"]
+    st["median_ms"] *= factor
+    st["ratio_to_gemm"] *= factor
+    if "ratio_to_static" in st:
+        st["ratio_to_static"] *= factor
+
+
+def test_static_ratio_is_its_own_check() -> None:
+    base = _with_static(_result())
+    assert compare(copy.deepcopy(base), base).ok
+    cur = copy.deepcopy(base)
+    _scale_ratio(cur, "dymn-s", "onnx:fp32", 1.2)  # +20 %: over the latency gate, under the ratio one
+    res = compare(cur, base, max_regression=0.5, max_ratio_regression=0.25)
+    assert res.ok, res.summary()
+    res = compare(cur, base, max_regression=0.5, max_ratio_regression=0.15)
+    assert not res.ok and "DyMN/MN ratio regression" in res.summary() and "+20.0%" in res.summary()
+    # MN-S slower by the same amount: the ratio is unchanged, only the latency check can trip
+    cur = copy.deepcopy(base)
+    _scale_ratio(cur, "mn-s", "onnx:fp32", 1.4)
+    assert compare(cur, base, max_regression=0.5, max_ratio_regression=0.25).ok
+    # the MN rows missing from the run: the ratio the baseline holds cannot be checked
+    cur = copy.deepcopy(base)
+    cur["artifacts"] = [r for r in cur["artifacts"] if r["model"] == "dymn-s"]
+    for r in cur["artifacts"]:
+        for cell in r["latency"].values():
+            for st in cell["lengths"].values():
+                st.pop("ratio_to_static", None)
+    res = compare(cur, base)
+    assert not res.ok and "no ratio to mn-s" in res.summary()
+
+
+def test_committed_baseline_without_mn_rows_skips_the_ratio_check() -> None:
+    """Until the lead refreshes it, the committed baseline (DyMN-S only) keeps CI passing."""
+    from dymn_edge.benchmarks.gate import REFRESH_COMMAND
+    from dymn_edge.benchmarks.report import read_json
+
+    base = read_json(Path(__file__).parents[2] / "benchmarks/baselines/ci_dymn_s.json")
+    assert not any(r.get("model") == "mn-s" for r in base["artifacts"])
+    cur = _with_static(base)
+    res = compare(cur, base)
+    assert res.ok, res.summary()
+    assert any("ratio check skipped" in n and REFRESH_COMMAND in n for n in res.notes)
+    assert any(n.startswith("mn-s onnx:fp32: not in the baseline") for n in res.notes)
+
+
+def test_ci_gate_runs_dymn_s_and_mn_s(tmp_path: Path) -> None:
+    """``--ci-gate --compare`` with the committed (DyMN-S only) baseline still measures MN-S."""
+    from dymn_edge.benchmarks.cli import _config_from_args, build_parser
+    from dymn_edge.benchmarks.gate import CI_CONFIG
+
+    assert CI_CONFIG["model"] == "dymn-s,mn-s" and CI_CONFIG["lengths"] == [1.0]
+    assert CI_CONFIG["threads"] == [1]
+    baseline = Path(__file__).parents[2] / "benchmarks/baselines/ci_dymn_s.json"
+    args = build_parser().parse_args(["--ci-gate", "--compare", str(baseline),
+                                      "--max-regression", "25%", "--quiet"])
+    cfg = _config_from_args(args)
+    assert cfg.models == ["dymn-s", "mn-s"] and cfg.random_init_models == ("mn-s",)
+    assert cfg.formats == ["onnx:fp32", "tflite:fp32", "tflite:int8"] and cfg.window_s == 1.0
