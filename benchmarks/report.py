@@ -123,7 +123,10 @@ def format_report(result: dict[str, Any]) -> str:
         result["model"]["name"]: {"model": result["model"], "complexity": result["complexity"]}}
     for doc in per_model.values():
         m, cx = doc["model"], doc["complexity"]
-        pub = (f"published {m.get('published_gmacs')} GMAC, {m.get('published_params_m')} M"
+        figures = [f"{v} {unit}" for v, unit in ((m.get("published_gmacs"), "GMAC"),
+                                                 (m.get("published_params_m"), "M"))
+                   if v is not None]
+        pub = (("published " + ", ".join(figures) if figures else "no published figures")
                if m.get("num_classes") == 527 else
                f"{m.get('num_classes')}-class head; the published figures are for 527 classes")
         parts.append(
