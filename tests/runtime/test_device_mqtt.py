@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -52,7 +53,7 @@ class Broker:
     """A private mosquitto on 127.0.0.1:<free port>, with persistence so that a durable
     subscriber keeps its session across stop() / start()."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: str = "", anonymous: bool = True) -> None:
         self.exe = _mosquitto_bin()
         self.port = _free_port()
         self.dir = workdir
@@ -61,8 +62,8 @@ class Broker:
         # as root mosquitto would drop to user 'mosquitto', who cannot write the private tmp dir
         # (no persistence, so no durable session across a restart): stay this user
         self.conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n"
-                             f"allow_anonymous true\npersistence true\npersistence_location {self.dir}/\n"
-                             f"log_dest file {self.dir}/broker.log\n")
+                             f"allow_anonymous {str(anonymous).lower()}\npersistence true\n"
+                             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/broker.log\n{extra}")
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -97,7 +98,8 @@ class Broker:
 class Subscriber:
     """paho-mqtt client subscribed to ``#`` with a durable session (QoS 1)."""
 
-    def __init__(self, port: int, client_id: str = "dymn-edge-test-sub") -> None:
+    def __init__(self, port: int, client_id: str = "dymn-edge-test-sub", *, ca: Path | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         import paho.mqtt.client as paho
 
         self.messages: list[tuple[str, bytes, bool]] = []
@@ -108,6 +110,10 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         assert self.connected.wait(10), "subscriber could not connect"
@@ -239,3 +245,55 @@ def test_missing_broker_at_stop_counts_unsent(tmp_path: Path) -> None:
     pub.event(_ev("start", 0, 0.0))
     counters = pub.close()  # returns at once: nothing to wait for while offline
     assert counters["mqtt_queued"] == 1 and counters["mqtt_unsent"] == 1 and counters["mqtt_sent"] == 0
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    exe = shutil.which("openssl")
+    if not exe:
+        msg = "openssl not installed (apt-get install openssl; .ci/run installs it)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_tls_and_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """mqtts:// with a private CA and a password with URL-escaped characters; a wrong
+    password is refused by the broker, logged once, and tagging (publishing) goes on."""
+    d = tmp_path / "tls"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=dymn-edge test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "srv.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    pw = subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c",
+                         str(d / "passwd"), "pi", "s3cret:@/x"], capture_output=True, text=True, timeout=30)
+    assert pw.returncode == 0, pw.stderr
+    b = Broker(tmp_path / "broker", anonymous=False,
+               extra=f"cafile {d}/ca.crt\ncertfile {d}/srv.crt\nkeyfile {d}/srv.key\npassword_file {d}/passwd\n")
+    b.start()
+    sub = Subscriber(b.port, ca=d / "ca.crt", auth=("pi", "s3cret:@/x"))
+    url = f"mqtts://pi:s3cret%3A%40%2Fx@127.0.0.1:{b.port}/s?node=n&discovery=none&ca={d}/ca.crt"
+    pub = _publisher(url)
+    bad = _publisher(f"mqtts://pi:wrong@127.0.0.1:{b.port}/s?node=bad&discovery=none&ca={d}/ca.crt")
+    try:
+        assert sub.wait_for(lambda: pub.connected, timeout=20)
+        pub.event(_ev("start", 2, 1.0))
+        assert sub.wait_for(lambda: len(sub.on("s/n/event")) == 1)
+        assert json.loads(sub.on("s/n/event")[0])["label"] == "two"
+        with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.mqtt"):
+            time.sleep(2.5)  # a few refused attempts (backoff 1 s, 2 s)
+            bad.event(_ev("start", 0, 0.0))
+    finally:
+        counters = pub.close()
+        bad_counters = bad.close()
+        sub.close()
+        b.stop()
+    assert counters["mqtt_sent"] == 1 and counters["mqtt_unsent"] == 0
+    refused = [r.message for r in caplog.records if "127.0.0.1" in r.message and "unavailable" in r.message]
+    assert len(refused) == 1 and "refused" in refused[0], refused  # said once
+    assert not bad.connected and bad_counters["mqtt_queued"] == 1 and bad_counters["mqtt_unsent"] == 1
