@@ -8,9 +8,9 @@ time order), written to a temporary name and renamed, so a power cut never leave
 clip under a real name. The path is set on the event (``ev.clip``) before the database
 sink sees it.
 
-Never fills the disk: after each clip, clips older than ``max_days`` and then the oldest
-clips beyond ``max_mb`` in total are deleted (the newest clip is always kept; only files
-named like clips are ever touched); below ``min_free_mb`` of free space no clip is written
+Never fills the disk: at the start, after each clip and every 10 minutes of audio, clips
+older than ``max_days`` and then the oldest clips beyond ``max_mb`` in total are deleted
+(a clip just written is kept; only files named like clips are ever touched); below ``min_free_mb`` of free space no clip is written
 and that is said once (and once more when writing resumes).
 """
 
@@ -40,6 +40,8 @@ __all__ = ["ClipRecorder", "ClipsError", "MAX_CLIP_SECONDS", "apply_retention", 
 
 #: Longest clip (without padding); a longer event keeps its last MAX_CLIP_SECONDS.
 MAX_CLIP_SECONDS = 60.0
+#: Stream seconds between age checks when no clip is written (quiet weeks still expire).
+RETENTION_EVERY_S = 600.0
 CLIP_RE = re.compile(r"^(\d{8}T\d{6}\.\d{3})Z_[^/]*\.flac$")
 
 
@@ -153,6 +155,7 @@ class ClipRecorder(EventSink):
         self.deleted = 0
         self.skipped_low_space = 0
         self._low_space = False
+        self._last_retention = 0.0  # stream time of the last retention pass
         self.reopen()
         self._retention(None)
 
@@ -171,6 +174,9 @@ class ClipRecorder(EventSink):
         self.ring.write(samples)
         self._end = end_i
         self._flush(final=False)
+        if end - self._last_retention >= RETENTION_EVERY_S:
+            self._last_retention = end
+            self._retention(None)
 
     def event(self, ev: Event) -> None:
         if ev.kind != "end" or ev.end is None:

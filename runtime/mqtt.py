@@ -19,7 +19,8 @@ paho-mqtt reconnects with exponential backoff (1 s .. 60 s), the failure is logg
 (and the recovery once), and QoS 1 messages wait in paho's bounded queue (``queue``
 messages; when full, new ones are refused and counted as dropped). The summary gets
 ``mqtt_sent`` / ``mqtt_queued`` (published while offline) / ``mqtt_dropped`` / ``mqtt_unsent``
-(still queued at the stop, after a 5 s grace) / ``mqtt_reconnects``, counting event messages.
+(still unacknowledged at the stop; up to 5 s are given while connected) / ``mqtt_reconnects``,
+counting event messages.
 paho-mqtt is imported only here (``pip install 'dymn-edge[device]'``).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -204,7 +206,8 @@ class MqttPublisher(EventSink):
         self._down_since: float | None = None
         self._down_logged = False
         client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
-                             client_id=f"dymn-edge-{cfg.node}-{socket.gethostname()}"[:64],
+                             # the pid: two listeners on one host must not take over each other
+                             client_id=f"dymn-edge-{cfg.node}-{os.getpid()}"[:64],
                              clean_session=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
