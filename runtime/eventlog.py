@@ -128,14 +128,16 @@ class EventLog(EventSink):
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
             _check_version(conn, self.path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise EventLogError(f"cannot open event database {self.path}: {exc}") from exc
         self.conn = conn
         log.info("event database %s (schema %d)", self.path, SCHEMA_VERSION)
 
     def event(self, ev: Event) -> None:
-        if ev.kind != "end" or self.conn is None:
+        if ev.kind != "end":
             return
+        if self.conn is None:  # a failed re-open: try again (an error here is counted, not lost)
+            self.open()
         start_utc = ev.start_utc if ev.start_utc is not None else dt.datetime.now(dt.timezone.utc).timestamp()
         end_utc = ev.end_utc if ev.end_utc is not None else start_utc + (ev.duration or 0.0)
         row = (ev.label.display_name, ev.label.mid, ev.label.index, utc_iso(start_utc), utc_iso(end_utc),

@@ -135,6 +135,8 @@ def test_event_log_refuses_newer_schema_and_foreign_files(tmp_path: Path) -> Non
     sqlite3.connect(other).execute("CREATE TABLE x (y)").connection.commit()
     with pytest.raises(EventLogError, match="not a dymn-edge event database"):
         open_readonly(other)
+    with pytest.raises(EventLogError, match="cannot open event database"):
+        EventLog(other / "sub" / "e.db")  # a folder that cannot exist (other is a file)
 
 
 def test_dymn_events_list_filter_export_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
