@@ -143,6 +143,9 @@ def test_device_run_db_clips_mqtt_with_broker_restart(vmic: dict[str, str], fsdd
                                 [(m["index"], m["start_s"]) for m in msgs if m["event"] == "start"])
         assert summary["mqtt_queued"] >= 1 and summary["mqtt_dropped"] == 0 and summary["mqtt_unsent"] == 0
         assert summary["mqtt_reconnects"] >= 1 and summary["mqtt_sent"] == len(msgs)
+        warnings = [x for x in run.stderr.splitlines() if "mqtt:" in x]  # the outage, said once each way
+        assert len([x for x in warnings if "unavailable" in x]) == 1, warnings
+        assert len([x for x in warnings if "again after" in x]) == 1, warnings
         assert sub.on("test/pi/availability")[-1] == b"offline"  # clean stop
         configs = {t: json.loads(p) for t, p, _ in sub.messages if t.startswith("homeassistant/")}
         sensors = {t: c for t, c in configs.items() if "/binary_sensor/pi/" in t}
