@@ -312,3 +312,20 @@ def test_device_modules_import_no_torch(module: str) -> None:
             "or m.startswith(('dymn_edge.export', 'dymn_edge.models'))]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{module} imported {proc.stdout.strip()} {proc.stderr[-300:]}"
+
+
+def test_home_assistant_watched_labels(tmp_path: Path) -> None:
+    import argparse
+
+    from dymn_edge.labels import audioset_labels
+    from dymn_edge.runtime.device import _watched
+    from dymn_edge.runtime.output import TagFilter
+
+    audioset = audioset_labels()
+    none = argparse.Namespace(thresholds=None)
+    assert _watched(none, audioset, TagFilter.build(audioset)) == []  # 527 labels: only the last-event sensor
+    assert _watched(none, LABELS, TagFilter.build(LABELS, exclude=["Siren"])) == [0, 2]  # small models: all
+    t = tmp_path / "t.toml"
+    t.write_text('["Dog"]\non = 0.4\n')
+    picked = _watched(argparse.Namespace(thresholds=str(t)), audioset, TagFilter.build(audioset, include=["Speech"]))
+    assert [audioset[i].display_name for i in picked] == ["Speech", "Dog"]
