@@ -229,7 +229,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"plot: {report.plot(result, args.plot)}")
     if args.write_baseline:
         print(f"baseline written: {report.write_json(result, args.write_baseline)}")
-        failed = [r["name"] for r in result["artifacts"] if r["status"] == "failed"]
+        failed = [f"{r.get('model', '')} {r['name']}".strip() for r in result["artifacts"]
+                  if r["status"] == "failed"]
         if failed:
             log.warning("baseline holds failed artifacts, which the gate cannot check: %s",
                         ", ".join(failed))
