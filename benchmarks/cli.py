@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
                    "format:precision pairs of the exporter's table)")
     r.add_argument("--window", type=float, metavar="S", help="export window in seconds "
-                   "(default: 10 s for AudioSet heads, 1 s otherwise)")
+                   "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
+                   "model's, for all: fixed-shape files compare only at one window)")
     r.add_argument("--lengths", default="1,10", metavar="S,S", help="input lengths to time (default 1,10)")
     r.add_argument("--threads", default="1,2", metavar="N,N", help="thread counts (default 1,2)")
     r.add_argument("--budget", type=float, default=2.0, metavar="SECONDS",
