@@ -34,6 +34,7 @@ import csv
 import ctypes
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -71,6 +72,8 @@ _PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "audio", "
 _INFLIGHT_PER_THREAD = 3
 #: Unreadable files logged one by one before the rest go to the debug log only.
 _ERRORS_SHOWN = 20
+#: Re-runs of a task whose result or input was lost with a worker (not a failure of its files).
+_LOST_RETRIES = 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,14 +576,19 @@ def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], mode
         threads = max(1, sum(client.nthreads().values()))
         log.info("Dask: %s, %d worker threads, ready after %.1f s", client.scheduler.address, threads,
                  time.perf_counter() - t_start)
-        model_future = client.scatter(model_bytes, broadcast=True, hash=True)
+        model_ref = [client.scatter(model_bytes, broadcast=True, hash=True)]
         pending: Iterator[Task] = iter(todo)
         by_key: dict[str, tuple[Task, int]] = {}
+        lost: dict[str, int] = {}
+        seq = itertools.count()
         ac = as_completed(loop=client.loop)  # not the default client's loop (tests run two)
 
         def submit(task: Task, attempt: int = 0) -> None:
-            fut = client.submit(dask_task, model_future, model.name, digest, wopts, task,
-                                key=f"dymn-tag-{task.part}-{attempt}", pure=False)
+            if model_ref[0].status != "finished":  # every worker holding it died
+                log.warning("the model file was lost with its workers; shipping it again")
+                model_ref[0] = client.scatter(model_bytes, broadcast=True, hash=True)
+            fut = client.submit(dask_task, model_ref[0], model.name, digest, wopts, task,
+                                key=f"dymn-tag-{task.part}-{attempt}-{next(seq)}", pure=False)
             by_key[fut.key] = (task, attempt)
             ac.add(fut)
 
@@ -589,25 +597,27 @@ def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], mode
         splits: dict[int, list[TaskResult | None]] = {}
         for fut in ac:
             task, attempt = by_key.pop(fut.key)
-            if fut.status == "finished":
-                _collect(task, fut.result(), splits, accept, opts)
-            else:
-                try:
-                    exc = fut.exception()
-                except Exception as why:  # noqa: BLE001  (a cancelled future raises here)
-                    exc = why
-                if isinstance(exc, DymnEdgeError):  # e.g. a worker without the engine: every task would fail
-                    raise DymnEdgeError(f"on a Dask worker: {exc}") from exc
-                if len(task.files) > 1 and attempt == 0:
-                    log.warning("task of %d files failed on its workers (%s); retrying file by file",
-                                len(task.files), _one_line(exc))
-                    splits[task.index] = [None] * len(task.files)
-                    for k, f in enumerate(task.files):
-                        submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
-                else:
-                    res = _crash_result(task, f"worker died or failed on this file: {_one_line(exc)}", opts)
-                    _collect(task, res, splits, accept, opts)
+            res, exc = _outcome(fut)
             fut.release()
+            if res is not None:
+                _collect(task, res, splits, accept, opts)
+            elif isinstance(exc, DymnEdgeError):  # e.g. a worker without the engine: every task would fail
+                raise DymnEdgeError(f"on a Dask worker: {exc}") from exc
+            elif not _is_task_failure(exc) and lost.get(task.part, 0) < _LOST_RETRIES:
+                # the result or an input went with a dead worker, or the future was cancelled:
+                # nothing is known against the files, so the same task runs again
+                lost[task.part] = lost.get(task.part, 0) + 1
+                log.warning("task %s lost (%s); running it again", task.part, _one_line(exc))
+                submit(task, attempt)
+            elif len(task.files) > 1 and attempt == 0:
+                log.warning("task of %d files failed on its workers (%s); retrying file by file",
+                            len(task.files), _one_line(exc))
+                splits[task.index] = [None] * len(task.files)
+                for k, f in enumerate(task.files):
+                    submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
+            else:
+                res = _crash_result(task, f"worker died or failed on this file: {_one_line(exc)}", opts)
+                _collect(task, res, splits, accept, opts)
             for nxt in _take(pending, 1):
                 submit(nxt)
         return threads
@@ -616,6 +626,31 @@ def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], mode
             own_client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _outcome(fut: Any) -> tuple[TaskResult | None, BaseException | None]:
+    """(result, None) or (None, why): a finished future's result can still be lost with its
+    worker before it is fetched, and a cancelled future raises instead of returning."""
+    try:
+        if fut.status == "finished":
+            return fut.result(), None
+        return None, fut.exception()
+    except DymnEdgeError as exc:
+        return None, exc
+    except Exception as exc:  # noqa: BLE001  (CancelledError, lost data, a closed comm)
+        return None, exc
+
+
+def _is_task_failure(exc: BaseException | None) -> bool:
+    """True when the task itself failed (raised, or killed its workers), not its transport."""
+    if exc is None:
+        return False
+    from distributed.scheduler import KilledWorker  # noqa: PLC0415
+
+    if isinstance(exc, KilledWorker):
+        return True
+    cancelled = type(exc).__name__ in ("CancelledError", "FutureCancelledError")
+    return not cancelled and not isinstance(exc, (OSError, TimeoutError))
 
 
 def _local_cluster(workers: int, local_cluster: Any) -> Any:

@@ -186,41 +186,54 @@ def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-def test_worker_killed_mid_run_every_file_once(local_run, subset, fsdd_tflite: Path,
-                                               tmp_path: Path, capsys) -> None:
-    """SIGKILL one worker after the first part lands; the scheduler re-runs its tasks."""
+@pytest.mark.parametrize("allowed_failures", [3, 0], ids=["scheduler-retries", "split-file-by-file"])
+def test_worker_killed_mid_run_every_file_once(local_run, subset, fsdd_tflite: Path, tmp_path: Path,
+                                               capsys, caplog, allowed_failures: int) -> None:
+    """SIGKILL a busy worker after the first part lands; the job still has every file once.
+
+    With Dask's default the scheduler re-runs the dead worker's tasks; with
+    ``allowed-failures=0`` those tasks fail (as a file that crashes its worker would make
+    them) and the job re-runs them one file at a time.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     out = tmp_path / "killed.parquet"
     parts_dir = out.with_name(out.name + ".parts")
     killed: dict[str, int] = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        pids = list(client.run(os.getpid).values())
+        pids = client.run(os.getpid)
         assert len(pids) == 2
 
         def killer() -> None:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 n = len(list(parts_dir.glob("part-*"))) if parts_dir.is_dir() else 0
-                if n >= 1:
+                busy = [a for a, keys in client.processing().items() if keys] if n else []
+                if busy:
                     killed["parts_at_kill"] = n
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed["pid"] = pids[0]
+                    # with allowed-failures=0 both die, so that a task surely fails (a worker can
+                    # finish its last task between the processing query and the kill)
+                    victims = [busy[0]] if allowed_failures else list(pids)
+                    for addr in victims:
+                        os.kill(pids[addr], signal.SIGKILL)
+                    killed["pid"] = pids[busy[0]]
                     return
                 time.sleep(0.005)
 
         th = threading.Thread(target=killer, daemon=True)
         th.start()
-        rc = tag_main(["--model", str(fsdd_tflite), "--output", str(out), "--scores", "--task-size", "5",
-                       "--scheduler", cluster.scheduler_address, str(subset[0])])
+        with caplog.at_level("WARNING", logger="dymn_edge.runtime.archive"):
+            rc = tag_main(["--model", str(fsdd_tflite), "--output", str(out), "--scores", "--task-size", "5",
+                           "--scheduler", cluster.scheduler_address, str(subset[0])])
         th.join(5)
         err = capsys.readouterr().err
         assert rc == 0, err
         assert killed.get("pid") and killed["parts_at_kill"] < 41, killed  # it died mid-run
-        with pytest.raises(ProcessLookupError):
-            os.kill(killed["pid"], 0)
         assert killed["pid"] not in client.run(os.getpid).values()
+    assert ("retrying file by file" in caplog.text) == (allowed_failures == 0), caplog.text
     a, b = _rows(local_run[0]), _rows(out)
     assert b["file"] == a["file"]  # every file exactly once, in input order
     assert b == a
