@@ -427,6 +427,19 @@ def _write_atomic(path: Path, data: bytes | Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
+def _remove_orphan_tmp(folder: Path) -> None:
+    """Delete half-written parts of runs that died (``.NAME.PID.tmp`` whose PID is gone)."""
+    for tmp in folder.glob(".part-*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            log.debug("removed %s (its run died)", tmp)
+        except (ValueError, PermissionError):  # not our name, or another user's live process
+            continue
+
+
 def _merge(parts: list[Path], output: Path, opts: ArchiveOptions) -> None:
     """Concatenate part files in task order into ``output`` (atomically)."""
     if opts.fmt == "jsonl":
@@ -502,6 +515,7 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
     tasks = plan_tasks(files, task_size, opts.fingerprint(digest), opts.fmt)
     parts_dir = output.with_name(output.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    _remove_orphan_tmp(parts_dir)
     todo = [t for t in tasks if not (parts_dir / t.part).is_file()]
     skipped = sum(len(t.files) for t in tasks) - sum(len(t.files) for t in todo)
     stale = {p.name for p in parts_dir.glob("part-*")} - {t.part for t in tasks}

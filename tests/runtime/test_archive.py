@@ -177,6 +177,10 @@ def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path
     parts = sorted(out.with_name(out.name + ".parts").glob("part-*"))
     assert len(parts) == 9  # 203 files / 25
     before = {p: p.stat().st_mtime_ns for p in parts} | {out: out.stat().st_mtime_ns}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    orphan = parts[0].with_name(f".{parts[0].name}.{dead}.tmp")  # a part a killed run was writing
+    orphan.write_bytes(b"half a part")
     # A scheduler that does not exist: with nothing to do, no cluster is even contacted.
     rc = tag_main(["--model", str(fsdd_tflite), "--output", str(out), "--scores", "--task-size", "25",
                    "--scheduler", "tcp://127.0.0.1:9", str(subset[0])])
@@ -184,6 +188,7 @@ def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path
     assert rc == 0, err
     assert "0 done, 0 failed, 203 skipped" in err
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert not orphan.exists()
 
 
 @pytest.mark.parametrize("allowed_failures", [3, 0], ids=["scheduler-retries", "split-file-by-file"])
