@@ -24,7 +24,7 @@ def test_wheel_has_nothing_generic_at_top_level(tmp_path: Path) -> None:
     assert "dymn_edge/data/class_labels_indices.csv" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("dymn-export", "dymn-listen", "dymn-tag", "dymn-bench"):
+    for script in ("dymn-export", "dymn-listen", "dymn-tag", "dymn-bench", "dymn-events", "dymn-info"):
         assert script in text
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     base = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and "extra ==" not in ln]

@@ -1,28 +1,33 @@
-"""Export form of DyMN / MN: a patched deep copy built from ops that ONNX and LiteRT take.
+"""Export form of DyMN / MN: a patched deep copy built from the fewest ops engines run fast.
 
 The training-faithful modules (:mod:`dymn_edge.models.dymn`, :mod:`dymn_edge.models.mn`)
 load the official checkpoints and compute exactly what EfficientAT computes, including ops
 that export badly. :func:`make_exportable` rewrites a deep copy (as timm's
-``set_exportable`` / Optimum's ``ModelPatcher`` do) into equivalent forms:
+``set_exportable`` / Optimum's ``ModelPatcher`` do) into an equivalent graph
+(:class:`LeanDynamicBlock` per dynamic block):
 
-- Dy-Conv attention in 2-D: ``softmax(Linear(v))`` over (B, K) with the temperature folded
-  into the Linear, then ``torch.mm`` with the kernel bank (K, N). The official 4-D
-  ``(B,1,1,K) @ (1,1,K,N)`` becomes a rank-4 BATCH_MATMUL that TFLite rejects.
-- Pointwise Dy-Conv: per-sample weight (B, C_out, C_in) and one ``bmm`` with x as
-  (B, C_in, F*T); any batch and time length (the official batch-folded grouped conv cannot
-  express a dynamic batch).
-- Depthwise Dy-Conv, two strategies (:class:`DynConvStrategy`): K static depthwise convs
-  weighted by the attention (any batch; XNNPACK delegates static-filter convs only) or one
-  conv with a runtime weight (batch 1; fewest ops, fastest in ONNX Runtime).
-- BatchNorm folded into the Dy-Conv kernel banks (exact: the attention sums to 1, so a
-  per-channel shift added after the conv equals the shift of every kernel) and into the
-  ordinary conv-BN pairs.
-- Dy-ReLU in 4-D (two maps and ``torch.maximum``) instead of the 5-D broadcast that
-  dominates the as-is ONNX graph; ``2.0 * sigmoid - 1.0`` with float literals (an integer
-  literal breaks quantization observers).
+- One coefficient head per block: the three Dy-Conv attentions (temperature folded in) and
+  the 2M Dy-ReLU coefficient vectors all depend only on the context vector, so they are one
+  Linear and one split, not nine small Linear / slice / reshape chains.
+- Pointwise Dy-Conv: ``softmax`` attention ``@`` kernel bank -> per-sample weight, then one
+  ``bmm`` over the positions, in the activations' layout (:class:`Layout`): channels-last
+  (LiteRT: its kernels are NHWC, so the graph has no TRANSPOSE at all) or channels-first
+  (ONNX Runtime: Conv is NCHW). Any batch and time length. The official 4-D attention
+  matmul (a rank-4 BATCH_MATMUL TFLite rejects) and batch-folded grouped conv (no dynamic
+  batch) are gone.
+- Depthwise Dy-Conv in one of the exact forms of :class:`DynConvStrategy`, chosen per
+  format from measurements (``export/formats.py``).
+- BatchNorm folded into every kernel bank (exact: the attention sums to 1, so a per-channel
+  shift after the conv is the shift of every kernel) and into the ordinary conv-BN pairs.
+- Dy-ReLU in 4-D: ``max_j(a_j * x + b_j)`` with ``a, b = 2 lambda sigmoid(z) + (init - lambda)``
+  (the official ``(2 sigmoid(z) - 1) lambda + init`` with its constants folded), not the
+  official 5-D broadcast.
 - Means instead of adaptive pooling everywhere (the ONNX dynamo exporter turns adaptive
-  pooling into a fixed-kernel AveragePool: silently wrong at other lengths), so the graph
-  is correct for any time length.
+  pooling into a fixed-kernel AveragePool: silently wrong at other lengths); the context
+  generator's stride-2 average pooling is fused into its coordinate convs.
+
+Every rewrite is exact: the float64 tests in ``tests/models/test_patcher.py`` hold the
+patched copy to ~1e-14 of the original for every strategy and layout.
 """
 
 from __future__ import annotations
@@ -34,40 +39,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dymn_edge.models.dymn import (
-    ContextFree, ContextGenerator, DyMN, DynamicConv, DynamicInvertedResidual,
-    DyReLUB,
-)
+from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual, DyReLUB
 from dymn_edge.models.mn import MN, InvertedResidual
 
 __all__ = [
-    "DEFAULT_STRATEGY", "DynConvStrategy", "make_exportable", "strategy_supports_dynamic_batch",
-    "ExportableTagger", "ExportDynamicBlock", "ExportContextGenerator", "ExportDyReLU",
-    "PointwiseDyConv", "DepthwiseDyConvStaticK", "DepthwiseDyConvRuntime", "DyConvAttention",
-    "patch_dynamic_conv", "patch_dyrelu", "patch_context_generator", "patch_block",
-    "fold_conv_bn", "fold_conv_norm_act",
+    "DynConvStrategy", "Layout", "make_exportable",
+    "strategy_supports_dynamic_batch", "ExportableTagger", "LeanDynamicBlock", "LeanDepthwise",
+    "patch_block", "fold_conv_bn", "fold_conv_norm_act",
 ]
-
 
 class DynConvStrategy(str, enum.Enum):
     """How a depthwise Dy-Conv is written in the export graph (pointwise is always bmm)."""
 
     STATIC_K = "static_k"  # K static depthwise convs weighted by the attention: any batch, fully XNNPACK-delegated in LiteRT
     RUNTIME_WEIGHT = "runtime_weight"  # one conv with a runtime (per-sample aggregated) weight: batch 1 only, fastest in ONNX Runtime
-
-
-# Measured per target (findings.md, DyMN-M, batch 1, 1 thread): LiteRT delegates no conv with a
-# runtime filter, so STATIC_K keeps one XNNPACK partition; ONNX Runtime runs the single
-# runtime-weight conv faster than K convs.
-DEFAULT_STRATEGY: dict[str, DynConvStrategy] = {
-    "tflite": DynConvStrategy.STATIC_K,
-    "onnx": DynConvStrategy.RUNTIME_WEIGHT,
-}
+    RUNTIME_DYRELU = "runtime_dyrelu"  # runtime_weight with Dy-ReLU folded in: M depthwise convs + maximum, batch 1 only
+    MULTIPLIER = "multiplier"  # one static depthwise conv with K outputs per channel + one matmul with the attention: any batch
 
 
 def strategy_supports_dynamic_batch(strategy: DynConvStrategy | str) -> bool:
     """Whether a model patched with ``strategy`` runs (and exports) with any batch size."""
-    return DynConvStrategy(strategy) is DynConvStrategy.STATIC_K
+    return DynConvStrategy(strategy) in (DynConvStrategy.STATIC_K, DynConvStrategy.MULTIPLIER)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,26 +97,9 @@ def fold_conv_norm_act(seq: nn.Sequential) -> nn.Sequential:
         return nn.Sequential(fold_conv_bn(seq[0], seq[1]), *list(seq)[2:])
     return seq
 
-
 # --------------------------------------------------------------------------------------------
-# Dy-Conv
+# Lean dynamic block
 # --------------------------------------------------------------------------------------------
-
-class DyConvAttention(nn.Module):
-    """(B, H) context -> (B, K) softmax mixing weights; the temperature is folded into ``fc``."""
-
-    def __init__(self, linear: nn.Linear, temperature: float) -> None:
-        super().__init__()
-        self.fc = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                            dtype=linear.weight.dtype)
-        with torch.no_grad():
-            self.fc.weight.copy_(linear.weight.detach().double() / temperature)
-            if linear.bias is not None:
-                self.fc.bias.copy_(linear.bias.detach().double() / temperature)
-
-    def forward(self, v: Tensor) -> Tensor:
-        return torch.softmax(self.fc(v), dim=1)
-
 
 def _bank_and_bias(conv: DynamicConv, norm: nn.Module | None) -> tuple[Tensor, Tensor | None]:
     """Kernel bank (K, C_out, C_in/g, k, k) with a following BatchNorm folded in, and its shift."""
@@ -138,140 +113,6 @@ def _bank_and_bias(conv: DynamicConv, norm: nn.Module | None) -> tuple[Tensor, T
         raise TypeError(f"cannot fold {type(norm).__name__} into a Dy-Conv")
     scale, shift = _bn_scale_shift(norm)
     return (bank * scale.view(1, -1, 1, 1, 1)).to(dtype), shift.to(dtype)
-
-
-class PointwiseDyConv(nn.Module):
-    """1x1 Dy-Conv as attention @ bank -> (B, C_out, C_in) and one bmm over x as (B, C_in, F*T)."""
-
-    def __init__(self, conv: DynamicConv, norm: nn.Module | None = None) -> None:
-        super().__init__()
-        if conv.kernel_size != 1 or conv.groups != 1 or conv.stride != 1 or conv.padding != 0:
-            raise ValueError("PointwiseDyConv needs a 1x1, stride-1, ungrouped Dy-Conv")
-        self.in_channels, self.out_channels, self.k = conv.in_channels, conv.out_channels, conv.k
-        self.attention = DyConvAttention(conv.residuals[0], conv.temperature)
-        bank, bias = _bank_and_bias(conv, norm)
-        self.bank = nn.Parameter(bank.reshape(conv.k, -1))  # (K, C_out * C_in)
-        self.bias = None if bias is None else nn.Parameter(bias.view(1, -1, 1, 1))
-
-    def forward(self, x: Tensor, v: Tensor) -> Tensor:
-        w = torch.mm(self.attention(v), self.bank).reshape(-1, self.out_channels, self.in_channels)
-        y = torch.bmm(w, x.flatten(2)).unflatten(2, (x.size(2), x.size(3)))
-        return y if self.bias is None else y + self.bias
-
-
-class DepthwiseDyConvStaticK(nn.Module):
-    """Depthwise Dy-Conv as sum_k attention[:, k] * conv_k(x): exact by linearity, any batch.
-
-    Every conv has a static filter, which XNNPACK delegates (it does not delegate a depthwise
-    conv with a runtime filter). The folded BN shift is the bias of each conv: the attention
-    sums to 1, so the weighted sum carries it once.
-    """
-
-    def __init__(self, conv: DynamicConv, norm: nn.Module | None = None) -> None:
-        super().__init__()
-        c = conv.out_channels
-        if conv.groups != c or conv.in_channels != c:
-            raise ValueError("DepthwiseDyConvStaticK needs a depthwise Dy-Conv (groups == channels)")
-        self.channels, self.k = c, conv.k
-        self.attention = DyConvAttention(conv.residuals[0], conv.temperature)
-        bank, bias = _bank_and_bias(conv, norm)
-        self.convs = nn.ModuleList()
-        for i in range(conv.k):
-            m = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, groups=c,
-                          bias=bias is not None, dtype=bank.dtype)
-            with torch.no_grad():
-                m.weight.copy_(bank[i])
-                if bias is not None:
-                    m.bias.copy_(bias)
-            self.convs.append(m)
-
-    def forward(self, x: Tensor, v: Tensor) -> Tensor:
-        a = self.attention(v).reshape(-1, self.k, 1, 1)
-        y = self.convs[0](x) * a[:, 0:1]
-        for i in range(1, self.k):
-            y = y + self.convs[i](x) * a[:, i:i + 1]
-        return y
-
-
-class DepthwiseDyConvRuntime(nn.Module):
-    """Depthwise Dy-Conv as one conv with the aggregated weight (C, 1, k, k): batch 1 only.
-
-    The weight is computed from the attention at run time, so there is one conv per block
-    instead of K; a batch would need the batch-folded grouped conv, which cannot be exported
-    with a dynamic batch. Raises ``ValueError`` for a batch other than 1.
-    """
-
-    def __init__(self, conv: DynamicConv, norm: nn.Module | None = None) -> None:
-        super().__init__()
-        c = conv.out_channels
-        if conv.groups != c or conv.in_channels != c:
-            raise ValueError("DepthwiseDyConvRuntime needs a depthwise Dy-Conv (groups == channels)")
-        self.channels, self.k, self.kernel_size = c, conv.k, conv.kernel_size
-        self.stride, self.padding = conv.stride, conv.padding
-        self.attention = DyConvAttention(conv.residuals[0], conv.temperature)
-        bank, bias = _bank_and_bias(conv, norm)
-        self.bank = nn.Parameter(bank.reshape(conv.k, -1))  # (K, C * k * k)
-        self.bias = None if bias is None else nn.Parameter(bias)
-
-    def forward(self, x: Tensor, v: Tensor) -> Tensor:
-        if x.size(0) != 1:
-            raise ValueError(f"the runtime_weight depthwise Dy-Conv runs batch 1 only, got {x.size(0)}; "
-                             "use the static_k strategy for batches")
-        w = torch.mm(self.attention(v), self.bank).reshape(
-            self.channels, 1, self.kernel_size, self.kernel_size)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, groups=self.channels)
-
-
-def patch_dynamic_conv(conv: DynamicConv, norm: nn.Module | None = None,
-                       strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K) -> nn.Module:
-    """Export form of one Dy-Conv (with the BatchNorm that follows it folded in, if given)."""
-    if conv.kernel_size == 1 and conv.groups == 1:
-        return PointwiseDyConv(conv, norm)
-    if DynConvStrategy(strategy) is DynConvStrategy.STATIC_K:
-        return DepthwiseDyConvStaticK(conv, norm)
-    return DepthwiseDyConvRuntime(conv, norm)
-
-
-# --------------------------------------------------------------------------------------------
-# Dy-ReLU, context, block
-# --------------------------------------------------------------------------------------------
-
-class ExportDyReLU(nn.Module):
-    """Dy-ReLU-B in 4-D: max over M maps ``x * a_m + b_m`` with (B, C, 1, 1) coefficients.
-
-    The rows of ``coef_net`` are reordered from the official channel-major layout
-    (c * 2M + m) to map-major (m * C + c), so the 2M coefficient vectors are contiguous
-    chunks (a SPLIT, not strided slices).
-    """
-
-    def __init__(self, m: DyReLUB) -> None:
-        super().__init__()
-        c, mm = m.channels, m.m
-        self.channels, self.m = c, mm
-        lin = m.coef_net[0]
-        # new row (j * C + c) = old row (c * 2M + j)
-        order = torch.arange(c * 2 * mm).view(c, 2 * mm).t().reshape(-1)
-        self.fc = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                            dtype=lin.weight.dtype)
-        with torch.no_grad():
-            self.fc.weight.copy_(lin.weight.detach()[order])
-            if lin.bias is not None:
-                self.fc.bias.copy_(lin.bias.detach()[order])
-        self.register_buffer("lambdas", m.lambdas.detach().repeat_interleave(c).clone())
-        self.register_buffer("init_v", m.init_v.detach().repeat_interleave(c).clone())
-
-    def forward(self, x: Tensor, v: Tensor) -> Tensor:
-        theta = 2.0 * torch.sigmoid(self.fc(v)) - 1.0  # float literals: int ones break observers
-        coefs = (theta * self.lambdas + self.init_v).unsqueeze(-1).unsqueeze(-1)  # (B, 2M*C, 1, 1)
-        parts = torch.split(coefs, self.channels, dim=1)
-        y = x * parts[0] + parts[self.m]
-        for j in range(1, self.m):
-            y = torch.maximum(y, x * parts[j] + parts[self.m + j])
-        return y
-
-
-def patch_dyrelu(m: DyReLUB) -> ExportDyReLU:
-    return ExportDyReLU(m)
 
 
 def _pool_conv(conv: nn.Conv2d, axis: int) -> nn.Conv2d:
@@ -291,89 +132,282 @@ def _pool_conv(conv: nn.Conv2d, axis: int) -> nn.Conv2d:
     return fused
 
 
-class ExportContextGenerator(nn.Module):
-    """Context from means along time and frequency; returns (vector (B, H), freq, time).
+class Layout(str, enum.Enum):
+    """Memory layout of the activations between blocks in the export graph."""
 
-    ``joint_conv``/norm/act are pointwise, so the two sequences go through them separately
-    (no concat, permute or split with shape-derived sizes). The vector is the mean over the
-    F + T positions of both sequences, computed as the mean of their concatenation so that
-    no length is baked in. In a strided block, the average pooling and ``conv_f``/``conv_t``
-    are one conv each.
-    """
-
-    def __init__(self, cg: ContextGenerator, fold_bn: bool = True) -> None:
-        super().__init__()
-        if fold_bn:
-            self.joint = nn.Sequential(fold_conv_bn(cg.joint_conv, cg.joint_norm),
-                                       copy.deepcopy(cg.joint_act))
-        else:
-            self.joint = nn.Sequential(copy.deepcopy(cg.joint_conv), copy.deepcopy(cg.joint_norm),
-                                       copy.deepcopy(cg.joint_act))
-        if cg.stride > 1:
-            self.conv_f = _pool_conv(cg.conv_f, 2)
-            self.conv_t = _pool_conv(cg.conv_t, 3)
-        else:
-            self.conv_f = copy.deepcopy(cg.conv_f)
-            self.conv_t = copy.deepcopy(cg.conv_t)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        g_f = self.joint(x.mean(3, keepdim=True))  # (B, H, F, 1)
-        g_t = self.joint(x.mean(2, keepdim=True))  # (B, H, 1, T)
-        vector = torch.cat([g_f.flatten(2), g_t.flatten(2)], dim=2).mean(2)  # (B, H)
-        return vector, self.conv_f(g_f), self.conv_t(g_t)
+    NCHW = "nchw"  # ONNX Runtime: Conv is NCHW, so NCHW needs no Transpose around it
+    NHWC = "nhwc"  # LiteRT: every kernel is NHWC; a channels-last graph has nothing to re-layout
 
 
-def patch_context_generator(cg: ContextGenerator, fold_bn: bool = True) -> ExportContextGenerator:
-    return ExportContextGenerator(cg, fold_bn)
+def conv_nhwc(conv: nn.Module, x: Tensor) -> Tensor:
+    """An NCHW conv applied to a channels-last tensor (the converters cancel the permute pairs)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class ExportDynamicBlock(nn.Module):
-    """Dynamic inverted residual from export-form parts; same computation as the original."""
-
-    def __init__(self, block: DynamicInvertedResidual,
-                 strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K,
-                 fold_bn: bool = True) -> None:
-        super().__init__()
-        self.use_res_connect = block.use_res_connect
-        self.context_gen = ExportContextGenerator(block.context_gen, fold_bn)
-        self.has_exp = isinstance(block.exp_conv, DynamicConv)
-
-        def dyconv(conv: DynamicConv, norm: nn.Module) -> tuple[nn.Module, nn.Module]:
-            if fold_bn:
-                return patch_dynamic_conv(conv, norm, strategy), nn.Identity()
-            return patch_dynamic_conv(conv, None, strategy), copy.deepcopy(norm)
-
-        if self.has_exp:
-            self.exp_conv, self.exp_norm = dyconv(block.exp_conv, block.exp_norm)
-            act = block.exp_act.module if isinstance(block.exp_act, ContextFree) else block.exp_act
-            self.exp_act: nn.Module = copy.deepcopy(act)
-        else:
-            self.exp_conv, self.exp_norm, self.exp_act = nn.Identity(), nn.Identity(), nn.Identity()
-        self.depth_conv, self.depth_norm = dyconv(block.depth_conv, block.depth_norm)
-        self.depth_act = ExportDyReLU(block.depth_act)
-        self.proj_conv, self.proj_norm = dyconv(block.proj_conv, block.proj_norm)
+class ChannelsLast(nn.Module):
+    """(B, C, F, T) -> (B, F, T, C)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        v, freq, time = self.context_gen(x)
+        return x.permute(0, 2, 3, 1)
+
+
+class NCHWModule(nn.Module):
+    """Runs an NCHW module (stem, static block, out conv) inside a channels-last graph."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_nhwc(self.module, x)
+
+
+def _linear_from_conv(conv: nn.Conv2d) -> nn.Linear:
+    """The 1x1 ``conv`` as a Linear over the channel (last) axis."""
+    lin = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                    dtype=conv.weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.detach()[:, :, 0, 0])
+        if conv.bias is not None:
+            lin.bias.copy_(conv.bias.detach())
+    return lin
+
+
+def _coord_conv(conv: nn.Conv2d, stride: int, axis: int) -> nn.Conv2d:
+    """``conv_f`` / ``conv_t`` with the block's stride-2 average pooling fused in (see _pool_conv)."""
+    return _pool_conv(conv, axis) if stride > 1 else copy.deepcopy(conv)
+
+
+class LeanDynamicBlock(nn.Module):
+    """Dynamic inverted residual with the fewest ops an engine has to run.
+
+    Same computation as the official block, rewritten:
+
+    - one coefficient head: every quantity that depends only on the context vector (the
+      three Dy-Conv attentions with their temperature folded in, and the 2M Dy-ReLU
+      coefficient vectors) is one Linear, split once;
+    - Dy-ReLU coefficients ``2 * lambda * sigmoid(z) + (init - lambda)``: the affine map of
+      the official ``(2 sigmoid(z) - 1) * lambda + init`` folded into two constants;
+    - the context generator pools both axes into one sequence (F + T positions), maps it with
+      one Linear, and splits it once;
+    - pointwise Dy-Convs are one matmul with the aggregated weight, in the layout of the
+      activations (``layout``): channels-last needs no transpose at all;
+    - BatchNorm folded into every kernel bank (the attention sums to 1).
+    """
+
+    def __init__(self, block: DynamicInvertedResidual, *,
+                 strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K,
+                 layout: Layout | str = Layout.NCHW) -> None:
+        super().__init__()
+        self.strategy, self.layout = DynConvStrategy(strategy), Layout(layout)
+        self.use_res_connect = block.use_res_connect
+        cg = block.context_gen
+        self.has_exp = isinstance(block.exp_conv, DynamicConv)
+        # context generator: joint (conv+BN) as a Linear over channels, coordinate convs
+        self.joint = _linear_from_conv(fold_conv_bn(cg.joint_conv, cg.joint_norm))
+        self.joint_act = copy.deepcopy(cg.joint_act)
+        self.conv_f = _coord_conv(cg.conv_f, cg.stride, 2)
+        self.conv_t = _coord_conv(cg.conv_t, cg.stride, 3)
+        # Dy-Convs in order (exp?, depth, proj); banks with BN folded
+        convs = ([(block.exp_conv, block.exp_norm)] if self.has_exp else []) + [
+            (block.depth_conv, block.depth_norm), (block.proj_conv, block.proj_norm)]
+        self.k = convs[0][0].k
+        dy: DyReLUB = block.depth_act
+        self.m, self.channels = dy.m, dy.channels
+        rows_w, rows_b = [], []
+        for conv, _ in convs:
+            lin = conv.residuals[0]
+            rows_w.append(lin.weight.detach().double() / conv.temperature)
+            rows_b.append(lin.bias.detach().double() / conv.temperature)
+        lin = dy.coef_net[0]
+        order = torch.arange(self.channels * 2 * self.m).view(self.channels, 2 * self.m).t().reshape(-1)
+        rows_w.append(lin.weight.detach().double()[order])
+        rows_b.append(lin.bias.detach().double()[order])
+        dtype = lin.weight.dtype
+        self.head = nn.Linear(lin.in_features, sum(w.size(0) for w in rows_w), dtype=dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.cat(rows_w).to(dtype))
+            self.head.bias.copy_(torch.cat(rows_b).to(dtype))
+        self.n_att = len(convs)
+        lam = dy.lambdas.detach().double().repeat_interleave(self.channels)
+        init = dy.init_v.detach().double().repeat_interleave(self.channels)
+        self.register_buffer("coef_scale", (2.0 * lam).to(dtype))
+        self.register_buffer("coef_shift", (init - lam).to(dtype))
+        nhwc = self.layout is Layout.NHWC
+        self.pointwise = nn.ParameterList()
+        self.pointwise_bias = nn.ParameterList()
+        for conv, norm in [convs[0], convs[-1]] if self.has_exp else [convs[-1]]:
+            bank, bias = _bank_and_bias(conv, norm)  # (K, C_out, C_in, 1, 1)
+            bank = bank[..., 0, 0]
+            if nhwc:
+                bank = bank.transpose(1, 2)  # (K, C_in, C_out): x (B, FT, C_in) @ W
+            self.pointwise.append(nn.Parameter(bank.reshape(self.k, -1).contiguous()))
+            shape = (-1,) if nhwc else (-1, 1, 1)
+            self.pointwise_bias.append(nn.Parameter(bias.reshape(shape).clone()))
+        self.pw_shapes = [(c.in_channels, c.out_channels) for c, _ in
+                          ([convs[0], convs[-1]] if self.has_exp else [convs[-1]])]
+        self.exp_act = (copy.deepcopy(block.exp_act.module) if self.has_exp else nn.Identity())
+        dconv, dnorm = convs[-2]
+        self.depthwise = _lean_depthwise(dconv, dnorm, self.strategy)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(vector (B, H), freq gate, time gate) with gates shaped to broadcast over x."""
+        if self.layout is Layout.NHWC:
+            f, t = x.size(1), x.size(2)
+            seq = torch.cat([x.mean(2), x.mean(1)], dim=1)  # (B, F+T, C)
+            g = self.joint_act(self.joint(seq))  # (B, F+T, H)
+            g_f, g_t = torch.split(g, [f, t], dim=1)
+            a_f = conv_nhwc(self.conv_f, g_f.unsqueeze(2))  # (B, F', 1, C_exp)
+            a_t = conv_nhwc(self.conv_t, g_t.unsqueeze(1))  # (B, 1, T', C_exp)
+            return g.mean(1), a_f, a_t
+        f, t = x.size(2), x.size(3)
+        seq = torch.cat([x.mean(3), x.mean(2)], dim=2).transpose(1, 2)  # (B, F+T, C)
+        g = self.joint_act(self.joint(seq)).transpose(1, 2)  # (B, H, F+T)
+        g_f, g_t = torch.split(g, [f, t], dim=2)
+        return g.mean(2), self.conv_f(g_f.unsqueeze(3)), self.conv_t(g_t.unsqueeze(2))
+
+    def _pointwise(self, i: int, x: Tensor, att: Tensor) -> Tensor:
+        c_in, c_out = self.pw_shapes[i]
+        w = torch.mm(att, self.pointwise[i])
+        if self.layout is Layout.NHWC:
+            b, f, t, _ = x.shape
+            y = torch.bmm(x.reshape(b, f * t, c_in), w.reshape(b, c_in, c_out))
+            return y.reshape(b, f, t, c_out) + self.pointwise_bias[i]
+        b, _, f, t = x.shape
+        y = torch.bmm(w.reshape(b, c_out, c_in), x.reshape(b, c_in, f * t))
+        return y.reshape(b, c_out, f, t) + self.pointwise_bias[i]
+
+    def forward(self, x: Tensor) -> Tensor:
+        v, gate_f, gate_t = self._context(x)
+        *att_z, coef_z = torch.split(self.head(v), [self.k] * self.n_att + [2 * self.m * self.channels], dim=1)
+        att = [torch.softmax(a, dim=1) for a in att_z]
+        coefs = torch.sigmoid(coef_z) * self.coef_scale + self.coef_shift  # (B, 2M*C), map-major
+        shape = (-1, 1, 1, 2 * self.m * self.channels) if self.layout is Layout.NHWC else (
+            -1, 2 * self.m * self.channels, 1, 1)
+        parts = torch.split(coefs.reshape(shape), self.channels, dim=3 if self.layout is Layout.NHWC else 1)
         y = x
         if self.has_exp:
-            y = self.exp_act(self.exp_norm(self.exp_conv(x, v)))
-        y = self.depth_act(self.depth_norm(self.depth_conv(y, v)), v)
-        y = y * torch.sigmoid(freq) * torch.sigmoid(time)  # coordinate attention
-        y = self.proj_norm(self.proj_conv(y, v))
+            y = self.exp_act(self._pointwise(0, x, att[0]))
+        if self.depthwise.strategy is DynConvStrategy.RUNTIME_DYRELU:
+            act = self.depthwise.with_dyrelu(y, att[-2], coefs, self.m, self.layout)
+        else:
+            y = self.depthwise(y, att[-2], self.layout)
+            act = y * parts[0] + parts[self.m]
+            for j in range(1, self.m):
+                act = torch.maximum(act, y * parts[j] + parts[self.m + j])
+        y = act * torch.sigmoid(gate_f) * torch.sigmoid(gate_t)
+        y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
         return y + x if self.use_res_connect else y
 
 
+class LeanDepthwise(nn.Module):
+    """Depthwise Dy-Conv in one of three exact forms (``strategy``), in either layout.
+
+    - ``static_k``: K static depthwise convs weighted by the attention (any batch).
+    - ``runtime_weight``: one conv with the aggregated (C, 1, k, k) weight (batch 1).
+    - ``multiplier``: one static depthwise conv with K outputs per channel (channel c*K+k is
+      kernel k) and one matmul with the attention that sums them (any batch, one conv op).
+    """
+
+    def __init__(self, conv: DynamicConv, norm: nn.Module | None, strategy: DynConvStrategy) -> None:
+        super().__init__()
+        c, k = conv.out_channels, conv.k
+        self.channels, self.k, self.kernel_size = c, k, conv.kernel_size
+        self.stride, self.padding = conv.stride, conv.padding
+        self.strategy = strategy
+        bank, bias = _bank_and_bias(conv, norm)  # (K, C, 1, k, k)
+        if strategy in (DynConvStrategy.RUNTIME_WEIGHT, DynConvStrategy.RUNTIME_DYRELU):
+            self.bank = nn.Parameter(bank.reshape(k, -1).clone())
+            self.bias = None if bias is None else nn.Parameter(bias.clone())
+            return
+        if strategy is DynConvStrategy.STATIC_K:
+            self.convs = nn.ModuleList()
+            for i in range(k):
+                m = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, groups=c,
+                              bias=bias is not None, dtype=bank.dtype)
+                with torch.no_grad():
+                    m.weight.copy_(bank[i])
+                    if bias is not None:
+                        m.bias.copy_(bias)
+                self.convs.append(m)
+            return
+        self.conv = nn.Conv2d(c, c * k, conv.kernel_size, conv.stride, conv.padding, groups=c,
+                              bias=bias is not None, dtype=bank.dtype)
+        with torch.no_grad():  # output channel c*K + i is kernel i of channel c
+            self.conv.weight.copy_(bank.transpose(0, 1).reshape(c * k, 1, conv.kernel_size,
+                                                                 conv.kernel_size))
+            if bias is not None:
+                self.conv.bias.copy_(bias.repeat_interleave(k))
+
+    def _check_batch(self, x: Tensor) -> None:
+        if x.size(0) != 1 and not strategy_supports_dynamic_batch(self.strategy):
+            raise ValueError(f"the {self.strategy.value} depthwise Dy-Conv runs batch 1 only, got "
+                             f"{x.size(0)}; use the static_k or multiplier strategy for batches")
+
+    def with_dyrelu(self, x: Tensor, att: Tensor, coefs: Tensor, m: int, layout: Layout) -> Tensor:
+        """Dy-ReLU(depthwise(x)) as the max of M depthwise convs (runtime weights, batch 1).
+
+        Map j of Dy-ReLU, ``a_j * (w * x + bias) + b_j``, is itself a depthwise conv with
+        weight ``a_j * w`` and bias ``a_j * bias + b_j``: M convs and M-1 maximums replace one
+        conv and 2M + M-1 full-size elementwise ops.
+        """
+        self._check_batch(x)
+        c, kk = self.channels, self.kernel_size
+        w = torch.mm(att, self.bank).reshape(c, kk * kk)
+        slopes, shifts = torch.split(coefs.reshape(m * 2, c), [m, m], dim=0)  # (M, C) each
+        bias = self.bias if self.bias is not None else torch.zeros_like(slopes[0])
+        xin = x.permute(0, 3, 1, 2) if layout is Layout.NHWC else x
+        out = None
+        for j in range(m):
+            wj = (w * slopes[j].unsqueeze(1)).reshape(c, 1, kk, kk)
+            y = F.conv2d(xin, wj, bias * slopes[j] + shifts[j], self.stride, self.padding, groups=c)
+            out = y if out is None else torch.maximum(out, y)
+        return out.permute(0, 2, 3, 1) if layout is Layout.NHWC else out
+
+    def forward(self, x: Tensor, att: Tensor, layout: Layout) -> Tensor:
+        nhwc = layout is Layout.NHWC
+        self._check_batch(x)
+        if self.strategy is DynConvStrategy.RUNTIME_WEIGHT:
+            w = torch.mm(att, self.bank).reshape(self.channels, 1, self.kernel_size, self.kernel_size)
+            xin = x.permute(0, 3, 1, 2) if nhwc else x
+            y = F.conv2d(xin, w, self.bias, self.stride, self.padding, groups=self.channels)
+            return y.permute(0, 2, 3, 1) if nhwc else y
+        if self.strategy is DynConvStrategy.STATIC_K:
+            a = torch.split(att.reshape(-1, 1, 1, self.k) if nhwc else att.reshape(-1, self.k, 1, 1),
+                            1, dim=3 if nhwc else 1)
+            run = (lambda m: conv_nhwc(m, x)) if nhwc else (lambda m: m(x))
+            y = run(self.convs[0]) * a[0]
+            for i in range(1, self.k):
+                y = y + run(self.convs[i]) * a[i]
+            return y
+        if nhwc:
+            y = conv_nhwc(self.conv, x)  # (B, F, T, C*K)
+            b, f, t, _ = y.shape
+            y = torch.bmm(y.reshape(b, f * t * self.channels, self.k), att.reshape(b, self.k, 1))
+            return y.reshape(b, f, t, self.channels)
+        y = self.conv(x)  # (B, C*K, F, T)
+        b, _, f, t = y.shape
+        y = torch.matmul(att.reshape(b, 1, 1, self.k), y.reshape(b, self.channels, self.k, f * t))
+        return y.reshape(b, self.channels, f, t)
+
+
+def _lean_depthwise(conv: DynamicConv, norm: nn.Module | None, strategy: DynConvStrategy) -> LeanDepthwise:
+    if conv.groups != conv.out_channels or conv.in_channels != conv.out_channels:
+        raise ValueError("the depthwise Dy-Conv must have groups == channels")
+    return LeanDepthwise(conv, norm, strategy)
+
+
 def patch_block(block: nn.Module, strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K,
-                fold_bn: bool = True) -> nn.Module:
-    """Export form of one block (dynamic, or static MN inverted residual)."""
+                layout: Layout | str = Layout.NCHW) -> nn.Module:
+    """Export form of one block: lean dynamic block, or a static block with BN folded."""
     if isinstance(block, DynamicInvertedResidual):
-        return ExportDynamicBlock(block, strategy, fold_bn)
+        return LeanDynamicBlock(block, strategy=strategy, layout=layout)
     block = copy.deepcopy(block)
-    if fold_bn and isinstance(block, InvertedResidual):
+    if isinstance(block, InvertedResidual):
         block.block = nn.Sequential(*(fold_conv_norm_act(m) if isinstance(m, nn.Sequential) else m
                                       for m in block.block))
-    return block
+    return NCHWModule(block) if Layout(layout) is Layout.NHWC else block
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,15 +415,15 @@ def patch_block(block: nn.Module, strategy: DynConvStrategy | str = DynConvStrat
 # --------------------------------------------------------------------------------------------
 
 class ExportableTagger(nn.Module):
-    """features -> (logits, embedding) with the embedding a plain mean over (F, T)."""
+    """features -> (logits, embedding); the embedding is a plain mean over (F, T)."""
 
-    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential,
+                 layout: Layout = Layout.NCHW) -> None:
         super().__init__()
-        self.features = features
-        self.classifier = classifier
+        self.features, self.classifier, self.layout = features, classifier, layout
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        embed = self.features(x).mean((2, 3))
+        embed = self.features(x).mean((1, 2) if self.layout is Layout.NHWC else (2, 3))
         return self.classifier(embed), embed
 
 
@@ -402,32 +436,35 @@ def _head(classifier: nn.Sequential) -> nn.Sequential:
 
 _KEPT_ATTRS = ("width", "num_classes", "replace_se", "untrained", "weights_path")
 
-
 def make_exportable(model: nn.Module, strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K,
-                    *, fold_bn: bool = True) -> nn.Module:
+                    *, layout: Layout | str = Layout.NCHW) -> nn.Module:
     """A patched copy of a DyMN or MN in eval mode with the same outputs, in export-friendly ops.
 
-    ``forward(mel (B, 1, 128, T)) -> (logits, embedding)`` for any T (and any B unless
-    ``strategy`` is ``runtime_weight``, which runs batch 1 only). ``model`` is not modified.
+    ``forward(mel (B, 1, 128, T)) -> (logits, embedding)`` for any T (and any B unless the
+    ``strategy`` runs batch 1 only, see :func:`strategy_supports_dynamic_batch`). ``layout``
+    is the layout of the activations between the blocks of a DyMN (MN stays NCHW: its
+    static convs convert to NHWC kernels without help). ``model`` is not modified.
     """
-    strategy = DynConvStrategy(strategy)
+    strategy, layout = DynConvStrategy(strategy), Layout(layout)
     src = copy.deepcopy(model).eval()
-    stage = (lambda s: fold_conv_norm_act(s)) if fold_bn else (lambda s: s)
     if isinstance(src, DyMN):
-        features = nn.Sequential(stage(src.in_c),
-                                 *(patch_block(b, strategy, fold_bn) for b in src.layers),
-                                 stage(src.out_c))
+        stem, blocks, last = src.in_c, list(src.layers), src.out_c
     elif isinstance(src, MN):
+        layout = Layout.NCHW
         mods = list(src.features)
-        features = nn.Sequential(stage(mods[0]), *(patch_block(b, strategy, fold_bn) for b in mods[1:-1]),
-                                 stage(mods[-1]))
+        stem, blocks, last = mods[0], mods[1:-1], mods[-1]
     else:
         raise TypeError(f"make_exportable takes a DyMN or MN, got {type(model).__name__}")
-    out = ExportableTagger(features, _head(src.classifier))
+    nhwc = layout is Layout.NHWC
+    last = fold_conv_norm_act(last)
+    features = nn.Sequential(fold_conv_norm_act(stem), *([ChannelsLast()] if nhwc else []),
+                             *(patch_block(b, strategy, layout) for b in blocks),
+                             NCHWModule(last) if nhwc else last)
+    out = ExportableTagger(features, _head(src.classifier), layout)
     for name in _KEPT_ATTRS:
         if hasattr(model, name):
             setattr(out, name, getattr(model, name))
     out.arch = type(model).__name__
     out.export_strategy = strategy
-    out.fold_bn = fold_bn
+    out.layout = layout
     return out.eval()

@@ -33,7 +33,7 @@ def test_format_table_drives_precisions():
 
 def test_config_rejects_bad_combinations(tmp_path):
     from dymn_edge.errors import ExportError, UnknownModelError
-    from dymn_edge.export.config import ExportConfig
+    from dymn_edge.export.config import ExportConfig, QuantizationConfig
 
     with pytest.raises(ExportError, match="onnx does not support fp16"):
         ExportConfig(format="onnx", precision="fp16")
@@ -45,8 +45,11 @@ def test_config_rejects_bad_combinations(tmp_path):
         ExportConfig(model="dymn-xs")
     with pytest.raises(ExportError, match="--window"):
         ExportConfig(window_seconds=0.01)
-    assert ExportConfig(format="tflite").resolved_strategy == "static_k"
+    assert ExportConfig(format="tflite").resolved_strategy == "runtime_weight"
     assert ExportConfig(format="onnx").resolved_strategy == "runtime_weight"
+    assert ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8")
+                        ).resolved_strategy == "static_k"  # integer-only engines: static kernels
+    assert ExportConfig(format="tflite", strategy="multiplier").resolved_strategy == "multiplier"
     assert ExportConfig().window_for(527) == 10.0 and ExportConfig().window_for(10) == 1.0
 
 
@@ -166,12 +169,21 @@ def test_onnx_parity_at_several_lengths(fsdd_exports):
     assert all(c["max_abs_diff"] < 1e-3 for c in r.report["checks"])
 
 
-def test_tflite_fp32_fully_delegated_to_xnnpack(fsdd_exports):
+def test_tflite_fp32_delegation(fsdd_exports, export_dir):
+    """Default (runtime_weight): only the 15 runtime-filter depthwise convs run outside XNNPACK
+    (it takes no conv whose filter is computed at run time); static_k: one XNNPACK partition."""
+    from collections import Counter
+
     from dymn_edge.export.validate import ops_outside_xnnpack
 
     r = fsdd_exports[("tflite", "fp32")]
-    assert ops_outside_xnnpack(r.path) == []
-    assert r.report["xnnpack_ops_outside"] == []
+    assert r.metadata.strategy == "runtime_weight"
+    outside = Counter(ops_outside_xnnpack(r.path))
+    assert outside["DEPTHWISE_CONV_2D"] == 15 and set(outside) <= {"DEPTHWISE_CONV_2D", "DELEGATE"}
+    assert Counter(r.report["xnnpack_ops_outside"]) == outside
+    sk = _export(export_dir, model="dymn-s", random_init=True, format="tflite", strategy="static_k",
+                 window_seconds=1.0)
+    assert sk.metadata.strategy == "static_k" and ops_outside_xnnpack(sk.path) == []
 
 
 def test_mn_exports_and_untrained_flag(mn_exports):

@@ -14,19 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-from dymn_edge.models.dymn import (
-    Context, ContextGenerator, DyMN, DynamicConv, DynamicInvertedResidual, DyReLUB,
-)
+from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual
 from dymn_edge.models.factory import create_model
-from dymn_edge.models.layers import BatchNorm2d
 from dymn_edge.models.patcher import (
-    DEFAULT_STRATEGY, DepthwiseDyConvRuntime, DepthwiseDyConvStaticK, DynConvStrategy,
-    PointwiseDyConv, make_exportable, patch_block, patch_context_generator, patch_dynamic_conv,
-    patch_dyrelu, strategy_supports_dynamic_batch,
+    DynConvStrategy, Layout, LeanDynamicBlock, make_exportable, patch_block,
+    strategy_supports_dynamic_batch,
 )
 
 STRATEGIES = list(DynConvStrategy)
+LAYOUTS = list(Layout)
 SK, RW = DynConvStrategy.STATIC_K, DynConvStrategy.RUNTIME_WEIGHT
+BATCH_1_ONLY = [s for s in STRATEGIES if not strategy_supports_dynamic_batch(s)]
 GOLDEN = "reference/golden_dymn04.pt"
 
 
@@ -80,7 +78,7 @@ def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _assert_equivalent(model: nn.Module, x: torch.Tensor, strategy: DynConvStrategy | str,
-                       fold_bn: bool = True) -> None:
+                       layout: Layout | str = Layout.NCHW) -> None:
     """Patched == original: exactly in float64 (up to 101 frames), within 1e-4 relative in float32.
 
     float64 separates a wrong rewrite from rounding: a fixed float32 tolerance is either loose
@@ -91,9 +89,9 @@ def _assert_equivalent(model: nn.Module, x: torch.Tensor, strategy: DynConvStrat
     m64 = copy.deepcopy(model).double()
     with torch.no_grad():
         ref64 = m64(x64)
-        p64 = make_exportable(m64, strategy, fold_bn=fold_bn)(x64)
+        p64 = make_exportable(m64, strategy, layout=layout)(x64)
         ref32 = model(x)
-        p32 = make_exportable(model, strategy, fold_bn=fold_bn)(x)
+        p32 = make_exportable(model, strategy, layout=layout)(x)
     for name, r64, q64, r32, q32 in zip(("logits", "embedding"), ref64, p64, ref32, p32):
         assert float(r32.std()) > 1e-2, name  # lively: not a constant output
         assert _maxdiff(q64, r64) < 1e-10 * max(1.0, float(r64.abs().max())), name
@@ -118,126 +116,65 @@ def golden_model() -> nn.Module:
 
 def test_strategy_api() -> None:
     assert DynConvStrategy("static_k") is SK and DynConvStrategy("runtime_weight") is RW
-    assert strategy_supports_dynamic_batch(SK) and strategy_supports_dynamic_batch("static_k")
-    assert not strategy_supports_dynamic_batch(RW)
-    assert set(DEFAULT_STRATEGY) == {"tflite", "onnx"}
-    assert all(isinstance(s, DynConvStrategy) for s in DEFAULT_STRATEGY.values())
+    assert strategy_supports_dynamic_batch(SK) and strategy_supports_dynamic_batch("multiplier")
+    assert set(BATCH_1_ONLY) == {RW, DynConvStrategy.RUNTIME_DYRELU}
+    from dymn_edge.export.formats import FORMATS  # the one place the per-format defaults live
+
+    assert all(DynConvStrategy(f.default_strategy) and Layout(f.layout) for f in FORMATS.values())
     with pytest.raises(ValueError):
         DynConvStrategy("nope")
+    with pytest.raises(ValueError):
+        Layout("nope")
     with pytest.raises(TypeError):
         make_exportable(nn.Linear(2, 2))
 
 
 # --------------------------------------------------------------------------------------------
-# single modules
+# single blocks
 # --------------------------------------------------------------------------------------------
 
-def _dyconv(depthwise: bool, kernel: int, stride: int, temperature: float, seed: int) -> tuple[DynamicConv, nn.BatchNorm2d]:
-    torch.manual_seed(seed)
-    c_in, c_out, h = (24, 24, 16) if depthwise else (16, 40, 16)
-    conv = DynamicConv(c_in, c_out, h, kernel, stride=stride, padding=(kernel - 1) // 2,
-                       groups=c_in if depthwise else 1, temperature=temperature)
-    with torch.no_grad():  # peaked attention, so that the temperature matters
-        conv.residuals[0].weight.mul_(20.0)
-    bn = BatchNorm2d(c_out).eval()
-    _liven_bn(bn, _gen(seed))
-    return conv.eval(), bn
-
-
-@pytest.mark.parametrize("temperature", [1.0, 30.0])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("kind", ["pointwise", "dw3_s1", "dw5_s1", "dw3_s2", "dw5_s2"])
-def test_dynamic_conv(kind: str, strategy: DynConvStrategy, batch: int, temperature: float) -> None:
-    depthwise = kind != "pointwise"
-    kernel, stride = (int(kind[2]), int(kind[-1])) if depthwise else (1, 1)
-    conv, bn = _dyconv(depthwise, kernel, stride, temperature, seed=kernel + stride)
-    g = _gen(3)
-    x = torch.randn(batch, conv.in_channels, 20, 37, generator=g)
-    v = torch.randn(batch, 16, generator=g)
-    ctx = Context(v.view(batch, -1, 1, 1), None, None)
+def test_every_block_float64(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layout) -> None:
+    """Each of the 15 blocks of a lively DyMN-S, on its real input, exact in float64.
+
+    Covers every block shape: no expansion (block 1), stride 2 with 3x3 and 5x5 kernels
+    (fused pooling in the coordinate convs), residual and not, ReLU and hard-swish.
+    """
+    m64 = copy.deepcopy(dymn_s).double()
+    x = _mel(1, 61).double()
     with torch.no_grad():
-        ref = conv(x, ctx)
-        ref_bn = bn(ref)
-        plain = patch_dynamic_conv(conv, None, strategy)
-        folded = patch_dynamic_conv(conv, bn, strategy)
-    expected = PointwiseDyConv if not depthwise else (
-        DepthwiseDyConvStaticK if strategy is SK else DepthwiseDyConvRuntime)
-    assert isinstance(folded, expected)
-    if depthwise and strategy is RW and batch > 1:
-        with pytest.raises(ValueError, match="batch 1"):
-            folded(x, v)
-        return
-    with torch.no_grad():
-        out, out_bn = plain(x, v), folded(x, v)
-    assert out.shape == ref.shape
-    assert _maxdiff(out, ref) < 1e-5 * max(1.0, float(ref.abs().max()))
-    assert _maxdiff(out_bn, ref_bn) < 1e-5 * max(1.0, float(ref_bn.abs().max()))
-
-
-def test_dynamic_conv_temperature_is_folded() -> None:
-    """T=1 and T=30 of the same weights differ, and each patched copy follows its own."""
-    conv1, _ = _dyconv(True, 3, 1, 1.0, seed=7)
-    conv30 = copy.deepcopy(conv1)
-    conv30.temperature = 30.0
-    g = _gen(4)
-    x, v = torch.randn(2, 24, 16, 21, generator=g), torch.randn(2, 16, generator=g)
-    ctx = Context(v.view(2, -1, 1, 1), None, None)
-    with torch.no_grad():
-        r1, r30 = conv1(x, ctx), conv30(x, ctx)
-        p1, p30 = patch_dynamic_conv(conv1)(x, v), patch_dynamic_conv(conv30)(x, v)
-    assert _maxdiff(r1, r30) > 1e-2
-    assert _maxdiff(p1, r1) < 1e-5 and _maxdiff(p30, r30) < 1e-5
-
-
-def test_pointwise_rejects_strided() -> None:
-    conv = DynamicConv(8, 16, 8, 1, stride=2)
-    with pytest.raises(ValueError):
-        PointwiseDyConv(conv)
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_dyrelu(batch: int) -> None:
-    torch.manual_seed(0)
-    m = DyReLUB(24, 16).eval()
-    with torch.no_grad():
-        m.coef_net[0].weight.mul_(5.0)
-    g = _gen(5)
-    x, v = torch.randn(batch, 24, 12, 17, generator=g), torch.randn(batch, 16, generator=g)
-    with torch.no_grad():
-        ref = m(x, Context(v.view(batch, -1, 1, 1), None, None))
-        out = patch_dyrelu(m)(x, v)
-    assert torch.count_nonzero(ref - x) > 0.9 * x.numel()  # not the identity
-    assert _maxdiff(out, ref) < 1e-6
-
-
-@pytest.mark.parametrize("fold_bn", [True, False])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_context_generator(stride: int, fold_bn: bool) -> None:
-    torch.manual_seed(stride)
-    cg = ContextGenerator(16, 24, 72, stride=stride).eval()
-    _liven_bn(cg.joint_norm, _gen(6))
-    x = torch.randn(2, 24, 20, 37, generator=_gen(7))  # F != T, odd T
-    with torch.no_grad():
-        ref = cg(x)
-        v, freq, time = patch_context_generator(cg, fold_bn)(x)
-    assert freq.shape == ref.freq.shape and time.shape == ref.time.shape
-    assert _maxdiff(v, ref.vector.flatten(1)) < 1e-6
-    assert _maxdiff(freq, ref.freq) < 1e-5
-    assert _maxdiff(time, ref.time) < 1e-5
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_block(dymn_s: nn.Module, strategy: DynConvStrategy) -> None:
-    """Each of the 15 blocks of a lively DyMN-S on its real input."""
-    x = _mel(1, 61)
-    with torch.no_grad():
-        h = dymn_s.in_c(x)
-        for i, block in enumerate(dymn_s.layers):
+        h = m64.in_c(x)
+        for i, block in enumerate(m64.layers):
             ref = block(h)
-            out = patch_block(block, strategy)(h)
-            assert _maxdiff(out, ref) < 1e-5 * max(1.0, float(ref.abs().max())), f"block {i}"
+            lean = patch_block(block, strategy, layout)
+            assert isinstance(lean, LeanDynamicBlock)
+            out = lean(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if layout is Layout.NHWC else lean(h)
+            assert out.shape == ref.shape, f"block {i}"
+            assert _maxdiff(out, ref) < 1e-12 * max(1.0, float(ref.abs().max())), f"block {i}"
             h = ref
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_block_batches_and_temperature(strategy: DynConvStrategy) -> None:
+    """Batches where the strategy allows them (one clear error where not); T=30 is folded in."""
+    model = _lively(create_model("dymn-s", pretrained=False, temperature=30.0))
+    block = model.layers[4]  # 5x5, stride 1, residual
+    h = torch.randn(3, block.context_gen.joint_conv.in_channels, 16, 25, generator=_gen(8))
+    lean = patch_block(block, strategy)
+    with torch.no_grad():
+        ref = block(h)
+        if strategy in BATCH_1_ONLY:
+            with pytest.raises(ValueError, match="batch 1"):
+                lean(h)
+            h, ref = h[:1], ref[:1]
+        out = lean(h)
+        t1 = copy.deepcopy(block)
+        for m in t1.modules():
+            if isinstance(m, DynamicConv):
+                m.temperature = 1.0
+        assert _maxdiff(t1(h), ref) > 1e-3  # the temperature matters for these weights
+    assert _maxdiff(out, ref) < 1e-5 * max(1.0, float(ref.abs().max()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,17 +182,21 @@ def test_every_block(dymn_s: nn.Module, strategy: DynConvStrategy) -> None:
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", [100, 317])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_dymn_s_whole(dymn_s: nn.Module, strategy: DynConvStrategy, t: int) -> None:
-    _assert_equivalent(dymn_s, _mel(1, t), strategy)
+def test_dymn_s_whole(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layout, t: int) -> None:
+    _assert_equivalent(dymn_s, _mel(1, t), strategy, layout)
 
 
-def test_dymn_s_batch_and_unfolded_bn(dymn_s: nn.Module) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dymn_s_batch(dymn_s: nn.Module, layout: Layout) -> None:
     x = _mel(3, 90)
-    _assert_equivalent(dymn_s, x, SK, fold_bn=True)
-    _assert_equivalent(dymn_s, x, SK, fold_bn=False)
-    with pytest.raises(ValueError, match="batch 1"):
-        make_exportable(dymn_s, RW)(x)
+    for strategy in STRATEGIES:
+        if strategy in BATCH_1_ONLY:
+            with pytest.raises(ValueError, match="batch 1"):
+                make_exportable(dymn_s, strategy, layout=layout)(x)
+        else:
+            _assert_equivalent(dymn_s, x, strategy, layout)
 
 
 @pytest.mark.parametrize("t", [100, 317])
@@ -272,13 +213,15 @@ def test_other_dymn_variants(width: float, replace_se: bool) -> None:
     torch.manual_seed(0)
     model = _lively(DyMN(width, 50, replace_se=replace_se), t=40)
     for strategy in STRATEGIES:
-        _assert_equivalent(model, _mel(1, 53), strategy)
+        for layout in LAYOUTS:
+            _assert_equivalent(model, _mel(1, 53), strategy, layout)
 
 
 def test_temperature_30_model() -> None:
     model = _lively(create_model("dymn-s", pretrained=False, temperature=30.0))
     x = _mel(1, 100)
     _assert_equivalent(model, x, SK)
+    _assert_equivalent(model, x, RW, Layout.NHWC)
     t1 = copy.deepcopy(model)
     t1.set_temperature(1.0)
     with torch.no_grad():
@@ -306,11 +249,14 @@ def test_original_untouched_and_attributes(dymn_s: nn.Module) -> None:
 # golden state dict and torch.export
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_golden(golden_model: nn.Module, golden_io: dict, strategy: DynConvStrategy) -> None:
-    patched = make_exportable(golden_model, strategy)
+def test_golden(golden_model: nn.Module, golden_io: dict, strategy: DynConvStrategy,
+                layout: Layout) -> None:
+    patched = make_exportable(golden_model, strategy, layout=layout)
     assert patched.weights_path == golden_model.weights_path and patched.untrained is False
-    cases = [("10s", 1e-4), ("1s", 1e-4)] + ([("batch2", 1e-3)] if strategy is SK else [])
+    batch = strategy_supports_dynamic_batch(strategy)
+    cases = [("10s", 1e-4), ("1s", 1e-4)] + ([("batch2", 1e-3)] if batch else [])
     for case, tol in cases:
         x = torch.from_numpy(golden_io[f"mel_{case}"])[:, None]
         with torch.no_grad():
