@@ -76,6 +76,11 @@ _SPECS: tuple[ModelSpec, ...] = (
               published_params_m=10.57, published_gmacs=0.58, aliases=("dymn10_as",)),
     ModelSpec("dymn-l", Arch.DYMN, 2.0, filename="dymn20_as.pt", published_mAP=49.1,
               published_params_m=40.02, published_gmacs=2.2, aliases=("dymn20_as",)),
+    # The paper's ablation: dynamic blocks only where MobileNetV3 has squeeze-excitation.
+    # No released weights: a user brings a checkpoint (--weights) or exports --random-init.
+    ModelSpec("dymn-s-replace-se", Arch.DYMN_REPLACE_SE, 0.4),
+    ModelSpec("dymn-m-replace-se", Arch.DYMN_REPLACE_SE, 1.0),
+    ModelSpec("dymn-l-replace-se", Arch.DYMN_REPLACE_SE, 2.0),
     ModelSpec("mn-s", Arch.MN, 0.4, filename="mn04_as_mAP_432.pt", published_mAP=43.2,
               aliases=("mn04_as",)),
     ModelSpec("mn-m", Arch.MN, 1.0, filename="mn10_as_mAP_471.pt", published_mAP=47.1,
