@@ -8,6 +8,7 @@ The runtime needs nothing else to turn audio into labelled scores.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ class ModelMetadata:
     validation: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: Short id of how the file was made smaller: none, fp16, int8_dynamic, int8_weight_only,
+    #: int8_static_qdq, full_int8 ("int8" alone hides whether compute is integer or float).
+    quantization_scheme: str | None = None
+
+    @property
+    def task(self) -> str:
+        """What the scores mean: one class per clip (softmax) or independent tags (sigmoid)."""
+        return "1-of-N classification" if self.output_activation == "softmax" else "multi-label tagging"
 
     @property
     def frontend_config(self) -> FrontendConfig:
@@ -89,6 +98,24 @@ class ModelMetadata:
                 f"understands ({SCHEMA_VERSION}); upgrade dymn-edge"
             )
         return meta
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:)?[/\\](?:[^\s/\\()'\",;]+[/\\])+([^\s/\\()'\",;]+)")
+
+
+def scrub_paths(value: Any) -> Any:
+    """``value`` with every absolute path cut to its last part (recursively in dicts/lists).
+
+    A model file travels: the export machine's folders (user names, home folders) are not
+    the file's business; the file name is enough to say what was used.
+    """
+    if isinstance(value, str):
+        return _ABS_PATH.sub(r"\1", value)
+    if isinstance(value, dict):
+        return {k: scrub_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_paths(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------

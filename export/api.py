@@ -8,6 +8,7 @@ metadata written into the file. Nothing is cached between calls.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from dymn_edge.errors import LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
-from dymn_edge.metadata import ModelMetadata, TensorInfo
+from dymn_edge.metadata import ModelMetadata, TensorInfo, scrub_paths
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,15 @@ def tool_versions() -> dict[str, str]:
 
 def default_output_path(cfg: ExportConfig, model_name: str) -> Path:
     """``<model>[-untrained]-<precision>.<suffix>`` in the current folder (or ``cfg.output`` dir)."""
-    stem = f"{model_name}{'-untrained' if cfg.random_init else ''}-{cfg.precision.value}"
-    name = stem + cfg.format_spec.suffix
-    if cfg.output is None:
-        return Path.cwd() / name
-    out = Path(cfg.output).expanduser()
-    return out / name if out.is_dir() else out
+    return cfg.output_path(model_name)
+
+
+def _partial_path(out_path: Path) -> Path:
+    """A hidden temporary file beside the output (same file system: the rename is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".partial" + out_path.suffix,
+                                dir=out_path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _labels(cfg: ExportConfig, num_classes: int, spec) -> list:
@@ -91,12 +95,17 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     """Export, validate and describe one model file as ``cfg`` says.
 
     Raises a :class:`~dymn_edge.errors.DymnEdgeError` subclass for anything the user can fix
-    (unknown model, bad weights, labels mismatch, unsupported precision) and
-    :class:`~dymn_edge.errors.ValidationError` when the written file disagrees with PyTorch
-    (the file is kept for inspection; its metadata records the failed validation).
+    (unknown model, bad weights, labels mismatch, unsupported precision, unwritable output)
+    before any slow step, and :class:`~dymn_edge.errors.ValidationError` when the written file
+    disagrees with PyTorch. The file is written to a hidden temporary name beside the output
+    and renamed to it only once validated (or with ``validate=False``), so an interrupted or
+    failed export never leaves a file at the output path that looks usable; a file that
+    failed validation is kept for inspection as ``<name>.failed-validation<suffix>``, its
+    metadata saying so.
     """
+    from dymn_edge.export.calibration import mel_frames  # noqa: PLC0415
     from dymn_edge.models import create_model  # noqa: PLC0415
-    from dymn_edge.models.patcher import make_exportable, strategy_supports_dynamic_batch  # noqa: PLC0415
+    from dymn_edge.models.patcher import strategy_supports_dynamic_batch  # noqa: PLC0415
     from dymn_edge.registry import get_spec  # noqa: PLC0415
     from dymn_edge.weights import sha256_file  # noqa: PLC0415
 
@@ -117,14 +126,11 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         log.warning("%s: exporting an UNTRAINED random-init model (seed %d): its outputs are "
                     "meaningless; the file's metadata says untrained=true", spec.name, cfg.seed)
     window = cfg.window_for(num_classes)
-    fc = spec.frontend
-    from dymn_edge.export.calibration import calibration_mels, mel_frames  # noqa: PLC0415
-
-    frames = mel_frames(window, fc)
+    frames = mel_frames(window, spec.frontend)
     strategy = cfg.resolved_strategy
     dyn_batch = fmt is Format.ONNX and strategy_supports_dynamic_batch(strategy)
     dyn_time = fmt is Format.ONNX
-    out_path = default_output_path(cfg, spec.name)
+    out_path = cfg.output_path(spec.name)  # checked again: the folder may have changed since
     q = cfg.quantization
     assert q is not None
     quant_desc = "none"
@@ -134,8 +140,36 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         quant_desc = q.describe()
     timings["load"] = time.perf_counter() - t0
 
+    part = _partial_path(out_path)
+    try:
+        result, report = _export_to(part, out_path, cfg, spec, model, labels, activation, untrained,
+                                    weights_path, weights_sha, window, frames, strategy, dyn_batch,
+                                    dyn_time, quant_desc, timings, t0, progress)
+        if report is not None and not report.passed:
+            failed = out_path.with_name(f"{out_path.stem}.failed-validation{out_path.suffix}")
+            os.replace(part, failed)
+            raise ValidationError(f"validation failed: {'; '.join(report.errors)} (the file is "
+                                  f"kept for inspection as {failed}; nothing was written to "
+                                  f"{out_path})")
+        os.replace(part, out_path)
+    finally:
+        part.unlink(missing_ok=True)  # interrupted or crashed: no half-written file anywhere
+    log.info("wrote %s (%.2f MB) in %.0f s", out_path, result.size_bytes / 1e6, timings["total"])
+    return result
+
+
+def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, labels: list,
+               activation: str, untrained: bool, weights_path, weights_sha: str | None,
+               window: float, frames: int, strategy: str, dyn_batch: bool, dyn_time: bool,
+               quant_desc: str, timings: dict[str, float], t0: float, progress: bool):
+    """Convert, quantize, describe and validate into ``part``; the result names ``out_path``."""
+    from dymn_edge.export.calibration import calibration_mels  # noqa: PLC0415
+    from dymn_edge.models.patcher import make_exportable  # noqa: PLC0415
+
+    fmt, prec, fc, q = cfg.format, cfg.precision, spec.frontend, cfg.quantization
+    num_classes = len(labels)
     t = time.perf_counter()
-    exportable = make_exportable(model, strategy)
+    exportable = make_exportable(model, strategy, layout=cfg.format_spec.layout)
     with tempfile.TemporaryDirectory(prefix="dymn-edge-export-") as tmp:
         tmp_path = Path(tmp) / ("model" + cfg.format_spec.suffix)
         calib = None
@@ -157,10 +191,9 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             with _step(progress, f"quantizing ({prec.value})"):
                 _quantize(tmp_path, fmt, prec, q, calib, progress)
         timings["quantize"] = time.perf_counter() - t
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tmp_path, out_path)
+        shutil.copyfile(tmp_path, part)
 
-    inputs, outputs = _io_info(out_path, fmt, dyn_batch, dyn_time)
+    inputs, outputs = _io_info(part, fmt, dyn_batch, dyn_time)
     meta = ModelMetadata(
         model_name=spec.name, arch=spec.arch.value, width=spec.width, num_classes=num_classes,
         labels=[{"index": lb.index, "mid": lb.mid, "display_name": lb.display_name} for lb in labels],
@@ -169,31 +202,28 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         precision=prec.value, quantization=quant_desc, strategy=strategy,
         output_activation=activation, untrained=untrained,
         weights_sha256=weights_sha,
-        weights_source=(str(weights_path) if weights_path else f"random init (seed {cfg.seed})"),
-        tool_versions=tool_versions(),
+        weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
+        tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
     )
 
     report = None
     t = time.perf_counter()
     # validate the file as shipped (metadata already inside), then record the result in it
-    _write_metadata(out_path, fmt, meta)
+    _write_metadata(part, fmt, meta)
     if cfg.validate:
         with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
-            report = _validate(out_path, cfg, model, meta, weights_sha, progress)
+            report = _validate(part, cfg, model, meta, weights_sha, progress)
         meta.validation = report.summary()
     else:
         meta.validation = {"passed": None, "skipped": True}
     timings["validate"] = time.perf_counter() - t
-    _write_metadata(out_path, fmt, meta)
+    _write_metadata(part, fmt, meta)
     if cfg.validate:
-        _same_outputs_after_rewrite(out_path, fmt, frames, report)
-    size = out_path.stat().st_size
+        _same_outputs_after_rewrite(part, fmt, frames, report)
+        meta.validation = report.summary()
+    size = part.stat().st_size
     timings["total"] = time.perf_counter() - t0
-    log.info("wrote %s (%.2f MB) in %.0f s", out_path, size / 1e6, timings["total"])
-    result = ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings)
-    if report is not None and not report.passed:
-        raise ValidationError(f"{out_path}: validation failed: " + "; ".join(report.errors))
-    return result
+    return ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings), report
 
 
 def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report) -> None:
@@ -241,7 +271,20 @@ def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool
     return ([TensorInfo(**d) for d in ins], [TensorInfo(**d) for d in outs])
 
 
+def _scheme_id(prec: Precision, q) -> str:
+    """The short quantization id written next to the human-readable description."""
+    if prec is Precision.FP32:
+        return "none"
+    if prec is Precision.FP16:
+        return "fp16"
+    return q.scheme.value if q.scheme.value == "full_int8" else f"int8_{q.scheme.value}"
+
+
 def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
+    # no folder of the export machine travels with the file (calibration folders, error texts)
+    meta.quantization = scrub_paths(meta.quantization)
+    meta.weights_source = scrub_paths(meta.weights_source)
+    meta.validation = scrub_paths(meta.validation)
     if fmt is Format.ONNX:
         from dymn_edge.export.onnx_export import write_onnx_metadata  # noqa: PLC0415
 
@@ -263,7 +306,8 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
     reference = v.torch_runner(model)
     tol = cfg.format_spec.tolerance.get(prec.value)  # None for int8: judged by agreement
     v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=meta.frontend_config,
-                   dynamic_time=meta.dynamic_time, tolerance=tol, report=report)
+                   dynamic_time=meta.dynamic_time, tolerance=tol, report=report,
+                   reference64=v.torch64_runner(model))
     eval_dir = cfg.eval_dataset
     if eval_dir is None and _is_fsdd_reference(weights_sha):
         from dymn_edge.datasets import default_fsdd_dir  # noqa: PLC0415
@@ -288,10 +332,15 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
 
 
 class _step:
-    """Log a long step's start and duration (a spinner-free progress line)."""
+    """Log a long step's start and duration at INFO (a spinner-free progress line).
 
-    def __init__(self, enabled: bool, what: str) -> None:
-        self.enabled, self.what = enabled, what
+    Step lines are logged whatever ``progress`` says (that flag is for bars only): a
+    redirected log still shows what the export is doing; the caller's logging level
+    decides whether they appear.
+    """
+
+    def __init__(self, progress: bool, what: str) -> None:
+        self.enabled, self.what = True, what
 
     def __enter__(self) -> "_step":
         self.t = time.perf_counter()

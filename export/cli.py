@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 
+from dymn_edge.cliutil import OneLineErrorParser, finite
 from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger("dymn_edge.export")
@@ -37,7 +40,7 @@ validation exits 1. Errors in the options exit 2 with one line (add --verbose fo
 def build_parser() -> argparse.ArgumentParser:
     from dymn_edge.registry import list_models  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="dymn-export", description="Export a DyMN / MN audio tagger to a validated, "
         "self-describing ONNX or TFLite file.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,13 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
                       "integer-only NPUs: on CPUs it is slower than fp32)")
     p.add_argument("--strategy", metavar="NAME",
-                   help="dynamic-conv export form: static_k (any batch, XNNPACK; tflite default) "
-                   "or runtime_weight (batch 1, fastest in ONNX Runtime; onnx default)")
+                   help="depthwise Dy-Conv form, all exact: runtime_weight (one conv with the "
+                   "kernel mixed at run time; batch 1; default, fastest measured in both "
+                   "engines), static_k (K static convs weighted by the attention; any batch; "
+                   "one XNNPACK partition; the --full-int8 default), runtime_dyrelu (Dy-ReLU "
+                   "folded into M runtime convs; batch 1), multiplier (one static conv with K "
+                   "outputs per channel + a matmul; any batch)")
     p.add_argument("--calibration", metavar="DIR", help="folder of audio files for int8 "
                    "calibration (default: FSDD train clips from the shared data, if present)")
     p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")
     p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
-    p.add_argument("--window", type=float, metavar="SECONDS", help="input window (default: 10 for "
+    p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
     p.add_argument("--activation", metavar="sigmoid|softmax",
                    help="how the head's logits become probabilities: softmax for a 1-of-N "
@@ -76,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
                    "(default: ./<model>-<precision>.<format>)")
     p.add_argument("--no-validate", action="store_true", help="skip validation (not recommended)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the step lines "
+                   "stay; bars are drawn only on a terminal anyway)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging, converters' own "
+                   "messages and warnings, tracebacks")
     return p
 
 
@@ -96,10 +105,12 @@ def summary_table(result) -> str:
     else:
         valid = "passed" if rep.get("passed") else "FAILED"
         diff = f"{rep.get('max_abs_diff', float('nan')):.2e}"
+        if rep.get("fp32_reference_diff") is not None:  # both numbers: the file's, and fp32 PyTorch's own
+            diff += f" (PyTorch fp32 {rep['fp32_reference_diff']:.1e})"
         a = rep.get("accuracy") or {}
         acc = (f"{a['accuracy']:.4f} (ref {a['reference_accuracy']:.4f}, {a['accuracy_delta']:+.4f})"
                if "accuracy" in a else "-")
-    rows = [("file", "format", "precision", "size MB", "validation", "max diff", "accuracy"),
+    rows = [("file", "format", "precision", "size MB", "validation", "max diff to float64", "accuracy"),
             (str(result.path), meta.format, meta.precision, f"{result.size_mb:.2f}", valid, diff, acc)]
     text = _table(rows)
     if rep is not None and rep.get("xnnpack_ops_outside") is not None:
@@ -110,14 +121,35 @@ def summary_table(result) -> str:
     return text
 
 
+#: Third-party loggers that talk on every run (torchvision-missing notices from the ONNX
+#: exporter, torchao's optional kernels, absl); quiet unless --verbose.
+NOISY_LOGGERS = ("onnx_ir", "onnxscript", "absl", "jax", "torch", "torchao", "litert_torch",
+                 "ai_edge_litert", "ai_edge_quantizer", "tensorflow", "onnxruntime", "setuptools")
+
+
+def _quiet(verbose: bool) -> None:
+    """dymn_edge's own lines at INFO; everyone else's only when they are errors (or --verbose).
+
+    The root logger goes to ERROR because some converters log straight to it; records of
+    the ``dymn_edge`` logger still reach the root handler (logger levels of ancestors are
+    not applied to propagated records).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("dymn_edge").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        warnings.simplefilter("ignore")  # pytree / FutureWarning / DeprecationWarning of converters
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # absl / TF C++ logging in LiteRT
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TORCH_LOGS", "-torch,-onnx")  # torch (re)configures its loggers from this
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # root at WARNING: some converters log chatty INFO lines straight to the root logger
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
-    logging.getLogger("dymn_edge").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    for noisy in ("onnx_ir", "onnxscript", "absl", "jax", "torch", "litert_torch"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    _quiet(args.verbose)
     try:
         from dymn_edge.export.api import export_model  # noqa: PLC0415
         from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
@@ -135,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,
             validate=not args.no_validate, eval_dataset=args.eval_dataset,
             output_activation=args.activation)
-        result = export_model(cfg, progress=not args.no_progress)
+        import torch  # noqa: F401, PLC0415 (options are checked: now the heavy import, once)
+
+        _quiet(args.verbose)  # torch's logging setup on import resets the levels of its loggers
+        result = export_model(cfg, progress=not args.no_progress and sys.stderr.isatty())
     except DymnEdgeError as exc:
         from dymn_edge.errors import ValidationError  # noqa: PLC0415
 

@@ -20,6 +20,8 @@ class count alone cannot tell a multi-label head from a 1-of-N one.
 from __future__ import annotations
 
 import enum
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +122,16 @@ class QuantizationConfig:
         return SCHEME
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """Create and delete a probe file: permission bits lie (root, ACLs, read-only mounts)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dymn-edge-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ExportError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
 def _enum(cls: type[enum.Enum], value: object, what: str):
     if isinstance(value, cls):
         return value
@@ -145,7 +157,7 @@ class ExportConfig:
     calibration: str | Path | None = None  # folder of audio files; None: FSDD train clips
     num_calibration: int | None = None  # None: QuantizationConfig.num_calibration
     labels: str | Path | None = None  # CSV index,display_name[,mid]
-    output: str | Path | None = None  # file path or existing folder
+    output: str | Path | None = None  # file path (the format's suffix) or existing folder ("dir/")
     validate: bool = True
     output_activation: str | None = None  # None: sigmoid for 527-class AudioSet heads, else required
     eval_dataset: str | Path | None = None  # labelled set for the int8 accuracy check (auto: FSDD for the FSDD weights)
@@ -196,6 +208,44 @@ class ExportConfig:
             self.quantization.num_calibration = int(self.num_calibration)
         if self.precision is Precision.INT8:
             self._check_scheme()
+        if ((self.calibration is not None or self.num_calibration is not None)
+                and not (self.precision is Precision.INT8 and self.quantization.needs_calibration)):
+            what = (f"{self.precision.value}" if self.precision is not Precision.INT8
+                    else f"int8 {self.quantization.scheme.value}")
+            raise ExportError(f"--calibration / --num-calibration are used only by calibrated int8 "
+                              f"(--full-int8, static QDQ); {self.format.value} {what} needs no "
+                              "calibration and would ignore them")
+        self.output_path(get_spec(self.model).name)  # writable, right suffix: checked before any slow step
+
+    def output_path(self, model_name: str) -> Path:
+        """Where the file goes, checked: an existing writable folder, and the format's suffix.
+
+        ``output`` is a file path, or a folder when it already is one or ends in ``/``
+        (the file is then ``<model>[-untrained]-<precision><suffix>`` in it); ``None`` is
+        the current folder.
+        """
+        suffix = self.format_spec.suffix
+        name = f"{model_name}{'-untrained' if self.random_init else ''}-{self.precision.value}{suffix}"
+        if self.output is None:
+            folder, path = Path.cwd(), Path.cwd() / name
+        else:
+            text = str(self.output)
+            out = Path(text).expanduser()
+            if text.endswith(("/", os.sep)) or out.is_dir():
+                if not out.is_dir():
+                    raise ExportError(f"--output {text}: folder does not exist (create it first)")
+                folder, path = out, out / name
+            else:
+                if out.suffix.lower() != suffix:
+                    got = f"suffix '{out.suffix}'" if out.suffix else "no suffix"
+                    raise ExportError(f"--output {text}: {got} contradicts --format "
+                                      f"{self.format.value}: name the file *{suffix} (or end a "
+                                      "folder with /)")
+                folder, path = out.parent, out
+                if not folder.is_dir():
+                    raise ExportError(f"--output {text}: folder {folder} does not exist (create it first)")
+        _check_writable(folder, f"--output {self.output if self.output is not None else '(current folder)'}")
+        return path
 
     def _check_scheme(self) -> None:
         q = self.quantization
@@ -213,7 +263,17 @@ class ExportConfig:
 
     @property
     def resolved_strategy(self) -> str:
-        return self.strategy or self.format_spec.default_strategy
+        """Explicit, else the format's measured default; full-integer int8 takes static_k.
+
+        A full-integer file is for integer-only engines (NPUs, XNNPACK's int8 path), which
+        run no depthwise conv whose filter is computed at run time.
+        """
+        if self.strategy:
+            return self.strategy
+        q = self.quantization
+        if self.precision is Precision.INT8 and q is not None and q.scheme is QuantScheme.FULL_INT8:
+            return "static_k"
+        return self.format_spec.default_strategy
 
     def activation_for(self, num_classes: int) -> str:
         """The head's activation: explicit, else sigmoid for 527-class AudioSet heads only."""

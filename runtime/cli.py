@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from dymn_edge.cliutil import OneLineErrorParser, finite
 from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger("dymn_edge.runtime")
@@ -84,6 +85,13 @@ def _run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespa
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `dymn-tag ... | head`
         return 0
+    except KeyboardInterrupt:  # what was printed is flushed; no traceback
+        try:
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,18 +102,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delegate", default=None, metavar="NAME|PATH[:k=v,...]",
                    help="LiteRT delegate: xnnpack (default), none, or a delegate library "
                         "(e.g. an NPU vendor delegate) with options")
-    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--window", type=finite, default=None, metavar="SECONDS",
                    help="analysis window (default: the model file's own window)")
-    p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="hop between windows")
+    p.add_argument("--hop", type=finite, default=None, metavar="SECONDS", help="hop between windows")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="tags per window (default 5)")
-    p.add_argument("--threshold", type=float, default=0.0, metavar="P",
+    p.add_argument("--threshold", type=finite, default=0.0, metavar="P",
                    help="hide tags below this probability (default 0)")
     p.add_argument("--include", action="append", default=[], metavar="LABEL",
                    help="only these labels (display name or mid; repeat or comma-separate)")
     p.add_argument("--exclude", action="append", default=[], metavar="LABEL",
                    help="never these labels (display name or mid)")
     p.add_argument("--json", action="store_true", help="JSON Lines on stdout")
-    p.add_argument("--dither", type=float, default=None, metavar="STD",
+    p.add_argument("--dither", type=finite, default=None, metavar="STD",
                    help="noise floor added before the frontend (default 1e-4; 0 = off)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
 
@@ -134,7 +142,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 def _tag(args: argparse.Namespace) -> int:
     from dymn_edge.runtime.output import (  # noqa: PLC0415
-        UNTRAINED_WARNING, format_table, json_line, window_json)
+        UNTRAINED_WARNING, TableWriter, json_line, window_json)
 
     if not args.files:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
@@ -142,24 +150,41 @@ def _tag(args: argparse.Namespace) -> int:
         return _tag_archive(args)
     engine, tagger, filt = _load(args)
     untrained = engine.metadata.untrained
-    windowed = args.window is not None or args.hop is not None
+    if args.window is not None or args.hop is not None:  # option errors before the first file
+        window = tagger.window_seconds if args.window is None else args.window
+        tagger.check_window(window)
+        tagger.check_hop(window if args.hop is None else args.hop, window)
     out = sys.stdout
     if untrained and not args.json:
         print(UNTRAINED_WARNING, file=out)
+    failed = 0
     for path in args.files:
-        results = tagger.tag_file(path, args.window, args.hop, windowed=windowed)
-        rows = [(r.start, r.end, filt.select(r.probabilities, r.logits)) for r in results]
-        if args.json:
-            for start, end, sel in rows:
-                extra: dict[str, Any] = {"file": str(path)}
-                if untrained:
-                    extra["untrained"] = True
-                out.write(json_line(window_json(start, end, tagger.labels, sel, **extra)) + "\n")
-        else:
-            mode = "windows" if windowed else "whole clip"
-            print(format_table(rows, tagger.labels, title=f"{path} ({mode}, {engine.metadata.model_name}"
-                                                          f" {engine.metadata.precision})"), file=out)
+        try:  # scores are written as they come: a long file shows progress, Ctrl-C keeps it
+            windowed = tagger.file_is_windowed(path, args.window, args.hop)
+            table = None
+            for r in tagger.iter_file(path, args.window, args.hop, windowed=windowed):
+                sel = filt.select(r.probabilities, r.logits)
+                if args.json:
+                    extra: dict[str, Any] = {"file": str(path)}
+                    if untrained:
+                        extra["untrained"] = True
+                    out.write(json_line(window_json(r.start, r.end, tagger.labels, sel, **extra)) + "\n")
+                    out.flush()
+                else:
+                    if table is None:
+                        mode = "windows" if windowed else "whole clip"
+                        table = TableWriter(tagger.labels, out, title=f"{path} ({mode}, "
+                                            f"{engine.metadata.model_name} {engine.metadata.precision})")
+                    table.write(r.start, r.end, sel)
+        except DymnEdgeError as exc:  # one bad file is one error line, not the end of the batch
+            out.flush()
+            failed += 1
+            print(f"dymn-tag: error: {exc}", file=sys.stderr)
     out.flush()
+    if failed:
+        if len(args.files) > 1:
+            print(f"dymn-tag: {failed} of {len(args.files)} files could not be tagged", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
@@ -200,7 +225,7 @@ def _tag_archive(args: argparse.Namespace) -> int:
 
 def tag_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-tag``."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="dymn-tag", description="Tag audio files with an exported DyMN/MN model (no torch).",
         epilog=TAG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", metavar="AUDIO", help="audio files (any rate/format soundfile reads)")
@@ -324,8 +349,11 @@ def _listen(args: argparse.Namespace) -> int:
     if args.print_systemd_unit:
         print(dev.systemd_unit(args.argv), end="")
         return 0
+    if args.device_rate is not None and args.device_rate <= 0:
+        raise DymnEdgeError(f"--device-rate must be a positive rate in Hz, got {args.device_rate}")
     _, tagger, filt = _load(args)
     hop = 1.0 if args.hop is None else args.hop
+    tagger.check_hop(hop, args.window)
     scorer = StreamingScorer(tagger, args.window, hop)
     smoothing, alpha, median = "ema", 0.7, 3
     if args.smooth:
@@ -369,7 +397,7 @@ def _listen(args: argparse.Namespace) -> int:
 
 def listen_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-listen``."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="dymn-listen",
         description="Tag live microphone audio with an exported DyMN/MN model (no torch).",
         epilog=LISTEN_EXAMPLES + "\n" + _device_examples(),

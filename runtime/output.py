@@ -10,17 +10,18 @@ writes one object per window ``{"start", "end", "tags": [{"label", "index", "mid
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dymn_edge.errors import LabelsError
+from dymn_edge.errors import DymnEdgeError, LabelsError
 from dymn_edge.labels import Label, resolve_label
 
-__all__ = ["TagFilter", "tags_json", "window_json", "format_table", "UNTRAINED_WARNING",
-           "json_line"]
+__all__ = ["TagFilter", "tags_json", "window_json", "format_table", "TableWriter",
+           "UNTRAINED_WARNING", "json_line"]
 
 UNTRAINED_WARNING = ("WARNING: this model file holds an UNTRAINED (random-init) network; "
                      "its tags are meaningless")
@@ -39,6 +40,10 @@ class TagFilter:
     def build(cls, labels: Sequence[Label], *, top_k: int | None = 5, threshold: float = 0.0,
               include: Iterable[str] = (), exclude: Iterable[str] = ()) -> "TagFilter":
         """Resolve names/mids (LabelsError with a suggestion for unknown ones)."""
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise DymnEdgeError(f"--threshold is a probability between 0 and 1, got {threshold:g}")
+        if top_k is not None and top_k < 1:
+            raise DymnEdgeError(f"--top-k must be >= 1, got {top_k}")
         inc = _resolve_all(labels, include)
         exc = _resolve_all(labels, exclude)
         return cls(top_k, float(threshold), frozenset(inc) if inc else None, frozenset(exc))
@@ -105,6 +110,29 @@ def window_json(start: float, end: float, labels: Sequence[Label],
 
 def json_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False)
+
+
+class TableWriter:
+    """The table of :func:`format_table`, written a window at a time (output appears as it goes).
+
+    The label column is as wide as the model's longest label name (capped), since the rows
+    to come are not known yet.
+    """
+
+    def __init__(self, labels: Sequence[Label], out: Any, *, title: str | None = None) -> None:
+        self.labels, self.out = labels, out
+        self.width = min(max([len(lb.display_name) for lb in labels] + [5]), 40)
+        if title:
+            out.write(title + "\n")
+        out.write(f"  {'start':>8} {'end':>8}  {'label':<{self.width}}  prob\n")
+
+    def write(self, start: float, end: float, selected: list[tuple[int, float]]) -> None:
+        if not selected:
+            self.out.write(f"  {start:8.2f} {end:8.2f}  {'(no tag above threshold)':<{self.width}}\n")
+        for k, (i, p) in enumerate(selected):
+            t = f"{start:8.2f} {end:8.2f}" if k == 0 else " " * 17
+            self.out.write(f"  {t}  {self.labels[i].display_name:<{self.width}}  {p:.3f}\n")
+        self.out.flush()
 
 
 def format_table(rows: list[tuple[float, float, list[tuple[int, float]]]],

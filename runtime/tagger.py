@@ -20,7 +20,11 @@ stream scores of the same window agree exactly):
   no training clip had: measured on 60 FSDD test digits, zero-padded clips score 62 %
   top-1 and clips with the floor 95 % (the reference evaluation adds the same 1e-4 noise).
   Real recordings are far above it; ``dither=0`` turns it off.
-- Whole-clip mode: a dynamic-time model sees the whole clip at once (EfficientAT's
+- Files (:meth:`Tagger.iter_file`) are read in blocks and resampled with a streaming
+  resampler, so memory does not grow with the file's length; a file longer than the model
+  window is scored in windows of the model's length by default (a whole-clip score would
+  mean different things for a fixed-shape and a dynamic-time file of the same model).
+- Whole-clip mode (short files, or asked for): a dynamic-time model sees the whole clip at once (EfficientAT's
   inference). A fixed-shape model sees windows of its own length at half-window hop, and
   the clip probability is their mean (softmax heads: one class per clip) or their maximum
   (sigmoid heads: a tag present anywhere in the clip).
@@ -29,23 +33,37 @@ stream scores of the same window agree exactly):
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from dymn_edge.audio import fit_to_length, read_audio
-from dymn_edge.errors import DymnEdgeError
+from dymn_edge.audio import DEFAULT_QUALITY, fit_to_length, to_mono
+from dymn_edge.errors import AudioError, DymnEdgeError
 from dymn_edge.frontend import LogMelFrontend
 from dymn_edge.labels import Label
 from dymn_edge.runtime.engines import Engine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WindowScores", "Tagger", "labels_of", "activation", "DEFAULT_DITHER"]
+__all__ = ["WindowScores", "Tagger", "labels_of", "activation", "DEFAULT_DITHER", "iter_audio_blocks"]
 
 #: Std of the noise floor added before the frontend (see the module docstring).
 DEFAULT_DITHER = 1e-4
+
+
+def _warn_if_not_validated(engine: Engine) -> None:
+    """A file whose validation failed or was skipped is used, but never without a word."""
+    val = engine.metadata.validation or {}
+    if val.get("passed") is False:
+        log.warning("%s: this file FAILED validation at export (%s); its scores may be wrong",
+                    engine.path.name, "; ".join(map(str, val.get("errors") or [])) or "see dymn-info")
+    elif val.get("passed") is None:
+        log.warning("%s: this file was exported without validation (--no-validate)", engine.path.name)
 
 
 def labels_of(engine: Engine) -> list[Label]:
@@ -88,6 +106,8 @@ class Tagger:
     def __init__(self, engine: Engine, *, dither: float = DEFAULT_DITHER) -> None:
         self.engine = engine
         self.dither = float(dither)
+        if not (math.isfinite(self.dither) and self.dither >= 0):
+            raise DymnEdgeError(f"--dither must be a standard deviation >= 0 (0 = off), got {dither:g}")
         self.metadata = engine.metadata
         self.frontend_config = engine.metadata.frontend_config
         self.sample_rate = self.frontend_config.sample_rate
@@ -101,6 +121,7 @@ class Tagger:
                                       int(round(self.metadata.window_seconds * self.sample_rate)))
             while self.frontend.num_frames(self.window_samples) > self.engine.fixed_frames:
                 self.window_samples -= 1
+        _warn_if_not_validated(engine)
 
     @property
     def fixed(self) -> bool:
@@ -113,6 +134,8 @@ class Tagger:
 
     def check_window(self, window_s: float) -> int:
         """Samples of an analysis window; fixed-shape files cannot look further than theirs."""
+        if not math.isfinite(window_s) or window_s <= 0:
+            raise DymnEdgeError(f"--window must be a positive number of seconds, got {window_s:g}")
         n = int(round(window_s * self.sample_rate))
         if n < 2 * self.frontend_config.hop_length:
             raise DymnEdgeError(f"window {window_s:g} s is too short (at least "
@@ -123,6 +146,29 @@ class Tagger:
                 f"cannot score {window_s:g} s at once; use --window {self.window_seconds:g} or "
                 "less, or export a dynamic-time ONNX file")
         return n
+
+    def check_hop(self, hop_s: float, window_s: float | None = None) -> int:
+        """Samples of a hop: positive and not longer than the window (no audio is skipped)."""
+        window_s = self.window_seconds if window_s is None else window_s
+        if not math.isfinite(hop_s) or hop_s <= 0:
+            raise DymnEdgeError(f"--hop must be a positive number of seconds, got {hop_s:g}")
+        hop = int(round(hop_s * self.sample_rate))
+        if hop <= 0:
+            raise DymnEdgeError(f"--hop {hop_s:g} s is shorter than one sample")
+        if hop > int(round(window_s * self.sample_rate)):
+            raise DymnEdgeError(f"--hop {hop_s:g} s is longer than the {window_s:g} s window: the "
+                                "audio between windows would never be scored; use a hop <= window")
+        return hop
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest audio worth a score (two frontend hops, 20 ms): less is a broken file."""
+        return 2 * self.frontend_config.hop_length
+
+    def _check_length(self, n: int, path: str | Path) -> None:
+        if n < self.min_samples:
+            raise AudioError(f"{path}: too short to tag ({n} samples = {n / self.sample_rate:.4f} s "
+                             f"at {self.sample_rate} Hz; at least {self.min_samples / self.sample_rate:g} s)")
 
     # -- scoring ------------------------------------------------------------------------
     def prepare(self, segment: np.ndarray, position: int = 0) -> tuple[np.ndarray, bool]:
@@ -158,9 +204,7 @@ class Tagger:
     def windows(self, n_samples: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
         """(start, end) sample ranges of windowed mode; see the module docstring."""
         win = self.check_window(window_s)
-        hop = int(round(hop_s * self.sample_rate))
-        if hop <= 0:
-            raise DymnEdgeError(f"hop must be positive, got {hop_s:g} s")
+        hop = self.check_hop(hop_s, window_s)
         if n_samples <= win:
             return [(0, n_samples)]
         spans = [(s, s + win) for s in range(0, n_samples - win + 1, hop)]
@@ -203,10 +247,126 @@ class Tagger:
             agg = activation(key, "sigmoid")
         return WindowScores(start, end, agg.astype(np.float32), key, False)
 
+    def file_is_windowed(self, path: str | Path, window_s: float | None = None,
+                         hop_s: float | None = None, windowed: bool | None = None) -> bool:
+        """Whether :meth:`iter_file` scores windows: asked for, or the file outlasts the model window.
+
+        A whole-clip score of a file longer than the model window means different things per
+        format (a fixed-shape file averages its windows, a dynamic one sees everything at
+        once), so the default for such a file is windows of the model's own length.
+        """
+        if windowed is not None:
+            return windowed
+        if window_s is not None or hop_s is not None:
+            return True
+        info = _open_info(path)
+        return info.frames * self.sample_rate / info.samplerate > self.window_samples
+
+    def iter_file(self, path: str | Path, window_s: float | None = None,
+                  hop_s: float | None = None, windowed: bool | None = None
+                  ) -> Iterator[WindowScores]:
+        """Scores of an audio file as they are computed, in memory flat in the file's length.
+
+        ``windowed=None`` (default): windows at ``window_s`` / ``hop_s`` (defaults: the model
+        window, hop = window) when either is given or the file is longer than the model
+        window, else one whole-clip score. The file is read in blocks and resampled with a
+        streaming resampler; only the current window is kept. ``windowed=False`` is the
+        whole-clip score, which needs the whole clip in memory.
+        """
+        if not self.file_is_windowed(path, window_s, hop_s, windowed):
+            wave = np.concatenate(list(iter_audio_blocks(path, self.sample_rate)) or [np.zeros(0, np.float32)])
+            self._check_length(len(wave), path)
+            yield self.tag_clip(wave)
+            return
+        window_s = self.window_seconds if window_s is None else window_s
+        hop_s = window_s if hop_s is None else hop_s
+        win, hop = self.check_window(window_s), self.check_hop(hop_s, window_s)
+        sr = self.sample_rate
+        buf = np.zeros(0, np.float32)
+        buf_start = next_start = total = last_end = 0  # absolute sample positions
+        for block in iter_audio_blocks(path, sr):
+            buf = np.concatenate((buf, block)) if buf.size else block
+            total += block.size
+            while next_start + win <= total:
+                a = next_start - buf_start
+                yield self.score(buf[a:a + win], next_start / sr, (next_start + win) / sr)
+                last_end, next_start = next_start + win, next_start + hop
+            keep_from = max(buf_start, min(next_start, total - win))  # the end-aligned window may need it
+            buf, buf_start = buf[keep_from - buf_start:], keep_from
+        self._check_length(total, path)
+        if last_end == 0:  # shorter than one window: scored once, padded
+            yield self.score(buf, 0.0, total / sr)
+        elif last_end < total:  # one more window aligned to the end: no audio is dropped
+            a = total - win - buf_start
+            yield self.score(buf[a:a + win], (total - win) / sr, total / sr)
+
     def tag_file(self, path: str | Path, window_s: float | None = None,
-                 hop_s: float | None = None, windowed: bool = False) -> list[WindowScores]:
-        """Scores of an audio file: one whole-clip entry, or one per window if ``windowed``."""
-        wave = read_audio(path, self.sample_rate)
-        if windowed:
-            return self.tag_windows(wave, window_s, hop_s)
-        return [self.tag_clip(wave)]
+                 hop_s: float | None = None, windowed: bool | None = None) -> list[WindowScores]:
+        """All scores of :meth:`iter_file` as a list (``windowed=False``: one whole-clip entry)."""
+        return list(self.iter_file(path, window_s, hop_s, windowed))
+
+
+#: Input frames per block read from a file (about 1.4 s at 48 kHz).
+READ_BLOCK_FRAMES = 65536
+
+
+def _open_info(path: str | Path):
+    """``soundfile.info`` with the one-line errors of :func:`dymn_edge.audio.read_audio`."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"audio file not found: {p}")
+    if p.is_dir():
+        raise AudioError(f"expected an audio file, got a directory: {p}")
+    try:
+        return sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise AudioError(f"cannot decode audio file {p}: {' '.join(str(exc).split())}") from exc
+
+
+def _truncation(info) -> str | None:
+    """What libsndfile noticed about a cut-off file ("data : 64000 (should be 31978)")."""
+    for line in str(getattr(info, "extra_info", "")).splitlines():
+        if line.strip().lower().startswith("data") and "should be" in line:
+            return " ".join(line.split())
+    return None
+
+
+def iter_audio_blocks(path: str | Path, sample_rate: int = 32000,
+                      block_frames: int = READ_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Float32 mono blocks of a file at ``sample_rate``: block reading + soxr streaming resampler.
+
+    Memory is one block whatever the file's length. Errors are one-line
+    :class:`~dymn_edge.errors.AudioError` naming the file, as in ``read_audio``; a file cut
+    off after its header (the header promises more audio than there is) is tagged as far
+    as it goes, with a warning.
+    """
+    p = Path(path)
+    info = _open_info(p)
+    cut = _truncation(info)
+    if cut:
+        log.warning("%s: the file is truncated (%s): tagging the audio that is there", p, cut)
+    resampler = None
+    if info.samplerate != sample_rate:
+        resampler = soxr.ResampleStream(info.samplerate, sample_rate, 1, dtype="float32",
+                                        quality=DEFAULT_QUALITY)
+    n_in = 0
+    try:
+        with sf.SoundFile(str(p)) as fh:
+            for block in fh.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    bad = int((~np.isfinite(block)).sum())
+                    raise AudioError(f"audio file {p} contains non-finite samples (NaN or inf) "
+                                     f"({bad} in the block at {n_in / info.samplerate:.2f} s)")
+                n_in += block.shape[0]
+                mono = to_mono(block)
+                out = mono if resampler is None else resampler.resample_chunk(mono)
+                if out.size:
+                    yield np.ascontiguousarray(out, dtype=np.float32)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"cannot decode audio file {p}: {' '.join(str(exc).split())}") from exc
+    if n_in == 0:
+        raise AudioError(f"audio file {p} holds no samples")
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        if tail.size:
+            yield np.ascontiguousarray(tail, dtype=np.float32)
