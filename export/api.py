@@ -316,7 +316,7 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
     if eval_dir is not None:
         acc = v.evaluate_dataset(runner, reference, eval_dir, window_seconds=meta.window_seconds,
                                  fc=meta.frontend_config, activation=meta.output_activation,
-                                 progress=progress)
+                                 progress=progress, path=path)
         report.accuracy = acc
         drop = cfg.extra.get("max_accuracy_drop", 0.02)
         if "accuracy_delta" in acc and acc["accuracy_delta"] < -drop:

@@ -252,9 +252,50 @@ def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc
                 report.errors.append(f"{label}: {name} max abs diff {diff:.3g} > tolerance {tolerance:g}")
 
 
+def runtime_scores(path: str | Path, reference: Runner, clips: list) -> tuple[np.ndarray, ...]:
+    """Clip scores of the file and of PyTorch through the runtime's own audio path.
+
+    Both go through :class:`dymn_edge.runtime.tagger.Tagger` (soxr reading, centring in
+    the window, the noise floor, the frontend, the file's fixed frames): the accuracy
+    stored in the file is then the accuracy ``dymn-tag`` delivers, not that of an
+    evaluation-only resampler.
+    Returns (file logits, file probabilities, reference logits, reference probabilities);
+    "logits" of clips scored in several windows are the aggregate's ranking key.
+    """
+    from dymn_edge.runtime.engines import Engine, load_engine  # noqa: PLC0415
+    from dymn_edge.runtime.tagger import Tagger  # noqa: PLC0415
+
+    class _ReferenceEngine(Engine):
+        """PyTorch behind the runtime's engine interface, with the file's input layout."""
+
+        name = "pytorch"
+
+        def __init__(self, like: Engine) -> None:
+            super().__init__(like.path, like.metadata)
+
+        def _run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            logits, emb = reference(x)
+            return np.asarray(logits, np.float32), np.asarray(emb, np.float32)
+
+    engine = load_engine(path, threads=1)
+    taggers = (Tagger(engine), Tagger(_ReferenceEngine(engine)))
+    out: list[list[np.ndarray]] = [[], [], [], []]
+    for c in clips:
+        for k, tagger in enumerate(taggers):
+            r = tagger.tag_file(c.path, windowed=False)[0]
+            out[2 * k].append(r.logits)
+            out[2 * k + 1].append(r.probabilities)
+    return tuple(np.stack(o) for o in out)
+
+
 def evaluate_dataset(runner: Runner, reference: Runner, dataset_dir: str | Path, *, window_seconds: float,
-                     fc, activation: str, split: str | None = "test", progress: bool = False) -> dict:
-    """Accuracy (and mAP) of reference and file on a labelled set, plus their agreement."""
+                     fc, activation: str, split: str | None = "test", progress: bool = False,
+                     path: str | Path | None = None) -> dict:
+    """Accuracy (and mAP) of reference and file on a labelled set, plus their agreement.
+
+    With ``path`` (the model file) both are scored through the runtime's audio path
+    (:func:`runtime_scores`); without it, through the evaluation recipe of the dataset.
+    """
     from dymn_edge.audio import fit_to_length, read_audio  # noqa: PLC0415
     from dymn_edge.datasets import fsdd_eval_wave, load_dataset  # noqa: PLC0415
     from dymn_edge.export.calibration import mel_frames, to_mel, window_samples  # noqa: PLC0415
@@ -272,17 +313,21 @@ def evaluate_dataset(runner: Runner, reference: Runner, dataset_dir: str | Path,
         from tqdm import tqdm  # noqa: PLC0415
 
         clips = tqdm(clips, desc=f"accuracy on {ds.name}", unit="clip", leave=False)
-    mels = []
-    for c in clips:
-        wave = fsdd_eval_wave(c.path) if ds.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
-        mels.append(to_mel(fit_to_length(wave, n), fc, frames))
-    mel = np.concatenate(mels)
-    ref_logits = reference(mel)[0]
-    logits = runner(mel)[0]
     targets = ds.targets_onehot()
-    p_ref = to_probabilities(ref_logits, activation)
-    p = to_probabilities(logits, activation)
-    out = {"dataset": ds.name, "clips": len(ds)}
+    if path is not None:
+        logits, p, ref_logits, p_ref = runtime_scores(path, reference, list(clips))
+        out = {"dataset": ds.name, "clips": len(ds), "audio_path": "runtime (dymn-tag)"}
+    else:
+        mels = []
+        for c in clips:
+            wave = fsdd_eval_wave(c.path) if ds.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
+            mels.append(to_mel(fit_to_length(wave, n), fc, frames))
+        mel = np.concatenate(mels)
+        ref_logits = reference(mel)[0]
+        logits = runner(mel)[0]
+        p_ref = to_probabilities(ref_logits, activation)
+        p = to_probabilities(logits, activation)
+        out = {"dataset": ds.name, "clips": len(ds), "audio_path": "evaluation recipe"}
     if ds.multilabel:
         out.update(reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
     else:

@@ -62,7 +62,7 @@ def _warn_if_not_validated(engine: Engine) -> None:
     if val.get("passed") is False:
         log.warning("%s: this file FAILED validation at export (%s); its scores may be wrong",
                     engine.path.name, "; ".join(map(str, val.get("errors") or [])) or "see dymn-info")
-    elif val.get("passed") is None:
+    elif val.get("skipped"):
         log.warning("%s: this file was exported without validation (--no-validate)", engine.path.name)
 
 
