@@ -78,7 +78,6 @@ class Item:
     depthwise: bool = False
     dynamic: bool = False
     pooled: bool = False  # conv_f/conv_t after a stride-2 average pool (fused x3 when exported)
-    outputs: int = 0  # output elements of a Dy-Conv (the multiplier form mixes K of each)
 
 
 @dataclass
@@ -182,7 +181,7 @@ def _dynamic_block(cnf: BlockConfig, c: int, f: int, t: int) -> tuple[list[Item]
         w = cout * (cin // groups) * ksize * ksize
         items.append(Item(f"{name}.residuals", "linear", h * DYCONV_K, h * DYCONV_K + DYCONV_K))
         items.append(Item(name, "conv", positions * w, DYCONV_K * w, bn_channels=cout,
-                          depthwise=groups > 1, dynamic=True, outputs=positions * cout))
+                          depthwise=groups > 1, dynamic=True))
         items.append(Item(f"{name}.aggregation", "aggregation", DYCONV_K * w,
                           depthwise=groups > 1, dynamic=True))
 
@@ -270,8 +269,6 @@ def frames_for_seconds(seconds: float, sample_rate: int = 32000, hop: int = 320)
 
 STRATEGY_STATIC_K = "static_k"
 STRATEGY_RUNTIME_WEIGHT = "runtime_weight"
-STRATEGY_RUNTIME_DYRELU = "runtime_dyrelu"
-STRATEGY_MULTIPLIER = "multiplier"
 
 
 def deployed_macs(cx: Complexity, strategy: str | None, *, export_form: bool = True) -> int:
@@ -279,28 +276,21 @@ def deployed_macs(cx: Complexity, strategy: str | None, *, export_form: bool = T
 
     ``strategy`` is the depthwise Dy-Conv form of :mod:`dymn_edge.models.patcher`:
     ``static_k`` runs K static depthwise convs (K x depthwise MACs, no depthwise kernel
-    aggregation); ``multiplier`` the same K convs as one, plus K MACs per output to mix them;
-    ``runtime_dyrelu`` M aggregated depthwise convs (one per Dy-ReLU map); ``runtime_weight``
-    (and ``None`` = PyTorch eager) aggregates every kernel (model MACs + aggregation).
-    ``export_form`` adds the patcher's rewrite of a strided block's average pool +
-    ``conv_f``/``conv_t`` into one kernel-3 stride-2 conv (3x those MACs); the eager official
-    model pools first (``export_form=False``).
+    aggregation); ``runtime_weight`` (and ``None`` = PyTorch eager) aggregates every kernel
+    (model MACs + aggregation). ``export_form`` adds the patcher's rewrite of a strided
+    block's average pool + ``conv_f``/``conv_t`` into one kernel-3 stride-2 conv (3x those
+    MACs); the eager official model pools first (``export_form=False``).
     """
-    name = str(getattr(strategy, "value", strategy) or "").lower()
-    k_convs = name in (STRATEGY_STATIC_K, STRATEGY_MULTIPLIER)
-    dw_mult = DYCONV_K if k_convs else DYRELU_M if name == STRATEGY_RUNTIME_DYRELU else 1
+    static_k = str(getattr(strategy, "value", strategy) or "").lower() == STRATEGY_STATIC_K
     total = 0
     for b in cx.blocks:
         for it in b.items:
-            dyn_dw = it.dynamic and it.depthwise
             if it.kind in MODEL_KINDS:
-                mult = dw_mult if (it.kind == "conv" and dyn_dw) else 1
+                mult = DYCONV_K if (static_k and it.dynamic and it.depthwise) else 1
                 if export_form and it.pooled:
                     mult *= 3
                 total += it.macs * mult
-                if name == STRATEGY_MULTIPLIER and it.kind == "conv" and dyn_dw:
-                    total += DYCONV_K * it.outputs
-            elif it.kind == "aggregation" and not (k_convs and it.depthwise):
+            elif it.kind == "aggregation" and not (static_k and it.depthwise):
                 total += it.macs
     return total
 

@@ -62,12 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
                       "integer-only NPUs: on CPUs it is slower than fp32)")
     p.add_argument("--strategy", metavar="NAME",
-                   help="depthwise Dy-Conv form, all exact: runtime_weight (one conv with the "
+                   help="depthwise Dy-Conv form, both exact: runtime_weight (one conv with the "
                    "kernel mixed at run time; batch 1; default, fastest measured in both "
-                   "engines), static_k (K static convs weighted by the attention; any batch; "
-                   "one XNNPACK partition; the --full-int8 default), runtime_dyrelu (Dy-ReLU "
-                   "folded into M runtime convs; batch 1), multiplier (one static conv with K "
-                   "outputs per channel + a matmul; any batch)")
+                   "engines) or static_k (K static convs weighted by the attention; any batch; "
+                   "one XNNPACK partition; the --full-int8 default)")
     p.add_argument("--calibration", metavar="DIR", help="folder of audio files for int8 "
                    "calibration (default: FSDD train clips from the shared data, if present)")
     p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")

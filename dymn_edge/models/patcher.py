@@ -53,13 +53,11 @@ class DynConvStrategy(str, enum.Enum):
 
     STATIC_K = "static_k"  # K static depthwise convs weighted by the attention: any batch, fully XNNPACK-delegated in LiteRT
     RUNTIME_WEIGHT = "runtime_weight"  # one conv with a runtime (per-sample aggregated) weight: batch 1 only, fastest in ONNX Runtime
-    RUNTIME_DYRELU = "runtime_dyrelu"  # runtime_weight with Dy-ReLU folded in: M depthwise convs + maximum, batch 1 only
-    MULTIPLIER = "multiplier"  # one static depthwise conv with K outputs per channel + one matmul with the attention: any batch
 
 
 def strategy_supports_dynamic_batch(strategy: DynConvStrategy | str) -> bool:
     """Whether a model patched with ``strategy`` runs (and exports) with any batch size."""
-    return DynConvStrategy(strategy) in (DynConvStrategy.STATIC_K, DynConvStrategy.MULTIPLIER)
+    return DynConvStrategy(strategy) is DynConvStrategy.STATIC_K
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,25 +287,25 @@ class LeanDynamicBlock(nn.Module):
         y = x
         if self.has_exp:
             y = self.exp_act(self._pointwise(0, x, att[0]))
-        if self.depthwise.strategy is DynConvStrategy.RUNTIME_DYRELU:
-            act = self.depthwise.with_dyrelu(y, att[-2], coefs, self.m, self.layout)
-        else:
-            y = self.depthwise(y, att[-2], self.layout)
-            act = y * parts[0] + parts[self.m]
-            for j in range(1, self.m):
-                act = torch.maximum(act, y * parts[j] + parts[self.m + j])
+        y = self.depthwise(y, att[-2], self.layout)
+        act = y * parts[0] + parts[self.m]
+        for j in range(1, self.m):
+            act = torch.maximum(act, y * parts[j] + parts[self.m + j])
         y = act * torch.sigmoid(gate_f) * torch.sigmoid(gate_t)
         y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
         return y + x if self.use_res_connect else y
 
 
 class LeanDepthwise(nn.Module):
-    """Depthwise Dy-Conv in one of three exact forms (``strategy``), in either layout.
+    """Depthwise Dy-Conv in one of the exact forms of :class:`DynConvStrategy`, in either layout.
 
-    - ``static_k``: K static depthwise convs weighted by the attention (any batch).
     - ``runtime_weight``: one conv with the aggregated (C, 1, k, k) weight (batch 1).
-    - ``multiplier``: one static depthwise conv with K outputs per channel (channel c*K+k is
-      kernel k) and one matmul with the attention that sums them (any batch, one conv op).
+    - ``static_k``: K static depthwise convs weighted by the attention (any batch).
+
+    Measured and dropped (DyMN-M, 10 s, 1 thread, slower in both engines): one static conv
+    with K outputs per channel mixed by a matmul (the matmul with an inner size K=4 ran 2x
+    slower than everything it replaced), and Dy-ReLU folded into M runtime-weight convs
+    (LiteRT's own depthwise kernel is slower than the four elementwise ops it saves).
     """
 
     def __init__(self, conv: DynamicConv, norm: nn.Module | None, strategy: DynConvStrategy) -> None:
@@ -317,79 +315,37 @@ class LeanDepthwise(nn.Module):
         self.stride, self.padding = conv.stride, conv.padding
         self.strategy = strategy
         bank, bias = _bank_and_bias(conv, norm)  # (K, C, 1, k, k)
-        if strategy in (DynConvStrategy.RUNTIME_WEIGHT, DynConvStrategy.RUNTIME_DYRELU):
+        if strategy is DynConvStrategy.RUNTIME_WEIGHT:
             self.bank = nn.Parameter(bank.reshape(k, -1).clone())
             self.bias = None if bias is None else nn.Parameter(bias.clone())
             return
-        if strategy is DynConvStrategy.STATIC_K:
-            self.convs = nn.ModuleList()
-            for i in range(k):
-                m = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, groups=c,
-                              bias=bias is not None, dtype=bank.dtype)
-                with torch.no_grad():
-                    m.weight.copy_(bank[i])
-                    if bias is not None:
-                        m.bias.copy_(bias)
-                self.convs.append(m)
-            return
-        self.conv = nn.Conv2d(c, c * k, conv.kernel_size, conv.stride, conv.padding, groups=c,
-                              bias=bias is not None, dtype=bank.dtype)
-        with torch.no_grad():  # output channel c*K + i is kernel i of channel c
-            self.conv.weight.copy_(bank.transpose(0, 1).reshape(c * k, 1, conv.kernel_size,
-                                                                 conv.kernel_size))
-            if bias is not None:
-                self.conv.bias.copy_(bias.repeat_interleave(k))
-
-    def _check_batch(self, x: Tensor) -> None:
-        if x.size(0) != 1 and not strategy_supports_dynamic_batch(self.strategy):
-            raise ValueError(f"the {self.strategy.value} depthwise Dy-Conv runs batch 1 only, got "
-                             f"{x.size(0)}; use the static_k or multiplier strategy for batches")
-
-    def with_dyrelu(self, x: Tensor, att: Tensor, coefs: Tensor, m: int, layout: Layout) -> Tensor:
-        """Dy-ReLU(depthwise(x)) as the max of M depthwise convs (runtime weights, batch 1).
-
-        Map j of Dy-ReLU, ``a_j * (w * x + bias) + b_j``, is itself a depthwise conv with
-        weight ``a_j * w`` and bias ``a_j * bias + b_j``: M convs and M-1 maximums replace one
-        conv and 2M + M-1 full-size elementwise ops.
-        """
-        self._check_batch(x)
-        c, kk = self.channels, self.kernel_size
-        w = torch.mm(att, self.bank).reshape(c, kk * kk)
-        slopes, shifts = torch.split(coefs.reshape(m * 2, c), [m, m], dim=0)  # (M, C) each
-        bias = self.bias if self.bias is not None else torch.zeros_like(slopes[0])
-        xin = x.permute(0, 3, 1, 2) if layout is Layout.NHWC else x
-        out = None
-        for j in range(m):
-            wj = (w * slopes[j].unsqueeze(1)).reshape(c, 1, kk, kk)
-            y = F.conv2d(xin, wj, bias * slopes[j] + shifts[j], self.stride, self.padding, groups=c)
-            out = y if out is None else torch.maximum(out, y)
-        return out.permute(0, 2, 3, 1) if layout is Layout.NHWC else out
+        self.convs = nn.ModuleList()
+        for i in range(k):
+            m = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, groups=c,
+                          bias=bias is not None, dtype=bank.dtype)
+            with torch.no_grad():
+                m.weight.copy_(bank[i])
+                if bias is not None:
+                    m.bias.copy_(bias)
+            self.convs.append(m)
 
     def forward(self, x: Tensor, att: Tensor, layout: Layout) -> Tensor:
         nhwc = layout is Layout.NHWC
-        self._check_batch(x)
         if self.strategy is DynConvStrategy.RUNTIME_WEIGHT:
+            if x.size(0) != 1:
+                raise ValueError(f"the runtime_weight depthwise Dy-Conv runs batch 1 only, got "
+                                 f"{x.size(0)}; use the static_k strategy for batches")
             w = torch.mm(att, self.bank).reshape(self.channels, 1, self.kernel_size, self.kernel_size)
             xin = x.permute(0, 3, 1, 2) if nhwc else x
             y = F.conv2d(xin, w, self.bias, self.stride, self.padding, groups=self.channels)
             return y.permute(0, 2, 3, 1) if nhwc else y
-        if self.strategy is DynConvStrategy.STATIC_K:
-            a = torch.split(att.reshape(-1, 1, 1, self.k) if nhwc else att.reshape(-1, self.k, 1, 1),
-                            1, dim=3 if nhwc else 1)
-            run = (lambda m: conv_nhwc(m, x)) if nhwc else (lambda m: m(x))
-            y = run(self.convs[0]) * a[0]
-            for i in range(1, self.k):
-                y = y + run(self.convs[i]) * a[i]
-            return y
-        if nhwc:
-            y = conv_nhwc(self.conv, x)  # (B, F, T, C*K)
-            b, f, t, _ = y.shape
-            y = torch.bmm(y.reshape(b, f * t * self.channels, self.k), att.reshape(b, self.k, 1))
-            return y.reshape(b, f, t, self.channels)
-        y = self.conv(x)  # (B, C*K, F, T)
-        b, _, f, t = y.shape
-        y = torch.matmul(att.reshape(b, 1, 1, self.k), y.reshape(b, self.channels, self.k, f * t))
-        return y.reshape(b, self.channels, f, t)
+        a = torch.split(att.reshape(-1, 1, 1, self.k) if nhwc else att.reshape(-1, self.k, 1, 1),
+                        1, dim=3 if nhwc else 1)
+        run = (lambda m: conv_nhwc(m, x)) if nhwc else (lambda m: m(x))
+        y = run(self.convs[0]) * a[0]
+        for i in range(1, self.k):
+            y = y + run(self.convs[i]) * a[i]
+        return y
 
 
 def _lean_depthwise(conv: DynamicConv, norm: nn.Module | None, strategy: DynConvStrategy) -> LeanDepthwise:

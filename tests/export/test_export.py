@@ -49,7 +49,7 @@ def test_config_rejects_bad_combinations(tmp_path):
     assert ExportConfig(format="onnx").resolved_strategy == "runtime_weight"
     assert ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8")
                         ).resolved_strategy == "static_k"  # integer-only engines: static kernels
-    assert ExportConfig(format="tflite", strategy="multiplier").resolved_strategy == "multiplier"
+    assert ExportConfig(format="tflite", strategy="static_k").resolved_strategy == "static_k"
     assert ExportConfig().window_for(527) == 10.0 and ExportConfig().window_for(10) == 1.0
 
 
