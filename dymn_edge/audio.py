@@ -87,6 +87,28 @@ def fit_to_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.pad(a, (left, n - size - left))
 
 
+def _existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or the one-line AudioError a user gets for a missing file or a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"audio file not found: {p}")
+    if p.is_dir():
+        raise AudioError(f"expected an audio file, got a directory: {p}")
+    return p
+
+
+def audio_info(path: str | os.PathLike):
+    """``soundfile.info`` of ``path`` with the same one-line errors as :func:`read_audio`.
+
+    For readers that stream a file in blocks instead of decoding it whole.
+    """
+    p = _existing_file(path)
+    try:
+        return sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise AudioError(f"cannot decode audio file {p}: {_one_line(exc)}") from exc
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int = 32000,
                quality: str = DEFAULT_QUALITY) -> np.ndarray:
     """Decode ``path`` to float32 mono at ``sample_rate`` Hz (soxr-resampled when needed).
@@ -97,11 +119,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 32000,
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"audio file not found: {p}")
-    if p.is_dir():
-        raise AudioError(f"expected an audio file, got a directory: {p}")
+    p = _existing_file(path)
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:

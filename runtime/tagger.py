@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dymn_edge.audio import DEFAULT_QUALITY, fit_to_length, to_mono
+from dymn_edge.audio import DEFAULT_QUALITY, audio_info, fit_to_length, to_mono
 from dymn_edge.errors import AudioError, DymnEdgeError
 from dymn_edge.frontend import LogMelFrontend
 from dymn_edge.labels import Label
@@ -259,7 +259,7 @@ class Tagger:
             return windowed
         if window_s is not None or hop_s is not None:
             return True
-        info = _open_info(path)
+        info = audio_info(path)
         return info.frames * self.sample_rate / info.samplerate > self.window_samples
 
     def iter_file(self, path: str | Path, window_s: float | None = None,
@@ -310,19 +310,6 @@ class Tagger:
 READ_BLOCK_FRAMES = 65536
 
 
-def _open_info(path: str | Path):
-    """``soundfile.info`` with the one-line errors of :func:`dymn_edge.audio.read_audio`."""
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"audio file not found: {p}")
-    if p.is_dir():
-        raise AudioError(f"expected an audio file, got a directory: {p}")
-    try:
-        return sf.info(str(p))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(f"cannot decode audio file {p}: {' '.join(str(exc).split())}") from exc
-
-
 def _truncation(info) -> str | None:
     """What libsndfile noticed about a cut-off file ("data : 64000 (should be 31978)")."""
     for line in str(getattr(info, "extra_info", "")).splitlines():
@@ -341,7 +328,7 @@ def iter_audio_blocks(path: str | Path, sample_rate: int = 32000,
     as it goes, with a warning.
     """
     p = Path(path)
-    info = _open_info(p)
+    info = audio_info(p)
     cut = _truncation(info)
     if cut:
         log.warning("%s: the file is truncated (%s): tagging the audio that is there", p, cut)
