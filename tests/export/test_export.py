@@ -205,7 +205,7 @@ def test_mn_exports_and_untrained_flag(mn_exports):
 def test_larger_models_export_and_validate(tmp_path, model, fmt, prec):
     require_file("reference/metro_station-paris.wav")
     r = _export(tmp_path, model=model, random_init=True, format=fmt, precision=prec,
-                window_seconds=1.0, num_calibration=8)
+                window_seconds=1.0)  # none of these precisions is calibrated
     assert r.report["passed"], r.report["errors"]
     assert np.isfinite(r.report["max_abs_diff"])
 
