@@ -43,7 +43,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.models.layers import BlockConfig, block_configs, head_channels, make_divisible
+from dymn_edge.arch import (
+    BlockConfig, DynConvStrategy, block_configs, depthwise_form, head_channels, make_divisible,
+)
 from dymn_edge.registry import Arch, get_spec
 
 N_MELS = 128
@@ -78,6 +80,7 @@ class Item:
     depthwise: bool = False
     dynamic: bool = False
     pooled: bool = False  # conv_f/conv_t after a stride-2 average pool (fused x3 when exported)
+    stride: int = 1  # of a conv (the export form of a depthwise Dy-Conv can depend on it)
 
 
 @dataclass
@@ -177,17 +180,18 @@ def _dynamic_block(cnf: BlockConfig, c: int, f: int, t: int) -> tuple[list[Item]
         Item("context_gen.conv_t", "context", tp * h * ce, h * ce + ce, pooled=s > 1),
     ]
 
-    def dyconv(name: str, cin: int, cout: int, ksize: int, groups: int, positions: int) -> None:
+    def dyconv(name: str, cin: int, cout: int, ksize: int, groups: int, positions: int,
+               stride: int = 1) -> None:
         w = cout * (cin // groups) * ksize * ksize
         items.append(Item(f"{name}.residuals", "linear", h * DYCONV_K, h * DYCONV_K + DYCONV_K))
         items.append(Item(name, "conv", positions * w, DYCONV_K * w, bn_channels=cout,
-                          depthwise=groups > 1, dynamic=True))
+                          depthwise=groups > 1, dynamic=True, stride=stride))
         items.append(Item(f"{name}.aggregation", "aggregation", DYCONV_K * w,
-                          depthwise=groups > 1, dynamic=True))
+                          depthwise=groups > 1, dynamic=True, stride=stride))
 
     if ce != c:
         dyconv("exp_conv", c, ce, 1, 1, f * t)
-    dyconv("depth_conv", ce, ce, k, ce, f2 * t2)
+    dyconv("depth_conv", ce, ce, k, ce, f2 * t2, s)
     items.append(Item("depth_act.coef_net", "linear", h * 2 * DYRELU_M * ce,
                       h * 2 * DYRELU_M * ce + 2 * DYRELU_M * ce))
     items.append(Item("depth_act.apply", "elementwise", f2 * t2 * ce * DYRELU_M))
@@ -267,30 +271,31 @@ def frames_for_seconds(seconds: float, sample_rate: int = 32000, hop: int = 320)
     return int(round(seconds * sample_rate / hop))
 
 
-STRATEGY_STATIC_K = "static_k"
-STRATEGY_RUNTIME_WEIGHT = "runtime_weight"
-
-
-def deployed_macs(cx: Complexity, strategy: str | None, *, export_form: bool = True) -> int:
+def deployed_macs(cx: Complexity, strategy: DynConvStrategy | str | None, *,
+                  export_form: bool = True) -> int:
     """MACs that an exported graph (or the eager model) really executes.
 
-    ``strategy`` is the depthwise Dy-Conv form of :mod:`dymn_edge.models.patcher`:
-    ``static_k`` runs K static depthwise convs (K x depthwise MACs, no depthwise kernel
-    aggregation); ``runtime_weight`` (and ``None`` = PyTorch eager) aggregates every kernel
-    (model MACs + aggregation). ``export_form`` adds the patcher's rewrite of a strided
-    block's average pool + ``conv_f``/``conv_t`` into one kernel-3 stride-2 conv (3x those
-    MACs); the eager official model pools first (``export_form=False``).
+    ``strategy`` is the depthwise Dy-Conv form (:class:`dymn_edge.arch.DynConvStrategy`),
+    resolved per conv by its stride (:func:`dymn_edge.arch.depthwise_form`): a ``static_k``
+    conv runs K static depthwise convs (K x depthwise MACs, no depthwise kernel aggregation);
+    ``runtime_weight`` (and ``None`` = PyTorch eager) aggregates every kernel (model MACs +
+    aggregation). ``export_form`` adds the patcher's rewrite of a strided block's average
+    pool + ``conv_f``/``conv_t`` into one kernel-3 stride-2 conv (3x those MACs); the eager
+    official model pools first (``export_form=False``).
     """
-    static_k = str(getattr(strategy, "value", strategy) or "").lower() == STRATEGY_STATIC_K
+    def static_k(it: Item) -> bool:
+        return (strategy is not None and it.dynamic and it.depthwise
+                and depthwise_form(strategy, it.stride) is DynConvStrategy.STATIC_K)
+
     total = 0
     for b in cx.blocks:
         for it in b.items:
             if it.kind in MODEL_KINDS:
-                mult = DYCONV_K if (static_k and it.dynamic and it.depthwise) else 1
+                mult = DYCONV_K if static_k(it) else 1
                 if export_form and it.pooled:
                     mult *= 3
                 total += it.macs * mult
-            elif it.kind == "aggregation" and not (static_k and it.depthwise):
+            elif it.kind == "aggregation" and not static_k(it):
                 total += it.macs
     return total
 

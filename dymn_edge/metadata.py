@@ -18,7 +18,11 @@ from dymn_edge.errors import MetadataError
 from dymn_edge.registry import FrontendConfig
 
 METADATA_KEY = "dymn_edge"
-SCHEMA_VERSION = 1
+#: The newest schema this dymn-edge reads. Log-mel files are written as 1 (readable by every
+#: release); waveform-input files as 2, so an older runtime refuses them with "upgrade
+#: dymn-edge" instead of feeding them log-mels.
+SCHEMA_VERSION = 2
+WAVEFORM_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -57,15 +61,24 @@ class ModelMetadata:
     weights_source: str | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # WAVEFORM_SCHEMA_VERSION for input_kind "waveform"
     #: Short id of how the file was made smaller: none, fp16, int8_dynamic, int8_weight_only,
     #: int8_static_qdq, full_int8 ("int8" alone hides whether compute is integer or float).
     quantization_scheme: str | None = None
+    #: What the graph takes: "log_mel" (B, 1, n_mels, T) -> (logits, embedding), or "waveform"
+    #: (B, N) samples at frontend.sample_rate -> (probabilities, embedding): the frontend and the
+    #: output activation are inside the graph (``dymn-export --waveform``, schema 2).
+    input_kind: str = "log_mel"
 
     @property
     def task(self) -> str:
         """What the scores mean: one class per clip (softmax) or independent tags (sigmoid)."""
         return "1-of-N classification" if self.output_activation == "softmax" else "multi-label tagging"
+
+    @property
+    def takes_waveform(self) -> bool:
+        """The frontend and the activation are in the graph: feed samples, read probabilities."""
+        return self.input_kind == "waveform"
 
     @property
     def frontend_config(self) -> FrontendConfig:

@@ -11,6 +11,7 @@ import difflib
 import enum
 from dataclasses import dataclass
 
+from dymn_edge.arch import DynConvStrategy, Layout
 from dymn_edge.errors import ExportError
 
 __all__ = ["FORMATS", "Format", "FormatSpec", "Precision", "format_spec", "iter_variants"]
@@ -44,8 +45,8 @@ class FormatSpec:
     precisions: tuple[Precision, ...]
     writer: str
     validator_engine: str  # the runtime the file is checked in: "onnxruntime" | "ai-edge-litert"
-    default_strategy: str  # depthwise Dy-Conv form (dymn_edge.models.patcher.DynConvStrategy)
-    layout: str  # activation layout of the DyMN export graph (dymn_edge.models.patcher.Layout)
+    default_strategy: DynConvStrategy  # depthwise Dy-Conv form of the DyMN export graph
+    layout: Layout  # activation layout of the DyMN export graph
     dynamic_axes: bool  # can the file take any time length (and batch, when the strategy allows)?
     tolerance: dict[str, float]  # absolute tolerance on every output per float precision
 
@@ -53,13 +54,16 @@ class FormatSpec:
         return Precision(precision) in self.precisions
 
 
-# Strategy and layout per format, measured on DyMN-M (10 s, batch 1, 1 thread, thread CPU time,
-# one interleaved run, 2-vCPU x86; see the README): LiteRT runs its NHWC kernels on a
-# channels-last graph with no TRANSPOSE; XNNPACK takes no depthwise conv with a run-time filter,
-# and the exact static alternative (K static convs + 7 elementwise ops) cost 7x one static
-# depthwise conv in isolation, so the runtime-weight conv in LiteRT's own kernel wins overall
-# (full-integer int8 still takes static_k: ExportConfig.resolved_strategy). ONNX Runtime's Conv
-# is NCHW, so the graph stays NCHW there.
+# Strategy and layout per format, measured per depthwise layer shape of DyMN-M (10 s, batch 1,
+# 1 thread, thread CPU time, interleaved, 2-vCPU x86; the issue-8 note has the table):
+# - LiteRT runs its NHWC kernels on a channels-last graph with no TRANSPOSE. XNNPACK takes no
+#   depthwise conv with a run-time filter, but LiteRT's own kernel runs one faster than the
+#   exact static alternative (K static convs + 7 elementwise ops, delegated) at every layer
+#   shape (1.3-2.3x), so runtime_weight everywhere (full-integer int8 still takes static_k:
+#   ExportConfig.resolved_strategy).
+# - ONNX Runtime's Conv is NCHW, so the graph stays NCHW. Its kernel for a run-time filter is
+#   generic (no pre-packed depthwise path): at stride 1 it still beats K static convs + mixing,
+#   at stride 2 it is 1.3-2.6x slower than them, hence stride_split.
 # Tolerances: fp32 sits two orders above the measured float rounding (~1e-5 on logits of a
 # trained DyMN-S, 10 s) and far below any real mistake (the fixed-kernel pooling bug gives
 # >0.1). fp16 weights move logits by ~1e-2 on trained weights.
@@ -67,13 +71,13 @@ FORMATS: dict[Format, FormatSpec] = {
     Format.ONNX: FormatSpec(
         Format.ONNX, ".onnx", (Precision.FP32, Precision.INT8),
         writer="onnx_export:export_onnx", validator_engine="onnxruntime",
-        default_strategy="runtime_weight", layout="nchw", dynamic_axes=True,
+        default_strategy=DynConvStrategy.STRIDE_SPLIT, layout=Layout.NCHW, dynamic_axes=True,
         tolerance={"fp32": 1e-3},
     ),
     Format.TFLITE: FormatSpec(
         Format.TFLITE, ".tflite", (Precision.FP32, Precision.FP16, Precision.INT8),
         writer="tflite_export:export_tflite", validator_engine="ai-edge-litert",
-        default_strategy="runtime_weight", layout="nhwc", dynamic_axes=False,
+        default_strategy=DynConvStrategy.RUNTIME_WEIGHT, layout=Layout.NHWC, dynamic_axes=False,
         tolerance={"fp32": 1e-3, "fp16": 5e-2},
     ),
 }

@@ -1,7 +1,7 @@
 """ONNX writer: patched module -> simplified ONNX with dynamic time (and batch where possible).
 
 Input ``mel`` (B, 1, 128, T); outputs ``logits`` (B, C) and ``embedding`` (B, E). The
-``runtime_weight`` strategy computes the depthwise kernel per sample, so its batch is 1
+``runtime_weight`` and ``stride_split`` strategies compute depthwise kernels per sample, so their batch is 1
 (static in the graph, said in the metadata); ``static_k`` takes any batch. The time axis is
 always dynamic: the patched model uses means, never adaptive pooling, so no length is baked
 in (checked after simplification at several lengths).

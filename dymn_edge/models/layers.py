@@ -1,78 +1,20 @@
-"""Building blocks shared by DyMN and MN: channel rounding, block table, conv-BN-act."""
+"""PyTorch building blocks shared by DyMN and MN (conv-BN-act, head); the block table is in arch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 from torch import nn
 
+from dymn_edge.arch import (  # the block table is torch-free data; re-exported for the models
+    MOBILENET_V3_LARGE, BlockConfig, block_configs, head_channels, make_divisible,
+)
+
 # BatchNorm of the official checkpoints (eps matters for parity; momentum only for training).
 BatchNorm2d = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """MobileNet channel rounding: nearest multiple of ``divisor``, never >10% below ``v``."""
-    min_value = divisor if min_value is None else min_value
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
-
-
-@dataclass(frozen=True)
-class BlockConfig:
-    """One inverted-residual block of MobileNetV3-Large, already scaled by width."""
-
-    input_channels: int
-    kernel: int
-    expanded_channels: int
-    out_channels: int
-    use_se: bool
-    use_hs: bool
-    stride: int
-    width: float
-
-    @property
-    def use_res_connect(self) -> bool:
-        return self.stride == 1 and self.input_channels == self.out_channels
-
-
-# (in, kernel, expanded, out, SE, activation, stride): MobileNetV3-Large, width 1.
-MOBILENET_V3_LARGE = (
-    (16, 3, 16, 16, False, "RE", 1),
-    (16, 3, 64, 24, False, "RE", 2),
-    (24, 3, 72, 24, False, "RE", 1),
-    (24, 5, 72, 40, True, "RE", 2),
-    (40, 5, 120, 40, True, "RE", 1),
-    (40, 5, 120, 40, True, "RE", 1),
-    (40, 3, 240, 80, False, "HS", 2),
-    (80, 3, 200, 80, False, "HS", 1),
-    (80, 3, 184, 80, False, "HS", 1),
-    (80, 3, 184, 80, False, "HS", 1),
-    (80, 3, 480, 112, True, "HS", 1),
-    (112, 3, 672, 112, True, "HS", 1),
-    (112, 5, 672, 160, True, "HS", 2),
-    (160, 5, 960, 160, True, "HS", 1),
-    (160, 5, 960, 160, True, "HS", 1),
-)
-
-
-def block_configs(width: float) -> list[BlockConfig]:
-    """The 15 blocks with channels rounded for ``width``."""
-    return [
-        BlockConfig(
-            make_divisible(i * width), k, make_divisible(e * width), make_divisible(o * width),
-            se, act == "HS", s, width,
-        )
-        for (i, k, e, o, se, act, s) in MOBILENET_V3_LARGE
-    ]
-
-
-def head_channels(width: float) -> tuple[int, int, int]:
-    """(last block channels, out_c channels = 6x, hidden width of the MLP head)."""
-    last = make_divisible(160 * width)
-    return last, 6 * last, make_divisible(1280 * width)
+__all__ = ["BatchNorm2d", "MOBILENET_V3_LARGE", "BlockConfig", "block_configs", "head_channels",
+           "make_divisible", "conv_norm_act", "mlp_head"]
 
 
 def conv_norm_act(

@@ -21,7 +21,8 @@ that export badly. :func:`make_exportable` rewrites a deep copy (as timm's
   shift after the conv is the shift of every kernel) and into the ordinary conv-BN pairs.
 - Dy-ReLU in 4-D: ``max_j(a_j * x + b_j)`` with ``a, b = 2 lambda sigmoid(z) + (init - lambda)``
   (the official ``(2 sigmoid(z) - 1) lambda + init`` with its constants folded), not the
-  official 5-D broadcast.
+  official 5-D broadcast; the (positive) frequency gate of coordinate attention is folded
+  into ``a_j, b_j``.
 - Means instead of adaptive pooling everywhere (the ONNX dynamo exporter turns adaptive
   pooling into a fixed-kernel AveragePool: silently wrong at other lengths); the context
   generator's stride-2 average pooling is fused into its coordinate convs.
@@ -33,12 +34,12 @@ patched copy to ~1e-14 of the original for every strategy and layout.
 from __future__ import annotations
 
 import copy
-import enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dymn_edge.arch import DynConvStrategy, Layout, depthwise_form, strategy_supports_dynamic_batch
 from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual, DyReLUB
 from dymn_edge.models.mn import MN, InvertedResidual
 
@@ -47,18 +48,6 @@ __all__ = [
     "strategy_supports_dynamic_batch", "ExportableTagger", "LeanDynamicBlock", "LeanDepthwise",
     "patch_block", "fold_conv_bn", "fold_conv_norm_act",
 ]
-
-class DynConvStrategy(str, enum.Enum):
-    """How a depthwise Dy-Conv is written in the export graph (pointwise is always bmm)."""
-
-    STATIC_K = "static_k"  # K static depthwise convs weighted by the attention: any batch, fully XNNPACK-delegated in LiteRT
-    RUNTIME_WEIGHT = "runtime_weight"  # one conv with a runtime (per-sample aggregated) weight: batch 1 only, fastest in ONNX Runtime
-
-
-def strategy_supports_dynamic_batch(strategy: DynConvStrategy | str) -> bool:
-    """Whether a model patched with ``strategy`` runs (and exports) with any batch size."""
-    return DynConvStrategy(strategy) is DynConvStrategy.STATIC_K
-
 
 # --------------------------------------------------------------------------------------------
 # BatchNorm folding
@@ -128,13 +117,6 @@ def _pool_conv(conv: nn.Conv2d, axis: int) -> nn.Conv2d:
         if conv.bias is not None:
             fused.bias.copy_(conv.bias.detach())
     return fused
-
-
-class Layout(str, enum.Enum):
-    """Memory layout of the activations between blocks in the export graph."""
-
-    NCHW = "nchw"  # ONNX Runtime: Conv is NCHW, so NCHW needs no Transpose around it
-    NHWC = "nhwc"  # LiteRT: every kernel is NHWC; a channels-last graph has nothing to re-layout
 
 
 def conv_nhwc(conv: nn.Module, x: Tensor) -> Tensor:
@@ -288,10 +270,14 @@ class LeanDynamicBlock(nn.Module):
         if self.has_exp:
             y = self.exp_act(self._pointwise(0, x, att[0]))
         y = self.depthwise(y, att[-2], self.layout)
-        act = y * parts[0] + parts[self.m]
+        # Dy-ReLU then coordinate attention: max_j(a_j y + b_j) * g_f * g_t. The frequency
+        # gate is positive, so it moves inside the max onto the small (F', C) coefficients:
+        # one full-size multiply less per block.
+        g_f = torch.sigmoid(gate_f)
+        act = y * (parts[0] * g_f) + parts[self.m] * g_f
         for j in range(1, self.m):
-            act = torch.maximum(act, y * parts[j] + parts[self.m + j])
-        y = act * torch.sigmoid(gate_f) * torch.sigmoid(gate_t)
+            act = torch.maximum(act, y * (parts[j] * g_f) + parts[self.m + j] * g_f)
+        y = act * torch.sigmoid(gate_t)
         y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
         return y + x if self.use_res_connect else y
 
@@ -349,9 +335,10 @@ class LeanDepthwise(nn.Module):
 
 
 def _lean_depthwise(conv: DynamicConv, norm: nn.Module | None, strategy: DynConvStrategy) -> LeanDepthwise:
+    """The depthwise Dy-Conv in the form ``strategy`` gives a conv of its stride."""
     if conv.groups != conv.out_channels or conv.in_channels != conv.out_channels:
         raise ValueError("the depthwise Dy-Conv must have groups == channels")
-    return LeanDepthwise(conv, norm, strategy)
+    return LeanDepthwise(conv, norm, depthwise_form(strategy, conv.stride))
 
 
 def patch_block(block: nn.Module, strategy: DynConvStrategy | str = DynConvStrategy.STATIC_K,

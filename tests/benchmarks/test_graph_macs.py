@@ -33,7 +33,7 @@ def _export(name: str, strategy: str, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name,strategy", [("dymn-s", "static_k"), ("dymn-s", "runtime_weight"),
-                                           ("mn-s", "static_k")])
+                                           ("dymn-s", "stride_split"), ("mn-s", "static_k")])
 def test_graph_count_equals_analytic(tmp_path: Path, name: str, strategy: str) -> None:
     path = _export(name, strategy, tmp_path / f"{name}_{strategy}.onnx")
     g = count_onnx(path, frames=FRAMES)

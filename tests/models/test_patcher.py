@@ -16,14 +16,17 @@ from torch import nn
 
 from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual
 from dymn_edge.models.factory import create_model
+from dymn_edge.arch import depthwise_form
 from dymn_edge.models.patcher import (
-    DynConvStrategy, Layout, LeanDynamicBlock, make_exportable, patch_block,
+    DynConvStrategy, Layout, LeanDepthwise, LeanDynamicBlock, make_exportable, patch_block,
     strategy_supports_dynamic_batch,
 )
 
 STRATEGIES = list(DynConvStrategy)
 LAYOUTS = list(Layout)
 SK, RW = DynConvStrategy.STATIC_K, DynConvStrategy.RUNTIME_WEIGHT
+SS = DynConvStrategy.STRIDE_SPLIT
+FORMS = [SK, RW]  # the per-conv forms; stride_split composes them (whole-model tests cover it)
 BATCH_1_ONLY = [s for s in STRATEGIES if not strategy_supports_dynamic_batch(s)]
 GOLDEN = "reference/golden_dymn04.pt"
 
@@ -117,7 +120,9 @@ def golden_model() -> nn.Module:
 def test_strategy_api() -> None:
     assert DynConvStrategy("static_k") is SK and DynConvStrategy("runtime_weight") is RW
     assert strategy_supports_dynamic_batch(SK) and strategy_supports_dynamic_batch("static_k")
-    assert BATCH_1_ONLY == [RW]
+    assert BATCH_1_ONLY == [RW, SS]
+    assert [depthwise_form(SS, st) for st in (1, 2)] == [RW, SK]
+    assert all(depthwise_form(f, st) is f for f in FORMS for st in (1, 2))
     from dymn_edge.export.formats import FORMATS  # the one place the per-format defaults live
 
     assert all(DynConvStrategy(f.default_strategy) and Layout(f.layout) for f in FORMATS.values())
@@ -134,7 +139,7 @@ def test_strategy_api() -> None:
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", FORMS)
 def test_every_block_float64(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layout) -> None:
     """Each of the 15 blocks of a lively DyMN-S, on its real input, exact in float64.
 
@@ -155,7 +160,7 @@ def test_every_block_float64(dymn_s: nn.Module, strategy: DynConvStrategy, layou
             h = ref
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", FORMS)
 def test_block_batches_and_temperature(strategy: DynConvStrategy) -> None:
     """Batches where the strategy allows them (one clear error where not); T=30 is folded in."""
     model = _lively(create_model("dymn-s", pretrained=False, temperature=30.0))
@@ -187,7 +192,7 @@ def test_dymn_s_whole(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layo
     _assert_equivalent(dymn_s, _mel(1, 100), strategy, layout)
 
 
-@pytest.mark.parametrize("strategy,layout", [(RW, Layout.NHWC), (RW, Layout.NCHW), (SK, Layout.NHWC)])
+@pytest.mark.parametrize("strategy,layout", [(RW, Layout.NHWC), (SS, Layout.NCHW), (SK, Layout.NHWC)])
 def test_dymn_s_whole_odd_length(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layout) -> None:
     """A length that is no multiple of the network's stride (the formats' default forms)."""
     _assert_equivalent(dymn_s, _mel(1, 317), strategy, layout)
@@ -217,7 +222,7 @@ def test_mn_s_whole(t: int) -> None:
 def test_other_dymn_variants(width: float, replace_se: bool) -> None:
     torch.manual_seed(0)
     model = _lively(DyMN(width, 50, replace_se=replace_se), t=40)
-    forms = [(s, lay) for s in STRATEGIES for lay in LAYOUTS] if width < 1.0 else [
+    forms = [(s, lay) for s in FORMS for lay in LAYOUTS] if width < 1.0 else [
         (RW, Layout.NHWC)]  # every form on the small one; float64 DyMN-M is slow
     for strategy, layout in forms:
         _assert_equivalent(model, _mel(1, 53), strategy, layout)
@@ -232,6 +237,13 @@ def test_temperature_30_model() -> None:
     t1.set_temperature(1.0)
     with torch.no_grad():
         assert _maxdiff(make_exportable(model, SK)(x)[0], make_exportable(t1, SK)(x)[0]) > 1e-3
+
+
+def test_stride_split_takes_static_k_at_stride_2(dymn_s: nn.Module) -> None:
+    patched = make_exportable(dymn_s, SS)
+    forms = {m.stride if isinstance(m.stride, int) else m.stride[0]: m.strategy
+             for m in patched.modules() if isinstance(m, LeanDepthwise)}
+    assert forms == {1: RW, 2: SK}
 
 
 def test_original_untouched_and_attributes(dymn_s: nn.Module) -> None:
