@@ -18,7 +18,7 @@ from pathlib import Path
 from dymn_edge.errors import LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
-from dymn_edge.metadata import ModelMetadata, TensorInfo, scrub_paths
+from dymn_edge.metadata import WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, scrub_paths
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,11 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
             calib = calibration_mels(cfg.calibration, q.num_calibration, window, fc, progress=progress)
             quant_desc += f"; calibrated on {calib.source}"
         with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})"):
-            if fmt is Format.ONNX:
+            if cfg.waveform:
+                from dymn_edge.export.waveform import write_waveform_file  # noqa: PLC0415
+
+                write_waveform_file(exportable, tmp_path, fmt.value, fc, activation, frames, window, dyn_batch)
+            elif fmt is Format.ONNX:
                 from dymn_edge.export.onnx_export import export_onnx  # noqa: PLC0415
 
                 export_onnx(exportable, tmp_path, frames=frames, dynamic_batch=dyn_batch)
@@ -204,6 +208,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         weights_sha256=weights_sha,
         weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
         tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
+        input_kind="waveform" if cfg.waveform else "log_mel",
+        schema_version=WAVEFORM_SCHEMA_VERSION if cfg.waveform else 1,
     )
 
     report = None
@@ -219,20 +225,28 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     timings["validate"] = time.perf_counter() - t
     _write_metadata(part, fmt, meta)
     if cfg.validate:
-        _same_outputs_after_rewrite(part, fmt, frames, report)
+        _same_outputs_after_rewrite(part, fmt, frames, report, meta)
         meta.validation = report.summary()
     size = part.stat().st_size
     timings["total"] = time.perf_counter() - t0
     return ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings), report
 
 
-def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report) -> None:
+def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report,
+                                meta: ModelMetadata | None = None) -> None:
     """The metadata rewrite must not change the graph: the file still runs, finite outputs."""
     import numpy as np  # noqa: PLC0415
 
     from dymn_edge.export.validate import make_runner  # noqa: PLC0415
 
     try:
+        if meta is not None and meta.takes_waveform:
+            from dymn_edge.export.waveform import file_runner, waveform_samples  # noqa: PLC0415
+
+            n = waveform_samples(frames, meta.frontend_config, meta.window_seconds)
+            logits, emb = file_runner(path, fmt.value)(np.full((1, n), 1e-3, np.float32))
+        else:
+            logits, emb = make_runner(path, fmt.value)(np.full((1, 1, 128, frames), -1.0, np.float32))
         logits, emb = make_runner(path, fmt.value)(np.full((1, 1, 128, frames), -1.0, np.float32))
         if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
             report.errors.append("final file gives non-finite outputs")
@@ -266,7 +280,7 @@ def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool
     from dymn_edge.export.tflite_export import tflite_io  # noqa: PLC0415
 
     ins, outs = tflite_io(path.read_bytes())
-    order = {"logits": 0, "embedding": 1}
+    order = {"logits": 0, "probabilities": 0, "embedding": 1}
     outs = sorted(outs, key=lambda d: order.get(d["name"], 2))
     return ([TensorInfo(**d) for d in ins], [TensorInfo(**d) for d in outs])
 
@@ -293,6 +307,11 @@ def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
         from dymn_edge.export.tflite_export import write_tflite  # noqa: PLC0415
 
         write_tflite(path.read_bytes(), path, meta.to_json())
+        if meta.takes_waveform:  # last: repacking the flatbuffer drops the appended labels ZIP
+            from dymn_edge.export.mediapipe_metadata import add_mediapipe_metadata  # noqa: PLC0415
+            from dymn_edge.export.waveform import mediapipe_info  # noqa: PLC0415
+
+            path.write_bytes(add_mediapipe_metadata(path.read_bytes(), mediapipe_info(meta)))
 
 
 def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights_sha: str | None,
@@ -301,6 +320,10 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
 
     t = time.perf_counter()
     fmt, prec = cfg.format, cfg.precision
+    if cfg.waveform:  # waveform in: PyTorch frontend + model is the oracle
+        from dymn_edge.export.waveform import validate_waveform_file  # noqa: PLC0415
+
+        return validate_waveform_file(path, cfg, model, meta, progress)
     report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
     runner = v.make_runner(path, fmt.value)
     reference = v.torch_runner(model)
@@ -351,4 +374,3 @@ class _step:
     def __exit__(self, *exc) -> None:
         if self.enabled and exc[0] is None:
             log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.t)
-

@@ -26,6 +26,10 @@ examples:
       is not 527-class AudioSet needs --activation softmax (1-of-N) or sigmoid (multi-label)
   dymn-export --model dymn-l --random-init --format tflite --fp16
       untrained structural model (for size / latency only; marked untrained in the file)
+  dymn-export --model dymn-s --weights fsdd.pt --labels digits.csv --activation softmax \\
+      --window 1 --format tflite --waveform
+      waveform in, probabilities out, with MediaPipe metadata: runs in MediaPipe's
+      AudioClassifier (Android, iOS, web, Python) with no frontend code
 
 formats and precisions:
   onnx    fp32, int8 (ONNX Runtime dynamic: u8 weights, activations quantized at run time)
@@ -76,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the head's logits become probabilities: softmax for a 1-of-N "
                    "classifier, sigmoid for multi-label tagging; default sigmoid for 527-class "
                    "AudioSet heads, required for any other head")
+    p.add_argument("--waveform", action="store_true",
+                   help="waveform in, probabilities out: the log-mel frontend and the activation "
+                   "inside the graph (input float32 mono samples at 32 kHz: tflite [1, N] of the "
+                   "window, onnx [B, N] any N); tflite files also carry MediaPipe metadata "
+                   "(AudioClassifier). fp32 only")
     p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
                    "layout) to measure accuracy on (default: FSDD for the FSDD reference weights)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             window_seconds=args.window, calibration=args.calibration,
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,
             validate=not args.no_validate, eval_dataset=args.eval_dataset,
-            output_activation=args.activation)
+            output_activation=args.activation, waveform=args.waveform)
         import torch  # noqa: F401, PLC0415 (options are checked: now the heavy import, once)
 
         _quiet(args.verbose)  # torch's logging setup on import resets the levels of its loggers

@@ -164,6 +164,9 @@ class ExportConfig:
     quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format)
     allow_download: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes carried into the report
+    #: Waveform in, probabilities out: the log-mel frontend and the activation in the graph
+    #: (dymn_edge.export.waveform); TFLite files also get MediaPipe metadata. fp32 only.
+    waveform: bool = False
 
     def __post_init__(self) -> None:
         from dymn_edge.registry import get_spec  # noqa: PLC0415 (light, torch-free)
@@ -208,6 +211,10 @@ class ExportConfig:
             self.quantization.num_calibration = int(self.num_calibration)
         if self.precision is Precision.INT8:
             self._check_scheme()
+        if self.waveform and self.precision is not Precision.FP32:
+            raise ExportError(f"--waveform files are fp32 only: {self.precision.value} would also "
+                              "round the in-graph frontend's DFT and mel weights, which must stay "
+                              "within 1e-4 of the NumPy frontend")
         if ((self.calibration is not None or self.num_calibration is not None)
                 and not (self.precision is Precision.INT8 and self.quantization.needs_calibration)):
             what = (f"{self.precision.value}" if self.precision is not Precision.INT8
@@ -225,7 +232,8 @@ class ExportConfig:
         the current folder.
         """
         suffix = self.format_spec.suffix
-        name = f"{model_name}{'-untrained' if self.random_init else ''}-{self.precision.value}{suffix}"
+        name = (f"{model_name}{'-untrained' if self.random_init else ''}-{self.precision.value}"
+                f"{'-waveform' if self.waveform else ''}{suffix}")
         if self.output is None:
             folder, path = Path.cwd(), Path.cwd() / name
         else:

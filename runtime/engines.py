@@ -7,7 +7,9 @@ with the pip command that installs it. Everything the runtime needs about the gr
 file's :class:`~dymn_edge.metadata.ModelMetadata`, never from the file name.
 
 All engines take and return float32: ``run(mel (B, 1, 128, T)) -> (logits (B, C),
-embedding (B, E))``. Integer-quantized inputs are quantized and integer outputs
+embedding (B, E))``; a waveform-input file (``dymn-export --waveform``, metadata
+``input_kind`` "waveform") takes ``run(wave (B, N))`` and returns (probabilities (B, C),
+embedding (B, E)): its frontend and activation are in the graph. Integer-quantized inputs are quantized and integer outputs
 dequantized here, with the scale / zero point from the metadata (falling back to the
 graph's own parameters when the metadata leaves them out).
 """
@@ -52,10 +54,15 @@ class InputSpec:
     batch: int | None
     dtype: str
     n_mels: int
+    samples: int | None = None  # waveform input: samples the graph requires (None = any)
+    waveform: bool = False
 
     def describe(self) -> str:
-        t = "any" if self.frames is None else str(self.frames)
         b = "any" if self.batch is None else str(self.batch)
+        if self.waveform:
+            n = "any" if self.samples is None else str(self.samples)
+            return f"{self.name}: batch {b} x {n} samples ({self.dtype} waveform)"
+        t = "any" if self.frames is None else str(self.frames)
         return f"{self.name}: batch {b} x 1 x {self.n_mels} mels x {t} frames ({self.dtype})"
 
 
@@ -83,6 +90,8 @@ class Engine(abc.ABC):
     # -- description ------------------------------------------------------------------
     def _make_input_spec(self) -> InputSpec:
         meta = self.metadata
+        if meta.takes_waveform:
+            return _waveform_input_spec(meta)
         info = meta.inputs[0] if meta.inputs else TensorInfo("mel", [1, 1, 128, meta.window_frames])
         shape = list(info.shape)
         frames = None if meta.dynamic_time else _static_dim(shape, -1, meta.window_frames)
@@ -102,8 +111,23 @@ class Engine(abc.ABC):
                 f"{self.input_spec.describe()}")
 
     # -- running ----------------------------------------------------------------------
+    @property
+    def takes_waveform(self) -> bool:
+        """``run`` takes (B, N) samples and returns probabilities (frontend in the graph)."""
+        return self.input_spec.waveform
+
+    @property
+    def fixed_samples(self) -> int | None:
+        """Waveform files: samples the graph requires, or None when it takes any length."""
+        return self.input_spec.samples
+
     def run(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (B, C) and embedding (B, E), float32, for ``mel`` (B, 1, n_mels, T)."""
+        """Logits (B, C) and embedding (B, E), float32, for ``mel`` (B, 1, n_mels, T).
+
+        Waveform files: probabilities (B, C) and embedding for ``mel`` = samples (B, N).
+        """
+        if self.input_spec.waveform:
+            return self._run_wave(mel)
         x = np.asarray(mel, dtype=np.float32)
         if x.ndim == 3:
             x = x[:, None]
@@ -116,6 +140,24 @@ class Engine(abc.ABC):
                 f"{self.path.name}: this file was exported for {frames} frames "
                 f"({self.metadata.window_seconds:g} s) and got {x.shape[3]}; pad or cut the "
                 "audio to the model window (the tagger does), or export a dynamic-time ONNX file")
+        batch = self.input_spec.batch
+        if batch is None or x.shape[0] == batch:
+            return self._run_batch(x)
+        outs = [self._run_batch(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]))
+
+    def _run_wave(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(wave, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2:
+            raise EngineError(f"{self.path.name}: this file takes waveforms of shape (B, N), got {x.shape}")
+        n = self.input_spec.samples
+        if n is not None and x.shape[1] != n:
+            raise EngineError(
+                f"{self.path.name}: this file was exported for {n} samples "
+                f"({self.metadata.window_seconds:g} s) and got {x.shape[1]}; pad or cut the audio "
+                "to the model window (the tagger does), or export a dynamic-length ONNX file")
         batch = self.input_spec.batch
         if batch is None or x.shape[0] == batch:
             return self._run_batch(x)
@@ -149,6 +191,19 @@ class Engine(abc.ABC):
             other = next(i for i in range(len(names)) if i != hits[0])
             return [hits[0], other]
         return [0, 1]
+
+
+def _waveform_input_spec(meta: ModelMetadata) -> InputSpec:
+    """(B, N) float32 samples; N fixed for TFLite, any for ONNX (``dynamic_time``)."""
+    fc = meta.frontend_config
+    info = meta.inputs[0] if meta.inputs else TensorInfo("waveform", [1, "samples"])
+    shape = list(info.shape)
+    samples = None
+    if not meta.dynamic_time:
+        samples = _static_dim(shape, -1, int(round(meta.window_seconds * fc.sample_rate)))
+    batch = None if meta.dynamic_batch else _static_dim(shape, 0, 1)
+    frames = None if samples is None else 1 + (samples - 1) // fc.hop_length
+    return InputSpec(info.name, frames, batch, info.dtype, fc.n_mels, samples, True)
 
 
 def _static_dim(shape: list, axis: int, default: int) -> int:

@@ -24,6 +24,10 @@ stream scores of the same window agree exactly):
   resampler, so memory does not grow with the file's length; a file longer than the model
   window is scored in windows of the model's length by default (a whole-clip score would
   mean different things for a fixed-shape and a dynamic-time file of the same model).
+- Waveform files (``dymn-export --waveform``) take the same prepared window as samples: the
+  log-mel frontend and the activation run inside the graph, so no NumPy frontend is used
+  and the model returns probabilities (the ranking key of saturated ties is derived from
+  them: log p for softmax heads, the logit for sigmoid heads).
 - Whole-clip mode (short files, or asked for): a dynamic-time model sees the whole clip at once (EfficientAT's
   inference). A fixed-shape model sees windows of its own length at half-window hop, and
   the clip probability is their mean (softmax heads: one class per clip) or their maximum
@@ -50,7 +54,8 @@ from dymn_edge.runtime.engines import Engine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WindowScores", "Tagger", "labels_of", "activation", "DEFAULT_DITHER", "iter_audio_blocks"]
+__all__ = ["WindowScores", "Tagger", "labels_of", "activation", "ranking_key", "DEFAULT_DITHER",
+           "iter_audio_blocks"]
 
 #: Std of the noise floor added before the frontend (see the module docstring).
 DEFAULT_DITHER = 1e-4
@@ -88,6 +93,21 @@ def activation(logits: np.ndarray, kind: str) -> np.ndarray:
         raise DymnEdgeError(f"unknown output activation '{kind}' in the model metadata") from exc
 
 
+def ranking_key(probabilities: np.ndarray, kind: str) -> np.ndarray:
+    """Logits recovered from probabilities (float64), for files that output probabilities.
+
+    Monotone in the probabilities and what :meth:`Tagger._aggregate` expects: log p for
+    softmax heads (equal to the logits up to a constant), log(p / (1 - p)) for sigmoid
+    heads. Saturated float32 probabilities (exactly 0 or 1) give -inf / inf: their order
+    among themselves is lost, as it is in the file's output.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        if kind == "softmax":
+            return np.log(p)
+        return np.log(p) - np.log1p(-p)
+
+
 @dataclass
 class WindowScores:
     """Scores of one stretch of audio: times in seconds, probabilities (C,) float32."""
@@ -111,10 +131,15 @@ class Tagger:
         self.metadata = engine.metadata
         self.frontend_config = engine.metadata.frontend_config
         self.sample_rate = self.frontend_config.sample_rate
-        self.frontend = LogMelFrontend(self.frontend_config)
+        self.waveform = bool(getattr(engine, "takes_waveform", False))
+        # waveform files carry the frontend in the graph: no NumPy frontend on that path
+        self.frontend = None if self.waveform else LogMelFrontend(self.frontend_config)
         self.labels = labels_of(engine)
         self.window_samples = int(round(self.metadata.window_seconds * self.sample_rate))
-        if self.engine.fixed_frames is not None:
+        if self.waveform:
+            if engine.fixed_samples is not None:
+                self.window_samples = int(engine.fixed_samples)
+        elif self.engine.fixed_frames is not None:
             # The waveform length whose log-mel has exactly the frames the graph takes.
             self.window_samples = (self.engine.fixed_frames - 1) * self.frontend_config.hop_length + 1
             self.window_samples = max(self.window_samples,
@@ -174,6 +199,8 @@ class Tagger:
     def prepare(self, segment: np.ndarray, position: int = 0) -> tuple[np.ndarray, bool]:
         """Waveform -> model input (1, 1, n_mels, T) following the rules above.
 
+        Waveform files: the prepared window itself, (1, N) float32.
+
         ``position`` (the segment's first sample in its recording) seeds the noise floor,
         so the same window gets the same input in file and stream mode.
         """
@@ -185,6 +212,8 @@ class Tagger:
         if self.dither > 0:
             rng = np.random.default_rng([int(position), int(x.size)])
             x = x + rng.normal(0.0, self.dither, x.size).astype(np.float32)
+        if self.waveform:
+            return x[None], padded
         mel = self.frontend(x)
         if self.fixed:
             t = self.engine.fixed_frames
@@ -196,10 +225,14 @@ class Tagger:
     def score(self, segment: np.ndarray, start: float = 0.0, end: float | None = None) -> WindowScores:
         """Probabilities for one stretch of 32 kHz audio (padded to the model window)."""
         mel, padded = self.prepare(segment, int(round(start * self.sample_rate)))
-        logits, emb = self.engine.run(mel)
+        out, emb = self.engine.run(mel)
         end = start + len(segment) / self.sample_rate if end is None else end
-        probs = activation(logits[0], self.metadata.output_activation)
-        return WindowScores(start, end, probs, logits[0], padded, emb[0])
+        if self.waveform:  # the graph applied the activation
+            probs = np.asarray(out[0], dtype=np.float32)
+            return WindowScores(start, end, probs, ranking_key(probs, self.metadata.output_activation),
+                                padded, emb[0])
+        probs = activation(out[0], self.metadata.output_activation)
+        return WindowScores(start, end, probs, out[0], padded, emb[0])
 
     def windows(self, n_samples: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
         """(start, end) sample ranges of windowed mode; see the module docstring."""
