@@ -3,7 +3,7 @@
 The log-mels are computed once (NumPy frontend of the runtime, the model's window) and fed to
 the eager reference and to every file through the runtime's engines, so differences are the
 export's and the quantization's alone. FSDD clips follow the reference recipe exactly
-(:func:`dymn_edge.datasets.fsdd_eval_wave`): with ``fsdd_dymn04.pt`` the reference reaches
+(:func:`dymn_edge.datasets.fsdd_eval_wave`): with the trained FSDD DyMN-S the reference reaches
 accuracy 0.9667 / mAP 0.9771 on the 300 test clips.
 """
 
@@ -18,12 +18,15 @@ import numpy as np
 
 from dymn_edge.datasets import Dataset, fsdd_eval_wave
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.validate import torch_runner  # the one PyTorch runner (exporter's oracle)
 from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap,
 )
 from dymn_edge.registry import FrontendConfig
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EvalSet", "Scores", "archive_scores", "predict", "prepare", "score", "torch_runner"]
 
 BATCH = 32
 
@@ -86,18 +89,6 @@ def predict(run: Callable[[np.ndarray], Any], data: EvalSet, *, batch: int = BAT
     out = [np.asarray(run(data.mels[i:i + batch])[0], dtype=np.float32)
            for i in range(0, len(data.mels), batch)]
     return np.concatenate(out)
-
-
-def torch_runner(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``run`` for the eager PyTorch reference."""
-    import torch  # noqa: PLC0415
-
-    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            logits, emb = model(torch.from_numpy(np.ascontiguousarray(x)))
-        return logits.numpy(), emb.numpy()
-
-    return run
 
 
 def score(logits: np.ndarray, data: EvalSet, *, reference: np.ndarray | None = None,

@@ -22,8 +22,9 @@ examples:
   dymn-bench --model dymn-m --random-init --formats onnx:fp32,tflite:fp32 --lengths 10
   dymn-bench --weights my_dymn.pt --data ESC-50-master --split 1 --threads 1
   dymn-bench --macs --model dymn-l                analytic MACs per block, nothing run
-  dymn-bench --ci-gate --compare benchmarks/baselines/ci_dymn_s.json
-  dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json   (refresh)
+  dymn-bench --ci-gate --weights DYMN_S.pt --activation softmax --data FSDD_DIR
+             --compare .ci/baselines/ci_dymn_s.json     the CI gate (.ci/run)
+  dymn-bench --ci-gate ... --write-baseline .ci/baselines/ci_dymn_s.json   (refresh)
 
 what the columns mean:
   model      registry name; with several --model all their files are timed in one run
@@ -34,7 +35,7 @@ what the columns mean:
              runs K convolutions; the analytic count is checked against the ONNX graph)
   ops        operators in the file (TFLite flatbuffer ops / ONNX graph nodes); the JSON
              has the count per op type
-  acc / mAP  on --data (default: the FSDD test split with the trained DyMN-S); delta is
+  acc / mAP  on --data (FSDD: its test split; none given: not measured); delta is
              artifact minus reference on the same clips
   p50 / p90  median / 90th percentile latency per inference (batch 1); n/a where a
              fixed-shape file cannot take that length
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="dymn-s", metavar="NAME[,NAME]",
                    help="registry name or comma list (dymn-s/m/l, mn-s/m; default dymn-s); "
                         "e.g. dymn-m,mn-m times both in one run and reports the /MN ratio")
-    m.add_argument("--weights", metavar="PATH", help="checkpoint, one model only (default: FSDD "
-                   "DyMN-S reference for dymn-s when present, else the released AudioSet weights)")
+    m.add_argument("--weights", metavar="PATH", help="checkpoint of the one model that is not "
+                   "random-init (default: the released AudioSet weights)")
     m.add_argument("--random-init", action="store_true", help="untrained model(s): speed only")
     m.add_argument("--activation", choices=("sigmoid", "softmax"), help="head of the exported "
                    "files for a non-AudioSet --weights (the FSDD reference: softmax)")
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed growth of a DyMN file's latency ratio to its MN partner vs the "
                         "baseline's ratio (default 25%%)")
     o.add_argument("--ci-gate", action="store_true", help="run the baseline's configuration "
-                   "(DyMN-S and MN-S, 1 s window, 1 thread) instead of the options above")
+                   "(DyMN-S and MN-S, 1 s window, 1 thread) instead of the options above; "
+                   "--weights / --activation / --data / --split still say which DyMN-S")
     o.add_argument("--write-baseline", metavar="PATH", help="write this run as a gate baseline")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
@@ -140,7 +142,8 @@ def _config_from_args(args: argparse.Namespace):
                            random_init_models=tuple(base.get("random_init_models") or ()),
                            window_s=base["window_s"], lengths=tuple(base["lengths"]),
                            threads=tuple(base["threads"]), budget_s=base["budget_s"],
-                           workdir=args.workdir, cache=not args.no_cache,
+                           weights=args.weights, activation=args.activation, data=args.data,
+                           split=args.split, workdir=args.workdir, cache=not args.no_cache,
                            progress=not args.quiet)
     return BenchConfig(
         model=args.model, weights=args.weights, random_init=args.random_init,
@@ -229,7 +232,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {report.plot(result, args.plot)}")
     if args.write_baseline:
-        print(f"baseline written: {report.write_json(result, args.write_baseline)}")
+        from dymn_edge.benchmarks.gate import baseline_form  # noqa: PLC0415
+
+        print(f"baseline written: {report.write_json(baseline_form(result), args.write_baseline)}")
         failed = [f"{r.get('model', '')} {r['name']}".strip() for r in result["artifacts"]
                   if r["status"] == "failed"]
         if failed:

@@ -26,18 +26,18 @@ What is compared, and how strictly:
   artifact, and its speed on a shared 2-core runner swings several-fold with torch threading.
 
 Refreshing the baseline (after an intended change, or a new CI machine type): run on the CI
-machine type, from the repository root,
-
-    dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json
-
-(the CI configuration: DyMN-S with the FSDD reference weights and a random-init MN-S, its
-static partner for the ratio check, 1 s window, 1 thread, the formats listed in the baseline),
-review the table it prints, and commit the JSON. ``--ci-gate``
-without ``--write-baseline`` re-runs the baseline's configuration and compares.
+machine type, from the repository root, the gate command of ``.ci/run`` with
+``--write-baseline .ci/baselines/ci_dymn_s.json`` in place of ``--compare`` (the CI
+configuration: DyMN-S with the weights and data the CI passes, a random-init MN-S as its static
+partner for the ratio check, 1 s window, 1 thread, the formats listed in the baseline), review
+the table it prints, and commit the JSON. The baseline is the CI's, not the package's: it lives
+in ``.ci/``, and :func:`baseline_form` keeps the machine's folders and host name out of it.
+``--ci-gate`` without ``--write-baseline`` re-runs the baseline's configuration and compares.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REGRESSION = 0.15
 DEFAULT_MAX_RATIO_REGRESSION = 0.25
-REFRESH_COMMAND = "dymn-bench --ci-gate --write-baseline benchmarks/baselines/ci_dymn_s.json"
+REFRESH_COMMAND = ("the gate command of .ci/run with --write-baseline .ci/baselines/ci_dymn_s.json "
+                   "instead of --compare")
 FLOAT_CLIPS_TOL = 1  # clips
 INT8_ABS_TOL = 0.01
 SPEEDUP_NOTE = 0.30  # faster than this: suggest refreshing the baseline
@@ -65,6 +66,19 @@ CI_CONFIG: dict[str, Any] = {
     "threads": [1],
     "budget_s": 3.0,
 }
+
+
+def baseline_form(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as a committed baseline: absolute paths cut to their last part, no host name.
+
+    The gate reads ratios, MACs and accuracies; where the files and weights lay on the
+    machine that measured them is nobody's business once the JSON is committed.
+    """
+    from dymn_edge.metadata import scrub_paths  # noqa: PLC0415
+
+    out = scrub_paths(copy.deepcopy(result))
+    out.get("machine", {}).pop("hostname", None)
+    return out
 
 
 @dataclass

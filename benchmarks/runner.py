@@ -13,11 +13,11 @@ format:precision, threads and input length) is a ratio taken under the same load
 ``ratio_to_static``. ``speedup_vs_eager`` is the same model's eager PyTorch median over the
 artifact's.
 
-Weights (``BenchConfig.weights`` unset, no ``random_init``): for DyMN-S with the shared FSDD
-reference present, the trained ``fsdd_dymn04.pt`` on the FSDD test split (the built-in
-accuracy check, exported with a softmax head); otherwise the released AudioSet checkpoint
-(cache or download); when none can be had, a random-init model, and the result says why
-accuracy is missing.
+Weights: ``BenchConfig.weights`` for the one model that is not random-init (with ``data``
+and ``activation`` for a non-AudioSet head), else the released AudioSet checkpoint (cache or
+download); when none can be had, a random-init model, and the result says why accuracy is
+missing. Nothing is looked for beside the checkout: the CI passes its reference weights and
+data explicitly.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.errors import DymnEdgeError
+from dymn_edge.errors import DymnEdgeError, WeightsError
 from dymn_edge.registry import Arch, get_spec, list_models
+from dymn_edge.weights import resolve_weights
 
 from dymn_edge.benchmarks import latency as lat
 from dymn_edge.benchmarks.macs import count_model, deployed_macs
@@ -48,9 +49,9 @@ class BenchConfig:
     weights: str | None = None  # a checkpoint for a single model
     random_init: bool = False
     random_init_models: tuple[str, ...] = ()  # these models are random-init in any case
-    activation: str | None = None  # exported head; None: softmax for the FSDD reference, else the exporter's rule
+    activation: str | None = None  # exported head; None: the exporter's rule (sigmoid for AudioSet heads)
     formats: list[str] | None = None  # ["onnx:fp32", ...]; None: every variant of the table
-    data: str | None = None  # dataset folder; None: FSDD test split when the weights fit it
+    data: str | None = None  # labelled set for accuracy; None: not measured
     split: str | None = None
     no_accuracy: bool = False
     max_clips: int | None = None
@@ -72,7 +73,7 @@ class BenchConfig:
         self.random_init_models = tuple(get_spec(m).name for m in self.random_init_models)
         if self.random_init and self.weights:
             raise DymnEdgeError("--random-init and --weights exclude each other: pick one")
-        if self.weights and len(self.models) > 1:
+        if self.weights and len(self.trained_models) > 1:
             raise DymnEdgeError("--weights names one checkpoint: use it with one --model (several "
                                 "models take --random-init or their released weights)")
         if self.weights and not Path(self.weights).expanduser().is_file():
@@ -91,6 +92,11 @@ class BenchConfig:
     def models(self) -> list[str]:
         """Canonical model names of the run, in the order given."""
         return self.model.split(",")
+
+    @property
+    def trained_models(self) -> list[str]:
+        """The models of the run that are not random-init in any case (``--weights`` is theirs)."""
+        return [m for m in self.models if m not in self.random_init_models]
 
 
 def static_partner(model: str) -> str | None:
@@ -129,26 +135,14 @@ def normalize_variant(text: str) -> str:
 def _resolve_weights(cfg: BenchConfig, model: str,
                      notes: list[str]) -> tuple[str | None, bool, str | None, str | None]:
     """(weights path, random_init, data folder, activation) of ``model`` after the defaults."""
-    from dymn_edge.datasets import default_fsdd_dir, default_fsdd_weights  # noqa: PLC0415
-
-    if cfg.random_init or model in cfg.random_init_models:
+    if model in cfg.random_init_models:  # speed partners: the exporter's own head rule
+        return None, True, None, None
+    if cfg.random_init:
         return None, True, None, cfg.activation
     if cfg.weights:
         return str(Path(cfg.weights).expanduser()), False, cfg.data, cfg.activation
-    spec = get_spec(model)
-    fsdd_w, fsdd_d = default_fsdd_weights(), default_fsdd_dir()
-    if spec.name == "dymn-s" and cfg.data is None:
-        if fsdd_w is not None and fsdd_d is not None:
-            notes.append(f"weights: trained FSDD DyMN-S reference ({fsdd_w}); data: FSDD test split")
-            # spoken digits: one class per clip, so a softmax head (the exporter asks for 10 classes)
-            return str(fsdd_w), False, str(fsdd_d), cfg.activation or "softmax"
-        notes.append("FSDD reference data not found (set DYMN_EDGE_SHARED or put shared/ beside "
-                     "the checkout): trying the released AudioSet weights")
-    from dymn_edge.weights import resolve_weights  # noqa: PLC0415
-    from dymn_edge.errors import WeightsError  # noqa: PLC0415
-
     try:
-        return (str(resolve_weights(spec, None, progress=cfg.progress)), False, cfg.data,
+        return (str(resolve_weights(get_spec(model), None, progress=cfg.progress)), False, cfg.data,
                 cfg.activation)
     except WeightsError as exc:
         notes.append(f"{model}: no weights available ({exc}): random-init model, accuracy not "

@@ -65,6 +65,9 @@ class ModelMetadata:
     #: Short id of how the file was made smaller: none, fp16, int8_dynamic, int8_weight_only,
     #: int8_static_qdq, full_int8 ("int8" alone hides whether compute is integer or float).
     quantization_scheme: str | None = None
+    #: Calibrated int8 only: {"source": folder name, "count": clips used, "method": range
+    #: method, "description": which clips}; None for files made without calibration data.
+    calibration: dict[str, Any] | None = None
     #: What the graph takes: "log_mel" (B, 1, n_mels, T) -> (logits, embedding), or "waveform"
     #: (B, N) samples at frontend.sample_rate -> (probabilities, embedding): the frontend and the
     #: output activation are inside the graph (``dymn-export --waveform``, schema 2).

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dymn_edge.errors import LabelsError, ValidationError
+from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
 from dymn_edge.metadata import WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, scrub_paths
@@ -81,14 +81,6 @@ def _labels(cfg: ExportConfig, num_classes: int, spec) -> list:
     log.warning("no --labels file for a %d-class head: classes are named class_0..class_%d",
                 num_classes, num_classes - 1)
     return generic_labels(num_classes)
-
-
-def _is_fsdd_reference(weights_sha: str | None) -> bool:
-    from dymn_edge.datasets import default_fsdd_weights  # noqa: PLC0415
-    from dymn_edge.weights import sha256_file  # noqa: PLC0415
-
-    ref = default_fsdd_weights()
-    return bool(weights_sha and ref is not None and sha256_file(ref) == weights_sha)
 
 
 def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
@@ -174,7 +166,7 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         tmp_path = Path(tmp) / ("model" + cfg.format_spec.suffix)
         calib = None
         if prec is Precision.INT8 and q.needs_calibration:
-            calib = calibration_mels(cfg.calibration, q.num_calibration, window, fc, progress=progress)
+            calib = calibration_mels(cfg.calibration, window, fc, progress=progress)
             quant_desc += f"; calibrated on {calib.source}"
         with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})"):
             if cfg.waveform:
@@ -208,6 +200,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         weights_sha256=weights_sha,
         weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
         tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
+        calibration=(None if calib is None else {**cfg.calibration.to_dict(), "count": len(calib.mels),
+                                                 "description": calib.source}),
         input_kind="waveform" if cfg.waveform else "log_mel",
         schema_version=WAVEFORM_SCHEMA_VERSION if cfg.waveform else 1,
     )
@@ -218,7 +212,7 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     _write_metadata(part, fmt, meta)
     if cfg.validate:
         with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
-            report = _validate(part, cfg, model, meta, weights_sha, progress)
+            report = _validate(part, cfg, model, meta, progress)
         meta.validation = report.summary()
     else:
         meta.validation = {"passed": None, "skipped": True}
@@ -246,8 +240,7 @@ def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report,
             n = waveform_samples(frames, meta.frontend_config, meta.window_seconds)
             logits, emb = file_runner(path, fmt.value)(np.full((1, n), 1e-3, np.float32))
         else:
-            logits, emb = make_runner(path, fmt.value)(np.full((1, 1, 128, frames), -1.0, np.float32))
-        logits, emb = make_runner(path, fmt.value)(np.full((1, 1, 128, frames), -1.0, np.float32))
+            logits, emb = make_runner(path)(np.full((1, 1, 128, frames), -1.0, np.float32))
         if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
             report.errors.append("final file gives non-finite outputs")
     except Exception as exc:  # noqa: BLE001
@@ -314,8 +307,7 @@ def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
             path.write_bytes(add_mediapipe_metadata(path.read_bytes(), mediapipe_info(meta)))
 
 
-def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights_sha: str | None,
-              progress: bool):
+def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progress: bool):
     from dymn_edge.export import validate as v  # noqa: PLC0415
 
     t = time.perf_counter()
@@ -325,21 +317,20 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, weights
 
         return validate_waveform_file(path, cfg, model, meta, progress)
     report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
-    runner = v.make_runner(path, fmt.value)
+    try:
+        engine = v.load_file(path)
+    except DymnEdgeError as exc:  # the runtime cannot load what was written: a failed validation
+        report.errors.append(f"the file does not load in the runtime ({exc})")
+        return report
+    runner, report.engine = engine.run, f"{engine.name} (dymn_edge.runtime)"
     reference = v.torch_runner(model)
     tol = cfg.format_spec.tolerance.get(prec.value)  # None for int8: judged by agreement
     v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=meta.frontend_config,
                    dynamic_time=meta.dynamic_time, tolerance=tol, report=report,
                    reference64=v.torch64_runner(model))
     eval_dir = cfg.eval_dataset
-    if eval_dir is None and _is_fsdd_reference(weights_sha):
-        from dymn_edge.datasets import default_fsdd_dir  # noqa: PLC0415
-
-        eval_dir = default_fsdd_dir()
     if eval_dir is not None:
-        acc = v.evaluate_dataset(runner, reference, eval_dir, window_seconds=meta.window_seconds,
-                                 fc=meta.frontend_config, activation=meta.output_activation,
-                                 progress=progress, path=path)
+        acc = v.evaluate_dataset(path, reference, eval_dir, progress=progress)
         report.accuracy = acc
         drop = cfg.extra.get("max_accuracy_drop", 0.02)
         if "accuracy_delta" in acc and acc["accuracy_delta"] < -drop:

@@ -1,25 +1,33 @@
-"""Real audio for calibration and validation, run through the project's own frontend.
+"""Audio for calibration and validation, run through the project's own frontend.
 
 Quantization ranges and validation both need inputs that look like what the runtime will
-feed: log-mels of real audio computed by :class:`dymn_edge.frontend.LogMelFrontend` (the same
-code the runtime uses), never random tensors (random mels drive DyMN's logits to ~1e3 and
-say nothing about ranges on real input).
+feed: log-mels computed by :class:`dymn_edge.frontend.LogMelFrontend` (the same code the
+runtime uses), never random tensors (random mels drive DyMN's logits to ~1e3 and say nothing
+about ranges on real input). Calibration audio is the user's (:class:`CalibrationConfig`,
+no default); parity runs on a clip shipped with the package (:func:`parity_clip`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
-from dymn_edge.errors import ExportError
+from dymn_edge.audio import fit_to_length, read_audio, resample
+from dymn_edge.datasets import AUDIO_SUFFIXES, Dataset, fsdd_eval_wave, load_dataset
+from dymn_edge.errors import DymnEdgeError, ExportError
+from dymn_edge.export.config import CalibrationConfig
+from dymn_edge.frontend import LogMelFrontend
 from dymn_edge.registry import FrontendConfig
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+PARITY_CLIP = "parity_clip.flac"
 
 
 @dataclass
@@ -46,8 +54,6 @@ def mel_frames(window_seconds: float, fc: FrontendConfig) -> int:
 
 def to_mel(wave: np.ndarray, fc: FrontendConfig, frames: int | None = None) -> np.ndarray:
     """(1, 1, 128, T) float32 log-mel of ``wave``; padded/cropped to ``frames`` when given."""
-    from dymn_edge.frontend import LogMelFrontend  # noqa: PLC0415
-
     mel = LogMelFrontend(fc)(np.asarray(wave, dtype=np.float32))
     if frames is not None and mel.shape[1] != frames:
         if mel.shape[1] > frames:
@@ -75,87 +81,64 @@ def _spread(items: list, n: int) -> list:
     return [items[i] for i in idx]
 
 
-def calibration_mels(folder: str | Path | None, n: int, window_seconds: float,
-                     fc: FrontendConfig, *, progress: bool = False) -> MelSet:
-    """``n`` calibration log-mels at the export window.
+def calibration_mels(cal: CalibrationConfig, window_seconds: float, fc: FrontendConfig, *,
+                     progress: bool = False) -> MelSet:
+    """``cal.count`` calibration log-mels at the export window, from ``cal.source``.
 
-    From ``folder`` (any audio, centre-cropped / zero-padded to the window), or by default
-    the FSDD ``train`` clips (never the test split that accuracy is measured on) plus the
-    metro field recording, when the shared reference data is present. Raises ExportError
-    saying what is missing otherwise.
+    A labelled set with a ``train`` split gives its train clips (spread evenly over the
+    split, each by the set's own evaluation recipe); any other folder gives its audio files
+    (spread evenly), each centre-cropped / zero-padded to the window.
     """
-    from dymn_edge.audio import fit_to_length, read_audio  # noqa: PLC0415
-
     frames = mel_frames(window_seconds, fc)
     n_samples = window_samples(window_seconds, fc)
     waves: list[np.ndarray] = []
-    if folder is not None:
-        files = _spread(audio_files(folder), n)
-        source = f"{len(files)} clips from {folder}"
+    train = _train_split(cal.source)
+    if train is not None:
+        clips = _spread(train.clips, cal.count)
+        for c in _progress(clips, progress, "calibration audio"):
+            wave = fsdd_eval_wave(c.path) if train.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
+            waves.append(fit_to_length(wave, n_samples))
+        source = f"{len(clips)} {train.name} clips of {cal.source.name}"
+    else:
+        files = _spread(audio_files(cal.source), cal.count)
         for f in _progress(files, progress, "calibration audio"):
             waves.append(fit_to_length(read_audio(f, fc.sample_rate), n_samples))
-    else:
-        from dymn_edge.datasets import default_fsdd_dir, fsdd_eval_wave, load_dataset  # noqa: PLC0415
-
-        fsdd = default_fsdd_dir()
-        if fsdd is None:
-            raise ExportError("int8 needs calibration audio: pass --calibration DIR (a folder of "
-                              "representative audio files); the built-in default (FSDD train "
-                              "clips under shared/datasets/fsdd) is not on this machine")
-        clips = _spread(load_dataset(fsdd, split="train").clips, n)
-        for c in _progress(clips, progress, "calibration audio"):
-            waves.append(fit_to_length(fsdd_eval_wave(c.path), n_samples))
-        source = f"{len(clips)} FSDD train clips ({fsdd})"
-        metro = reference_recording()
-        if metro is not None and window_seconds <= 10.0:
-            x = read_audio(metro, fc.sample_rate)
-            starts = np.linspace(0, max(len(x) - n_samples, 0), 4).astype(int)
-            waves += [fit_to_length(x[s:s + n_samples], n_samples) for s in starts]
-            source += " + 4 segments of the metro recording"
+        source = f"{len(files)} audio files of {cal.source.name}"
     mels = np.concatenate([to_mel(w, fc, frames) for w in waves], axis=0)
     log.info("calibration: %s", source)
     return MelSet(mels, source)
 
 
-def reference_recording() -> Path | None:
-    """The real 10 s field recording of the shared reference data, if present."""
-    from dymn_edge.datasets import shared_dir  # noqa: PLC0415
+def _train_split(folder: Path) -> Dataset | None:
+    """The ``train`` split of a recognised labelled set in ``folder``, else None."""
+    try:
+        return load_dataset(folder, split="train")
+    except DymnEdgeError:
+        return None
 
-    p = shared_dir() / "reference" / "metro_station-paris.wav"
-    return p if p.is_file() else None
 
+def parity_clip() -> tuple[np.ndarray, int]:
+    """The clip every export's parity check runs on (package data, 16 kHz mono, 6 s).
 
-def synthetic_wave(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
-    """Deterministic stand-in for real audio: chirps, a tone burst train and pink-ish noise."""
-    n = int(seconds * sample_rate)
-    t = np.arange(n) / sample_rate
-    rng = np.random.default_rng(seed)
-    chirp = np.sin(2 * np.pi * (200 + 1500 * (t % 2.0)) * t)
-    bursts = np.sin(2 * np.pi * 880 * t) * (np.sin(2 * np.pi * 2.0 * t) > 0.6)
-    noise = np.cumsum(rng.standard_normal(n)) * 1e-3
-    noise -= np.convolve(noise, np.ones(512) / 512, mode="same")
-    x = 0.2 * chirp + 0.2 * bursts + 0.5 * noise + 0.01 * rng.standard_normal(n)
-    return (0.5 * x / max(1e-9, float(np.abs(x).max()))).astype(np.float32)
+    SYNTHETIC speech-like audio (a source-filter voice, fricatives, a whistle, a tone, a noise
+    floor) written by ``tests/data/make_parity_clip.py``; public domain. Shipped with the
+    package so that an export from a wheel validates on the same input as one from a checkout.
+    """
+    with resources.as_file(resources.files("dymn_edge") / "data" / PARITY_CLIP) as path:
+        x, sr = sf.read(str(path), dtype="float32")
+    return x, int(sr)
 
 
 def validation_waves(window_seconds: float, fc: FrontendConfig, *, lengths: list[float]
                      ) -> tuple[list[tuple[str, np.ndarray]], str]:
-    """Real-audio segments for parity checks: one per entry of ``lengths`` (seconds).
+    """Segments of the parity clip for parity checks: one per entry of ``lengths`` (seconds).
 
     Segments start at different offsets so that two equal lengths are still different audio.
-    A length above the recording's is made by looping it. Falls back to a deterministic
-    synthetic signal (and says so) when the metro recording is absent.
+    A length above the clip's is made by looping it.
     """
-    from dymn_edge.audio import read_audio  # noqa: PLC0415
-
-    metro = reference_recording()
-    if metro is not None:
-        x = read_audio(metro, fc.sample_rate)
-        source = f"real audio ({metro.name})"
-    else:
-        x = synthetic_wave(12.0, fc.sample_rate)
-        source = "synthetic signal (metro recording not found)"
-        log.warning("validation uses a %s", source)
+    raw, sr = parity_clip()
+    x = resample(raw, sr, fc.sample_rate)
+    source = f"{PARITY_CLIP} (synthetic speech-like signal shipped with dymn-edge)"
     out = []
     for i, sec in enumerate(lengths):
         n = window_samples(sec, fc)
@@ -169,6 +152,4 @@ def validation_waves(window_seconds: float, fc: FrontendConfig, *, lengths: list
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
-    from tqdm import tqdm  # noqa: PLC0415
-
     return tqdm(items, desc=desc, unit="clip", leave=False)

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernel mixed at run time; batch 1; default, fastest measured in both "
                    "engines) or static_k (K static convs weighted by the attention; any batch; "
                    "one XNNPACK partition; the --full-int8 default)")
-    p.add_argument("--calibration", metavar="DIR", help="folder of audio files for int8 "
-                   "calibration (default: FSDD train clips from the shared data, if present)")
+    p.add_argument("--calibration", metavar="DIR", help="audio for calibrated int8 (--full-int8, "
+                   "static QDQ; required there): a labelled set with a train split (its train "
+                   "clips) or any folder of audio files; recorded in the file's metadata")
     p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")
     p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "window, onnx [B, N] any N); tflite files also carry MediaPipe metadata "
                    "(AudioClassifier). fp32 only")
     p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
-                   "layout) to measure accuracy on (default: FSDD for the FSDD reference weights)")
+                   "layout) to measure the file's accuracy on, against PyTorch's (default: "
+                   "not measured)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
                    "(default: ./<model>-<precision>.<format>)")
     p.add_argument("--no-validate", action="store_true", help="skip validation (not recommended)")

@@ -29,7 +29,7 @@ from dymn_edge.errors import ExportError
 from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
 
 __all__ = [
-    "AUDIOSET_WINDOW_S", "CalibrationMethod", "DEFAULT_WINDOW_S", "ExportConfig", "Format",
+    "AUDIOSET_WINDOW_S", "CalibrationConfig", "CalibrationMethod", "DEFAULT_WINDOW_S", "ExportConfig", "Format",
     "Precision", "QuantScheme", "QuantizationConfig",
 ]
 
@@ -56,6 +56,34 @@ class CalibrationMethod(str, enum.Enum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
+
+
+@dataclass
+class CalibrationConfig:
+    """Where int8 calibration audio comes from, how many clips, how ranges are taken.
+
+    ``source`` is a folder: a labelled set that :func:`dymn_edge.datasets.load_dataset`
+    recognises with a ``train`` split (its train clips, by the set's own recipe; never the
+    test split accuracy is measured on), else every audio file under it. The exporter has no
+    default: calibration data is the user's choice and is recorded in the file's metadata.
+    """
+
+    source: str | Path
+    count: int = 64
+    method: CalibrationMethod = CalibrationMethod.PERCENTILE
+
+    def __post_init__(self) -> None:
+        self.source = Path(self.source).expanduser()
+        if not self.source.is_dir():
+            raise ExportError(f"--calibration {self.source}: folder not found")
+        self.count = int(self.count)
+        if self.count < 1:
+            raise ExportError(f"need at least one calibration clip, got {self.count}")
+        self.method = _enum(CalibrationMethod, self.method, "calibration method")
+
+    def to_dict(self) -> dict:
+        """What the file's metadata records (the folder's name, not the machine's path)."""
+        return {"source": self.source.name, "count": self.count, "method": self.method.value}
 
 
 @dataclass
@@ -154,13 +182,13 @@ class ExportConfig:
     precision: Precision = Precision.FP32
     strategy: str | None = None  # None: the format's measured default
     window_seconds: float | None = None  # None: 10 s for 527-class AudioSet heads, else 1 s
-    calibration: str | Path | None = None  # folder of audio files; None: FSDD train clips
+    calibration: CalibrationConfig | str | Path | None = None  # a folder is made a CalibrationConfig
     num_calibration: int | None = None  # None: QuantizationConfig.num_calibration
     labels: str | Path | None = None  # CSV index,display_name[,mid]
     output: str | Path | None = None  # file path (the format's suffix) or existing folder ("dir/")
     validate: bool = True
     output_activation: str | None = None  # None: sigmoid for 527-class AudioSet heads, else required
-    eval_dataset: str | Path | None = None  # labelled set for the int8 accuracy check (auto: FSDD for the FSDD weights)
+    eval_dataset: str | Path | None = None  # labelled set for the accuracy check (none: not measured)
     quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format)
     allow_download: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes carried into the report
@@ -192,8 +220,6 @@ class ExportConfig:
             if not MIN_WINDOW_S <= w <= MAX_WINDOW_S:
                 raise ExportError(f"--window must be between {MIN_WINDOW_S} and {MAX_WINDOW_S} s, got {w:g}")
             self.window_seconds = w
-        if self.calibration is not None and not Path(self.calibration).expanduser().is_dir():
-            raise ExportError(f"calibration folder not found: {self.calibration}")
         if self.labels is not None and not Path(self.labels).expanduser().is_file():
             from dymn_edge.errors import LabelsError  # noqa: PLC0415
 
@@ -211,6 +237,7 @@ class ExportConfig:
             self.quantization.num_calibration = int(self.num_calibration)
         if self.precision is Precision.INT8:
             self._check_scheme()
+        self._resolve_calibration()
         if self.waveform and self.precision is not Precision.FP32:
             raise ExportError(f"--waveform files are fp32 only: {self.precision.value} would also "
                               "round the in-graph frontend's DFT and mel weights, which must stay "
@@ -254,6 +281,26 @@ class ExportConfig:
                     raise ExportError(f"--output {text}: folder {folder} does not exist (create it first)")
         _check_writable(folder, f"--output {self.output if self.output is not None else '(current folder)'}")
         return path
+
+    def _resolve_calibration(self) -> None:
+        """A folder becomes a :class:`CalibrationConfig`; calibrated int8 without one fails now.
+
+        The recipe's count / method and the calibration config's are one: an explicit
+        ``CalibrationConfig`` sets the recipe's, a folder takes the recipe's.
+        """
+        q = self.quantization
+        assert q is not None
+        cal = self.calibration
+        if cal is not None and not isinstance(cal, CalibrationConfig):
+            cal = CalibrationConfig(cal, q.num_calibration, q.calibration_method)
+        if cal is not None:
+            q.num_calibration, q.calibration_method = cal.count, cal.method
+        self.calibration = cal
+        if self.precision is Precision.INT8 and q.needs_calibration and cal is None:
+            flag = "--full-int8" if q.scheme is QuantScheme.FULL_INT8 else f"int8 {q.scheme.value}"
+            raise ExportError(f"{flag} needs calibration audio: pass --calibration DIR (a folder "
+                              "of audio files like those the model will hear, e.g. its training "
+                              "clips)")
 
     def _check_scheme(self) -> None:
         q = self.quantization

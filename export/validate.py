@@ -1,14 +1,16 @@
-"""Validation after every export (Optimum-style): the file in its own runtime vs PyTorch.
+"""Validation after every export (Optimum-style): the file as users run it vs PyTorch.
 
-- Parity: the file runs in ONNX Runtime / ai-edge-litert (directly, not through the
-  project's runtime package, so a bug there cannot hide one here) on log-mels of real audio
-  at more than one input: for dynamic-time ONNX the export window plus other lengths (one not
-  a multiple of the network's stride, so a baked-in pooling kernel cannot pass); for
-  fixed-shape TFLite two different real-audio segments. Every output's name, shape and max
-  abs difference is reported; fp32 / fp16 must meet their absolute tolerance.
-- int8 is judged by agreement on a trained model: on a labelled set (FSDD test split for the
-  FSDD reference weights) the accuracy of reference and file, top-1 agreement and max
-  probability difference. A drop above ``max_accuracy_drop`` fails.
+- Parity: the written file is loaded through :mod:`dymn_edge.runtime.engines` (the engines
+  ``dymn-tag`` / ``dymn-listen`` use: their input quantization, output ordering and
+  dequantization are what is validated) and fed log-mels of the package's parity clip at more
+  than one input: for dynamic-time ONNX the export window plus other lengths (one not a
+  multiple of the network's stride, so a baked-in pooling kernel cannot pass); for
+  fixed-shape TFLite two different segments. PyTorch is the independent oracle. Every
+  output's name, shape and max abs difference is reported; fp32 / fp16 must meet their
+  absolute tolerance.
+- int8 is judged by agreement on a trained model: on a labelled set (``eval_dataset``) the
+  accuracy of reference and file, top-1 agreement and max probability difference, both
+  through the runtime's audio path. A drop above ``max_accuracy_drop`` fails.
 - The parity reference is PyTorch in float64; a file may differ from it by the format's
   tolerance plus 3x what PyTorch fp32 itself differs on that input (so an ill-conditioned
   input or checkpoint does not fail a correct file, and a real bug still fails).
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -25,79 +28,61 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
-from dymn_edge.errors import EngineError, ValidationError
+from dymn_edge.datasets import load_dataset
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.calibration import mel_frames, to_mel, validation_waves
+from dymn_edge.metadata import detect_format
+from dymn_edge.metrics import (
+    accuracy, max_prob_diff, mean_average_precision, topk_overlap,
+)
+from dymn_edge.runtime.engines import Engine, LiteRTEngine, OnnxEngine
+from dymn_edge.runtime.tagger import Tagger
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+#: PyTorch reference batches: bounded memory for long windows
+TORCH_BATCH = 50
+
 
 # --------------------------------------------------------------------------------------------
-# Engines (used directly)
+# The file (through the runtime) and the PyTorch oracle
 
 
-class OrtRunner:
-    """ONNX Runtime session; ``__call__(mel) -> (logits, embedding)`` by output name."""
-
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort  # noqa: PLC0415
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        try:
-            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"{path}: ONNX Runtime cannot load the file ({str(exc)[:200]})") from exc
-        self.input = self.sess.get_inputs()[0].name
-        self.fixed_frames = self.sess.get_inputs()[0].shape[3]
-        batch = self.sess.get_inputs()[0].shape[0]
-        self.max_batch = batch if isinstance(batch, int) else 32
-
-    def __call__(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = [self.sess.run(["logits", "embedding"], {self.input: mel[i:i + self.max_batch].astype(np.float32)})
-                for i in range(0, len(mel), self.max_batch)]
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+def load_file(path: str | Path, threads: int = 1) -> Engine:
+    """The written file in the runtime's engine for its content (quietly: no load banner)."""
+    p = Path(path)
+    return OnnxEngine(p, threads=threads) if detect_format(p) == "onnx" else LiteRTEngine(p, threads=threads)
 
 
-class LiteRTRunner:
-    """ai-edge-litert Interpreter (XNNPACK by default), signature ``serving_default``."""
-
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-        try:
-            self.it = Interpreter(model_path=str(path), num_threads=threads)
-        except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"{path}: LiteRT cannot load the file ({str(exc)[:200]})") from exc
-        self.runner = self.it.get_signature_runner("serving_default")
-        self.input, d = next(iter(self.runner.get_input_details().items()))
-        self.fixed_frames = int(d["shape"][3])
-        self.in_q = d.get("quantization", (0.0, 0))
-        self.in_dtype = d["dtype"]
-
-    def __call__(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = []
-        for i in range(mel.shape[0]):  # the graph is batch 1
-            x = mel[i:i + 1]
-            if self.in_q[0]:
-                info = np.iinfo(self.in_dtype)
-                x = np.clip(np.round(x / self.in_q[0] + self.in_q[1]), info.min, info.max).astype(self.in_dtype)
-            outs.append(self.runner(**{self.input: x}))
-        deq = []
-        details = self.runner.get_output_details()
-        names = ("logits", "embedding") if "logits" in details else sorted(details)[::-1]
-        for name in names:
-            y = np.concatenate([o[name] for o in outs], axis=0)
-            scale, zp = details[name].get("quantization", (0.0, 0))
-            deq.append((y.astype(np.float32) - zp) * scale if scale else y.astype(np.float32))
-        return deq[0], deq[1]
+def make_runner(path: str | Path, threads: int = 1) -> Runner:
+    """``runner(mel) -> (logits, embedding)`` of the file, as the runtime runs it."""
+    return load_file(path, threads).run
 
 
-def make_runner(path: str | Path, fmt: str, threads: int = 1) -> Runner:
-    return OrtRunner(path, threads) if fmt == "onnx" else LiteRTRunner(path, threads)
+def torch_runner(model, dtype: type = np.float32) -> Runner:
+    """PyTorch as a NumPy runner (``float64``: a double copy of ``model``, left untouched).
+
+    The one PyTorch runner of the project: the exporter's parity oracle and the benchmark's
+    accuracy reference.
+    """
+    import torch  # noqa: PLC0415 (the export extra)
+
+    if dtype is np.float64:
+        model = copy.deepcopy(model).double()
+    model = model.eval()
+
+    def run(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(mel, dtype=dtype)
+        with torch.inference_mode():
+            outs = [model(torch.from_numpy(x[i:i + TORCH_BATCH])) for i in range(0, len(x), TORCH_BATCH)]
+        return (np.concatenate([o[0].numpy() for o in outs]),
+                np.concatenate([o[1].numpy() for o in outs]))
+
+    return run
 
 
 def torch64_runner(model) -> Runner:
@@ -107,36 +92,11 @@ def torch64_runner(model) -> Runner:
     which on an ill-conditioned input (a loop discontinuity, large activations) can reach
     0.2 on its own; against float64 the file's error is measured alone.
     """
-    import copy  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
-    m64 = copy.deepcopy(model).double().eval()
-
-    def run(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            outs = [m64(torch.from_numpy(mel[i:i + 50].astype(np.float64))) for i in range(0, len(mel), 50)]
-        return (np.concatenate([o[0].numpy() for o in outs]),
-                np.concatenate([o[1].numpy() for o in outs]))
-
-    return run
+    return torch_runner(model, np.float64)
 
 
 #: A file may be this many times further from float64 than PyTorch fp32 is, plus the floor.
 RELATIVE_FACTOR = 3.0
-
-
-def torch_runner(model) -> Runner:
-    """The PyTorch reference (the training-faithful module) as a NumPy runner."""
-    import torch  # noqa: PLC0415
-
-    def run(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            outs = [model(torch.from_numpy(mel[i:i + 50])) for i in range(0, len(mel), 50)]
-        return (np.concatenate([o[0].numpy() for o in outs]),
-                np.concatenate([o[1].numpy() for o in outs]))
-
-    return run
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +153,6 @@ class ValidationReport:
 
 
 def _mel_cases(window_seconds: float, fc, dynamic_time: bool) -> tuple[list[tuple[str, np.ndarray]], str]:
-    from dymn_edge.export.calibration import mel_frames, to_mel, validation_waves  # noqa: PLC0415
-
     if dynamic_time:
         # the window, a length that is no multiple of the total stride (32 frames), and 3x
         lengths = [window_seconds, round(window_seconds * 0.5 + 0.37, 2), window_seconds * 3.0]
@@ -262,8 +220,6 @@ def runtime_scores(path: str | Path, reference: Runner, clips: list) -> tuple[np
     Returns (file logits, file probabilities, reference logits, reference probabilities);
     "logits" of clips scored in several windows are the aggregate's ranking key.
     """
-    from dymn_edge.runtime.engines import Engine, load_engine  # noqa: PLC0415
-    from dymn_edge.runtime.tagger import Tagger  # noqa: PLC0415
 
     class _ReferenceEngine(Engine):
         """PyTorch behind the runtime's engine interface, with the file's input layout."""
@@ -277,7 +233,7 @@ def runtime_scores(path: str | Path, reference: Runner, clips: list) -> tuple[np
             logits, emb = reference(x)
             return np.asarray(logits, np.float32), np.asarray(emb, np.float32)
 
-    engine = load_engine(path, threads=1)
+    engine = load_file(path)
     taggers = (Tagger(engine), Tagger(_ReferenceEngine(engine)))
     out: list[list[np.ndarray]] = [[], [], [], []]
     for c in clips:
@@ -288,51 +244,26 @@ def runtime_scores(path: str | Path, reference: Runner, clips: list) -> tuple[np
     return tuple(np.stack(o) for o in out)
 
 
-def evaluate_dataset(runner: Runner, reference: Runner, dataset_dir: str | Path, *, window_seconds: float,
-                     fc, activation: str, split: str | None = "test", progress: bool = False,
-                     path: str | Path | None = None) -> dict:
-    """Accuracy (and mAP) of reference and file on a labelled set, plus their agreement.
+def evaluate_dataset(path: str | Path, reference: Runner, dataset_dir: str | Path, *,
+                     split: str | None = "test", progress: bool = False) -> dict:
+    """Accuracy (and mAP) of PyTorch and of the file on a labelled set, plus their agreement.
 
-    With ``path`` (the model file) both are scored through the runtime's audio path
-    (:func:`runtime_scores`); without it, through the evaluation recipe of the dataset.
+    Both are scored through the runtime's audio path (:func:`runtime_scores`), on the
+    ``split`` of the set when it has one (all of it otherwise).
     """
-    from dymn_edge.audio import fit_to_length, read_audio  # noqa: PLC0415
-    from dymn_edge.datasets import fsdd_eval_wave, load_dataset  # noqa: PLC0415
-    from dymn_edge.export.calibration import mel_frames, to_mel, window_samples  # noqa: PLC0415
-    from dymn_edge.metrics import (  # noqa: PLC0415
-        accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap)
-
     try:
         ds = load_dataset(dataset_dir, split=split)
-    except Exception:  # noqa: BLE001 - a set without that split: use all of it
+    except DymnEdgeError:  # a set without that split: use all of it
         ds = load_dataset(dataset_dir)
-    n = window_samples(window_seconds, fc)
-    frames = mel_frames(window_seconds, fc)
     clips = ds.clips
     if progress:
-        from tqdm import tqdm  # noqa: PLC0415
-
         clips = tqdm(clips, desc=f"accuracy on {ds.name}", unit="clip", leave=False)
     targets = ds.targets_onehot()
-    if path is not None:
-        logits, p, ref_logits, p_ref = runtime_scores(path, reference, list(clips))
-        out = {"dataset": ds.name, "clips": len(ds), "audio_path": "runtime (dymn-tag)"}
-    else:
-        mels = []
-        for c in clips:
-            wave = fsdd_eval_wave(c.path) if ds.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
-            mels.append(to_mel(fit_to_length(wave, n), fc, frames))
-        mel = np.concatenate(mels)
-        ref_logits = reference(mel)[0]
-        logits = runner(mel)[0]
-        p_ref = to_probabilities(ref_logits, activation)
-        p = to_probabilities(logits, activation)
-        out = {"dataset": ds.name, "clips": len(ds), "audio_path": "evaluation recipe"}
-    if ds.multilabel:
-        out.update(reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
-    else:
-        out.update(reference_accuracy=accuracy(ref_logits, targets), accuracy=accuracy(logits, targets),
-                   reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
+    logits, p, ref_logits, p_ref = runtime_scores(path, reference, list(clips))
+    out = {"dataset": ds.name, "clips": len(ds), "audio_path": "runtime (dymn-tag)"}
+    out.update(reference_mAP=mean_average_precision(p_ref, targets), mAP=mean_average_precision(p, targets))
+    if not ds.multilabel:
+        out.update(reference_accuracy=accuracy(ref_logits, targets), accuracy=accuracy(logits, targets))
         out["accuracy_delta"] = out["accuracy"] - out["reference_accuracy"]
     out.update(top1_agreement=topk_overlap(ref_logits, logits, 1),
                max_prob_diff=max_prob_diff(p_ref, p))

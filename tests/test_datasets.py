@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dymn_edge.datasets import (
-    Dataset, default_fsdd_dir, default_fsdd_weights, fsdd_eval_wave, load_dataset,
-)
+from dymn_edge.datasets import Dataset, fsdd_eval_wave, load_dataset
 from dymn_edge.errors import DymnEdgeError, LabelsError
 
 
@@ -29,11 +27,6 @@ def test_fsdd_layout(fsdd_dir: Path) -> None:
     assert len(load_dataset(fsdd_dir, split="train")) == 2700
     with pytest.raises(DymnEdgeError, match="no clips in split 'dev'"):
         load_dataset(fsdd_dir, split="dev")
-
-
-def test_default_fsdd_paths(fsdd_dir: Path, fsdd_weights: Path) -> None:
-    assert default_fsdd_dir() == fsdd_dir
-    assert default_fsdd_weights() == fsdd_weights
 
 
 def test_fsdd_eval_wave_recipe(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_baseline_without_mn_rows_skips_the_ratio_check() -> None:
     from dymn_edge.benchmarks.gate import REFRESH_COMMAND
     from dymn_edge.benchmarks.report import read_json
 
-    base = read_json(Path(__file__).parents[2] / "benchmarks/baselines/ci_dymn_s.json")
+    base = read_json(Path(__file__).parents[2] / ".ci/baselines/ci_dymn_s.json")
     assert any(r.get("model") == "mn-s" for r in base["artifacts"])  # the committed one has them
     old = copy.deepcopy(base)
     old["artifacts"] = [r for r in old["artifacts"] if r.get("model") != "mn-s"]
@@ -195,7 +195,7 @@ def test_ci_gate_runs_dymn_s_and_mn_s(tmp_path: Path) -> None:
 
     assert CI_CONFIG["model"] == "dymn-s,mn-s" and CI_CONFIG["lengths"] == [1.0]
     assert CI_CONFIG["threads"] == [1]
-    baseline = Path(__file__).parents[2] / "benchmarks/baselines/ci_dymn_s.json"
+    baseline = Path(__file__).parents[2] / ".ci/baselines/ci_dymn_s.json"
     args = build_parser().parse_args(["--ci-gate", "--compare", str(baseline),
                                       "--max-regression", "25%", "--quiet"])
     cfg = _config_from_args(args)

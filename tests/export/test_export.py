@@ -47,8 +47,10 @@ def test_config_rejects_bad_combinations(tmp_path):
         ExportConfig(window_seconds=0.01)
     assert ExportConfig(format="tflite").resolved_strategy == "runtime_weight"
     assert ExportConfig(format="onnx").resolved_strategy == "runtime_weight"
-    assert ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8")
-                        ).resolved_strategy == "static_k"  # integer-only engines: static kernels
+    assert ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8"),
+                        calibration=tmp_path).resolved_strategy == "static_k"  # integer-only: static kernels
+    with pytest.raises(ExportError, match="--full-int8 needs calibration audio: pass --calibration DIR"):
+        ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8"))
     assert ExportConfig(format="tflite", strategy="static_k").resolved_strategy == "static_k"
     assert ExportConfig().window_for(527) == 10.0 and ExportConfig().window_for(10) == 1.0
 
