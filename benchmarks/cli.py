@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "files for a non-AudioSet --weights (the FSDD reference: softmax)")
     r = p.add_argument_group("what to run")
     r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
-                   "format:precision pairs of the exporter's table)")
+                   "format:precision pairs of the exporter's table); tflite:waveform / "
+                   "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
+                   "minus the fp32 row)")
     r.add_argument("--window", type=float, metavar="S", help="export window in seconds "
                    "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
                    "model's, for all: fixed-shape files compare only at one window)")

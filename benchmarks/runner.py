@@ -122,6 +122,8 @@ def normalize_variant(text: str) -> str:
     fmt, _, prec = text.strip().lower().partition(":")
     spec = format_spec(fmt)
     prec = prec or "fp32"
+    if prec == "waveform":  # fp32 with the frontend in the graph (dymn-export --waveform)
+        return f"{spec.format.value}:waveform"
     if prec not in [p.value for p in spec.precisions]:
         allowed = ", ".join(p.value for p in spec.precisions)
         raise DymnEdgeError(f"{spec.format.value} does not support {prec} (supported: {allowed})")
@@ -198,7 +200,8 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
     t0 = time.perf_counter()
     try:
         ec = ExportConfig(model=model, weights=weights, random_init=random_init, format=fmt,
-                          precision=prec, window_seconds=window_s, output_activation=activation,
+                          precision="fp32" if prec == "waveform" else prec, waveform=prec == "waveform",
+                          window_seconds=window_s, output_activation=activation,
                           output=str(outdir / f"{model}_{fmt}_{prec}"
                                      f"{'.onnx' if fmt == 'onnx' else '.tflite'}"))
         res = export_model(ec, progress=False)
@@ -313,7 +316,13 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             r["macs"] = mr.cx.macs
             r["deployed_macs"] = deployed_macs(mr.cx, r.get("strategy"),
                                                export_form=r["format"] != "pytorch")
-            if r["format"] == "onnx":
+            if r["precision"] == "waveform":  # + the in-graph frontend, per export window
+                from dymn_edge.export.waveform import frontend_macs  # noqa: PLC0415
+
+                r["frontend_macs"] = frontend_macs(frames * 320)
+                r["macs"] += r["frontend_macs"]
+                r["deployed_macs"] += r["frontend_macs"]
+            elif r["format"] == "onnx":
                 r["graph_macs"] = _graph_macs(r["path"], frames)
             if r["format"] != "pytorch":
                 r["ops"] = _ops(r["path"])
@@ -551,6 +560,9 @@ def _accuracy(cfg: BenchConfig, mr: _ModelRun, notes: list[str]) -> dict[str, An
         if r["format"] == "pytorch":
             r["scores"] = acc.score(ref_logits, data, reference=ref_logits,
                                     activation=activation).to_dict()
+            continue
+        if r["precision"] == "waveform":  # takes audio, not the prepared log-mels
+            r["scores_note"] = "waveform file: score it with --score-file (the runtime's audio path)"
             continue
         try:
             engine = load_engine(r["path"], threads=threads)
