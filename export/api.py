@@ -185,7 +185,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         t = time.perf_counter()
         if prec is not Precision.FP32:
             with _step(progress, f"quantizing ({prec.value})"):
-                _quantize(tmp_path, fmt, prec, q, calib, progress)
+                _quantize(tmp_path, fmt, prec, q, calib, progress,
+                          report_path=out_path if q.report else None)
         timings["quantize"] = time.perf_counter() - t
         shutil.copyfile(tmp_path, part)
 
@@ -247,13 +248,15 @@ def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report,
         report.errors.append(f"final file does not run after writing metadata ({str(exc)[:200]})")
 
 
-def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool) -> None:
+def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool,
+              report_path: Path | None = None) -> None:
     from dymn_edge.export import quantize  # noqa: PLC0415
 
     if fmt is Format.ONNX:
         src = path.with_name("fp32.onnx")
         path.rename(src)
-        quantize.quantize_onnx(src, path, q, None if calib is None else calib.mels, progress=progress)
+        quantize.quantize_onnx(src, path, q, None if calib is None else calib.mels, progress=progress,
+                               report_path=report_path)
         return
     data = path.read_bytes()
     if prec is Precision.FP16:

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="float16 weights (tflite only)")
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
                       help="int8 (onnx: dynamic-range; tflite: weight-only)")
+    prec.add_argument("--static-int8", action="store_const", const="static_int8", dest="precision",
+                      help="onnx: static int8 (QDQ, per-channel s8 weights, u8 activations "
+                      "calibrated on --calibration audio; the context / coefficient path stays float)")
     prec.add_argument("--full-int8", action="store_const", const="full_int8", dest="precision",
                       help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
                       "integer-only NPUs: on CPUs it is slower than fp32)")
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "static QDQ; required there): a labelled set with a train split (its train "
                    "clips) or any folder of audio files; recorded in the file's metadata")
     p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")
+    p.add_argument("--calibration-method", metavar="NAME", help="how static int8 takes ranges from "
+                   "the calibration clips: clipwise (default: p5 / p95 of the per-clip minima / "
+                   "maxima, robust to a few odd clips), minmax, percentile, entropy")
+    p.add_argument("--quant-report", action="store_true", help="with --static-int8: write a per-node "
+                   "error table (SQNR / cosine of every quantized tensor against the float graph "
+                   "on calibration clips, worst first) beside the file as .quant-report.json / .md")
     p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
@@ -163,12 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         from dymn_edge.export.api import export_model  # noqa: PLC0415
         from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
 
+        from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
+
         quant = None
         if args.precision == "full_int8":
-            from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
-
             args.precision = "int8"
             quant = QuantizationConfig(scheme="full_int8", activation_type="int8")
+        elif args.precision == "static_int8":
+            args.precision = "int8"
+            quant = QuantizationConfig(scheme="static_qdq")
+        if args.calibration_method or args.quant_report:
+            if quant is None:
+                from dymn_edge.export.formats import format_spec  # noqa: PLC0415
+
+                quant = (QuantizationConfig.default_for(format_spec(args.format).format)
+                         if args.precision == "int8"
+                         else QuantizationConfig())
+            if args.calibration_method:
+                quant.calibration_method = args.calibration_method
+                quant.__post_init__()
+            quant.report = args.quant_report
         cfg = ExportConfig(
             quantization=quant, model=args.model, weights=args.weights, random_init=args.random_init, seed=args.seed,
             format=args.format, precision=args.precision or "fp32", strategy=args.strategy,

@@ -56,6 +56,7 @@ class CalibrationMethod(str, enum.Enum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
+    CLIPWISE = "clipwise"  # per-clip min / max, p5 of the minima and p95 of the maxima (quantize.clipwise_ranges)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class CalibrationConfig:
 
     source: str | Path
     count: int = 64
-    method: CalibrationMethod = CalibrationMethod.PERCENTILE
+    method: CalibrationMethod = CalibrationMethod.CLIPWISE
 
     def __post_init__(self) -> None:
         self.source = Path(self.source).expanduser()
@@ -98,9 +99,11 @@ class QuantizationConfig:
     weight_type: str = "int8"
     activation_type: str = "uint8"
     per_channel: bool = True  # ordinary convs; the Dy-Conv kernel banks always get per-tensor scales in TFLite
-    calibration_method: CalibrationMethod = CalibrationMethod.PERCENTILE
+    calibration_method: CalibrationMethod = CalibrationMethod.CLIPWISE
     percentile: float = 99.99
     num_calibration: int = 64
+    keep_context_float: bool = True  # ONNX static: the pooled context / coefficient path stays float (quantize.context_path_nodes)
+    report: bool = False  # ONNX static: write the per-node error report beside the file (--quant-report)
 
     def __post_init__(self) -> None:
         self.scheme = _enum(QuantScheme, self.scheme, "quantization scheme")
@@ -136,10 +139,12 @@ class QuantizationConfig:
         if self.scheme is QuantScheme.STATIC_QDQ:
             cal = (f"percentile {self.percentile:g}"
                    if self.calibration_method is CalibrationMethod.PERCENTILE
+                   else "clipwise p5/p95" if self.calibration_method is CalibrationMethod.CLIPWISE
                    else self.calibration_method.value)
             return (f"int8 static QDQ: {self.weight_type} weights "
                     f"{'per-channel' if self.per_channel else 'per-tensor'}, "
-                    f"{self.activation_type} activations, {cal} calibration")
+                    f"{self.activation_type} activations, {cal} calibration"
+                    f"{', context path float' if self.keep_context_float else ''}")
         if self.scheme is QuantScheme.DYNAMIC:
             return f"int8 dynamic range: {self.weight_type} weights, activations quantized at run time"
         if self.scheme is QuantScheme.WEIGHT_ONLY:
@@ -237,6 +242,10 @@ class ExportConfig:
             self.quantization.num_calibration = int(self.num_calibration)
         if self.precision is Precision.INT8:
             self._check_scheme()
+        if self.quantization.report and not (self.format is Format.ONNX and self.precision is Precision.INT8
+                                             and self.quantization.scheme is QuantScheme.STATIC_QDQ):
+            raise ExportError("--quant-report compares a static int8 ONNX file with its float "
+                              "graph: use it with --format onnx --static-int8")
         self._resolve_calibration()
         if self.waveform and self.precision is not Precision.FP32:
             raise ExportError(f"--waveform files are fp32 only: {self.precision.value} would also "

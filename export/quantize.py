@@ -68,19 +68,19 @@ class _MelReader:
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
-                  mels: np.ndarray | None, *, progress: bool = False) -> Path:
-    """int8 ONNX from the fp32 ONNX ``src`` with scheme ``q`` (``mels`` for static schemes)."""
+                  mels: np.ndarray | None, *, progress: bool = False,
+                  report_path: str | Path | None = None) -> Path:
+    """int8 ONNX from the fp32 ONNX ``src`` with scheme ``q`` (``mels`` for static schemes).
+
+    ``report_path``: static QDQ only; write the per-node error report
+    (:mod:`~dymn_edge.export.quant_report`) as ``<report_path>.quant-report.{json,md}``.
+    """
     from onnxruntime import quantization as ortq  # noqa: PLC0415
 
     dst = Path(dst)
     qt = {"int8": ortq.QuantType.QInt8, "uint8": ortq.QuantType.QUInt8}
     with tempfile.TemporaryDirectory(prefix="dymn-edge-q-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:  # shape inference + graph optimisation recommended before quantization
-            ortq.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        except Exception as exc:  # noqa: BLE001 - pre-processing is optional
-            log.debug("quant_pre_process skipped (%s)", str(exc).splitlines()[0][:200])
-            pre = Path(src)
+        pre = _preprocess(Path(src), Path(tmp) / "pre.onnx")
         try:
             if q.scheme is QuantScheme.DYNAMIC:
                 # per-channel needs initializer weights; the Dy-Conv MatMuls have runtime ones
@@ -90,27 +90,135 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
                 return dst
             if mels is None or len(mels) == 0:
                 raise ExportError("static int8 quantization needs calibration audio")
-            method = {CalibrationMethod.MINMAX: ortq.CalibrationMethod.MinMax,
-                      CalibrationMethod.PERCENTILE: ortq.CalibrationMethod.Percentile,
-                      CalibrationMethod.ENTROPY: ortq.CalibrationMethod.Entropy}[q.calibration_method]
-            # Keep Relu/Clip: ORT drops them assuming the output range clips at 0, which a
-            # symmetric/percentile range does not (ReLU outputs went negative: accuracy 0.10).
-            extra = {"QDQKeepRemovableActivations": True}
-            if method == ortq.CalibrationMethod.Percentile:
-                extra["CalibPercentile"] = q.percentile
             import onnx  # noqa: PLC0415
 
-            input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            model = onnx.load(str(pre), load_external_data=False)
+            input_name = model.graph.input[0].name
+            # Keep Relu/Clip: ORT drops them assuming the output range clips at 0, which a
+            # symmetric/percentile range does not (ReLU outputs went negative: accuracy 0.10).
+            extra: dict = {"QDQKeepRemovableActivations": True}
+            exclude = context_path_nodes(model) if q.keep_context_float else []
+            kw: dict = {}
+            if q.calibration_method is CalibrationMethod.CLIPWISE:
+                cache = Path(tmp) / "ranges.json"
+                ortq.calibrate.save_tensors_data(clipwise_ranges(pre, mels), cache)
+                method, reader, kw["calibration_cache_path"] = ortq.CalibrationMethod.MinMax, None, str(cache)
+            else:
+                method = {CalibrationMethod.MINMAX: ortq.CalibrationMethod.MinMax,
+                          CalibrationMethod.PERCENTILE: ortq.CalibrationMethod.Percentile,
+                          CalibrationMethod.ENTROPY: ortq.CalibrationMethod.Entropy}[q.calibration_method]
+                if method == ortq.CalibrationMethod.Percentile:
+                    extra["CalibPercentile"] = q.percentile
+                reader = _MelReader(input_name, mels, progress)
             ortq.quantize_static(
-                str(pre), str(dst), _MelReader(input_name, mels, progress),
+                str(pre), str(dst), reader,
                 quant_format=ortq.QuantFormat.QDQ, per_channel=q.per_channel,
                 activation_type=qt[q.activation_type], weight_type=qt[q.weight_type],
-                calibrate_method=method, extra_options=extra)
+                calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra, **kw)
+            if report_path is not None:
+                from dymn_edge.export.quant_report import quant_report, write_report  # noqa: PLC0415
+
+                idx = np.unique(np.linspace(0, len(mels) - 1, min(len(mels), REPORT_CLIPS)).round().astype(int))
+                rep = quant_report(pre, dst, mels[idx])
+                for f in write_report(rep, report_path):
+                    log.info("quantization report: %s", f)
         except ExportError:
             raise
         except Exception as exc:  # the quantizer raises many types
             raise ExportError(f"ONNX int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
     return dst
+
+
+#: calibration clips the per-node report runs (it keeps every activation of each in memory)
+REPORT_CLIPS = 8
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ORT's recommended pre-processing (ONNX shape inference + graph optimisation).
+
+    Symbolic shape inference is skipped: it fails on the dynamic time axis
+    (``floor(frames/2 - 1/2) + 1`` in a Split). Falls back to ``src`` if anything fails.
+    """
+    from onnxruntime import quantization as ortq  # noqa: PLC0415
+
+    try:
+        ortq.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception as exc:  # noqa: BLE001 - pre-processing is optional
+        log.debug("quant_pre_process skipped (%s)", str(exc).splitlines()[0][:200])
+        return src
+
+
+def clipwise_ranges(path: str | Path, mels: np.ndarray, *, low_pct: float = 5.0,
+                    high_pct: float = 95.0):
+    """ORT ``TensorsData`` (MinMax form) of every float tensor of ``path`` from ``mels``.
+
+    Per clip the min and max of each tensor; the range is the ``low_pct`` percentile of the
+    minima and the ``high_pct`` percentile of the maxima across clips (the full-int8 TFLite
+    recipe). Plain MinMax takes the single most extreme clip: with 4 out-of-domain segments
+    (the metro recording) among 68 calibration clips, the FSDD DyMN-S's late-block ranges were
+    100-200x their in-domain size and the int8 file fell to 0.26 accuracy.
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnxruntime.quantization import qdq_loss_debug as dbg  # noqa: PLC0415
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod  # noqa: PLC0415
+    from onnxruntime.quantization.calibrate import TensorsData  # noqa: PLC0415
+
+    suffix = "_ReshapedSavedOutput"  # qdq_loss_debug's name for a saved intermediate tensor
+    with tempfile.TemporaryDirectory(prefix="dymn-edge-ranges-") as tmp:
+        aug = Path(tmp) / "aug.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs() if o.name.endswith(suffix)]
+    inp = sess.get_inputs()[0].name
+    lows = np.empty((len(mels), len(names)))
+    highs = np.empty((len(mels), len(names)))
+    for i in range(len(mels)):
+        for j, v in enumerate(sess.run(names, {inp: np.ascontiguousarray(mels[i:i + 1], np.float32)})):
+            lows[i, j], highs[i, j] = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    lo = np.minimum(np.percentile(lows, low_pct, axis=0), 0.0)
+    hi = np.maximum(np.percentile(highs, high_pct, axis=0), 0.0)
+    data = {n[:-len(suffix)]: (np.array(a, np.float32), np.array(b, np.float32))
+            for n, a, b in zip(names, lo, hi)}
+    return TensorsData(OrtMethod.MinMax, data)
+
+
+def context_path_nodes(model) -> list[str]:
+    """Nodes of the context / coefficient path: everything computed from a pooled tensor.
+
+    A DyMN block pools its input (ReduceMean), and from that small tensor computes the
+    Dy-Conv attention (softmax), the Dy-ReLU coefficients and the aggregated kernels. These
+    nodes cost little (no time axis), but quantizing them was the first cliff of the per-node
+    report (context means and conv_t/conv_f outputs at 12-16 dB, accumulated error below 5 dB by
+    block 10). A node is on the path when it is a mean, or when every non-constant input comes
+    from the path; it ends where a pooled tensor meets a full-size one (the Dy-ReLU Mul, the
+    pointwise MatMul, the runtime-filter Conv), whose own output is full-size and quantized.
+    Every other elementwise consumer of the path stays float too (it would only add Q/DQ pairs
+    around float data).
+    """
+    inits = {i.name for i in model.graph.initializer}
+    const = set(inits)
+    pooled: set[str] = set()  # computed from means only (small)
+    floating: set[str] = set()  # full-size, but downstream of the path through elementwise ops
+    names: list[str] = []
+    for n in model.graph.node:
+        dyn = [i for i in n.input if i and i not in const]
+        if n.op_type in ("Constant", "Shape") or not dyn:
+            const.update(n.output)
+            continue
+        if n.op_type in ("ReduceMean", "GlobalAveragePool") or all(i in pooled for i in dyn):
+            pooled.update(n.output)
+            names.append(n.name)
+        elif n.op_type not in _HEAVY_OPS and any(i in pooled or i in floating for i in dyn):
+            floating.update(n.output)  # Dy-ReLU's elementwise ops, up to the next heavy op
+            names.append(n.name)
+    return names
+
+
+#: ops whose int8 kernels are what static quantization is for
+_HEAVY_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def _runtime_weight_nodes(path: Path) -> list[str]:
