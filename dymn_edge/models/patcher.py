@@ -21,8 +21,9 @@ that export badly. :func:`make_exportable` rewrites a deep copy (as timm's
   shift after the conv is the shift of every kernel) and into the ordinary conv-BN pairs.
 - Dy-ReLU in 4-D: ``max_j(a_j * x + b_j)`` with ``a, b = 2 lambda sigmoid(z) + (init - lambda)``
   (the official ``(2 sigmoid(z) - 1) lambda + init`` with its constants folded), not the
-  official 5-D broadcast; the (positive) frequency gate of coordinate attention is folded
-  into ``a_j, b_j``.
+  official 5-D broadcast. (Folding the positive frequency gate into ``a_j, b_j``, one
+  full-size multiply less per block, and a 2-D GEMM taking the pointwise bias were measured
+  per block in both engines: no gain, so not done.)
 - Means instead of adaptive pooling everywhere (the ONNX dynamo exporter turns adaptive
   pooling into a fixed-kernel AveragePool: silently wrong at other lengths); the context
   generator's stride-2 average pooling is fused into its coordinate convs.
@@ -270,14 +271,10 @@ class LeanDynamicBlock(nn.Module):
         if self.has_exp:
             y = self.exp_act(self._pointwise(0, x, att[0]))
         y = self.depthwise(y, att[-2], self.layout)
-        # Dy-ReLU then coordinate attention: max_j(a_j y + b_j) * g_f * g_t. The frequency
-        # gate is positive, so it moves inside the max onto the small (F', C) coefficients:
-        # one full-size multiply less per block.
-        g_f = torch.sigmoid(gate_f)
-        act = y * (parts[0] * g_f) + parts[self.m] * g_f
+        act = y * parts[0] + parts[self.m]
         for j in range(1, self.m):
-            act = torch.maximum(act, y * (parts[j] * g_f) + parts[self.m + j] * g_f)
-        y = act * torch.sigmoid(gate_t)
+            act = torch.maximum(act, y * parts[j] + parts[self.m + j])
+        y = act * torch.sigmoid(gate_f) * torch.sigmoid(gate_t)
         y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
         return y + x if self.use_res_connect else y
 
