@@ -4,8 +4,8 @@ Why: exporting every variant of DyMN-M takes the better part of an hour on a loa
 box, while timing them takes minutes. A file is re-used only when everything that shapes it
 is unchanged: the weights (sha256, or ``random-init seed 0``), model, format, precision,
 window, strategy, the dymn-edge version, the versions of the converters, and a hash of the
-exporter's source (``dymn_edge/models/*.py`` - the patcher and the modules it rewrites - and
-``export/*.py``), so any edit of the export path invalidates every entry.
+exporter's source (``dymn_edge/models/*.py`` - the patcher and the modules it rewrites -,
+``dymn_edge/arch.py`` and ``export/*.py``), so any edit of the export path invalidates every entry.
 
 Layout: ``<root>/<model>-<format>-<precision>-<key12>/`` holds the file and ``entry.json``
 (the full key and the benchmark row of the export). ``entry.json`` is written last, so an
@@ -47,14 +47,18 @@ def _package_dir(name: str) -> Path | None:
 def exporter_source_hash() -> str:
     """sha256 over the exporter's Python sources (path and content, sorted by path)."""
     h = hashlib.sha256()
+    files: list[tuple[str, Path]] = []
     for pkg in ("dymn_edge.models", "dymn_edge.export"):
         folder = _package_dir(pkg)
-        if folder is None:
-            continue
-        for f in sorted(folder.glob("*.py")):
-            h.update(f"{pkg}/{f.name}\0".encode())
-            h.update(f.read_bytes())
-            h.update(b"\0")
+        if folder is not None:
+            files += [(f"{pkg}/{f.name}", f) for f in sorted(folder.glob("*.py"))]
+    arch = importlib.util.find_spec("dymn_edge.arch")  # the export forms per conv live there
+    if arch is not None and arch.origin:
+        files.append(("dymn_edge/arch.py", Path(arch.origin)))
+    for name, f in files:
+        h.update(f"{name}\0".encode())
+        h.update(f.read_bytes())
+        h.update(b"\0")
     return h.hexdigest()
 
 
