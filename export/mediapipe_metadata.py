@@ -14,6 +14,11 @@ every export install mediapipe and OpenCV. The tables needed here are five, buil
 ``flatbuffers`` package that ai-edge-litert already brings; the tests read the result back
 with MediaPipe's own generated schema module and run it in MediaPipe's AudioClassifier.
 
+MediaPipe applies category allow / deny lists to every head and refuses them when a head has
+no labels, so the embedding output gets a labels file too: its dimensions named
+``embedding_0 ..`` (never in an allow list, so an allow list of class names leaves that head
+empty, as it should).
+
 The dymn-edge metadata entry stays next to it (the runtime reads that one).
 """
 
@@ -26,13 +31,15 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MP_METADATA_NAME", "MediaPipeAudioInfo", "add_mediapipe_metadata", "LABELS_FILE"]
+__all__ = ["EMBEDDING_LABELS_FILE", "LABELS_FILE", "MP_METADATA_NAME", "MediaPipeAudioInfo",
+           "add_mediapipe_metadata"]
 
 MP_METADATA_NAME = "TFLITE_METADATA"
 MP_FILE_IDENTIFIER = b"M001"
 #: AudioProperties came with metadata schema 1.3.0: readers older than that must refuse the file.
 MIN_PARSER_VERSION = "1.3.0"
 LABELS_FILE = "labels.txt"
+EMBEDDING_LABELS_FILE = "embedding_labels.txt"
 
 # metadata_schema.fbs: ContentProperties union member, AssociatedFileType enum value
 _AUDIO_PROPERTIES = 4
@@ -56,7 +63,7 @@ class MediaPipeAudioInfo:
     embedding_name: str = "embedding"
 
 
-def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes:
+def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes:  # noqa: C901
     """The ``M001`` flatbuffer (ModelMetadata) for ``info``; outputs described in graph order."""
     import flatbuffers  # noqa: PLC0415 (comes with ai-edge-litert)
 
@@ -100,9 +107,13 @@ def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes
             t_desc = s("Class probabilities (the activation the head was trained with).")
             outs.append(table([("off", 0, t_name), ("off", 1, t_desc), ("off", 6, files)]))
         else:
+            file_name = s(EMBEDDING_LABELS_FILE)
+            file_desc = s("Names of the embedding's dimensions (not classes).")
+            labels = table([("off", 0, file_name), ("off", 1, file_desc), ("i8", 2, _TENSOR_AXIS_LABELS)])
+            files = vector([labels])
             t_name = s(name)
-            t_desc = s("Embedding: the pooled features before the classifier.")
-            outs.append(table([("off", 0, t_name), ("off", 1, t_desc)]))
+            t_desc = s("Embedding: the pooled features before the classifier (not class scores).")
+            outs.append(table([("off", 0, t_name), ("off", 1, t_desc), ("off", 6, files)]))
     ins_vec = vector([tensor_in])
     outs_vec = vector(outs)
     sub = table([("off", 2, ins_vec), ("off", 3, outs_vec)])
@@ -115,8 +126,8 @@ def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes
     return bytes(b.Output())
 
 
-def _output_names(data: bytes) -> list[str]:
-    """Signature names of subgraph 0's outputs, in the subgraph's output order."""
+def _outputs(data: bytes) -> list[tuple[str, int]]:
+    """(signature name, last dimension) of subgraph 0's outputs, in the subgraph's output order."""
     from ai_edge_litert import schema_py_generated as fb  # noqa: PLC0415
 
     model = fb.Model.GetRootAs(data, 0)
@@ -127,18 +138,20 @@ def _output_names(data: bytes) -> list[str]:
         for i in range(sig.OutputsLength()):
             o = sig.Outputs(i)
             by_index[o.TensorIndex()] = o.Name().decode()
-    names = []
+    out = []
     for i in range(sub.OutputsLength()):
         t = sub.Outputs(i)
-        names.append(by_index.get(t) or sub.Tensors(t).Name().decode())
-    return names
+        tensor = sub.Tensors(t)
+        out.append((by_index.get(t) or tensor.Name().decode(), int(tensor.Shape(tensor.ShapeLength() - 1))))
+    return out
 
 
 def add_mediapipe_metadata(data: bytes, info: MediaPipeAudioInfo) -> bytes:
     """``data`` (a TFLite flatbuffer, any old ZIP tail ignored) with MediaPipe metadata + labels ZIP."""
     from dymn_edge.export.tflite_export import add_tflite_metadata  # noqa: PLC0415
 
-    order = _output_names(data)
+    outputs = _outputs(data)
+    order = [name for name, _ in outputs]
     if info.probabilities_name not in order:
         raise ValueError(f"the graph has no output '{info.probabilities_name}' (outputs: {order})")
     meta = _metadata_buffer(info, order)
@@ -147,4 +160,6 @@ def add_mediapipe_metadata(data: bytes, info: MediaPipeAudioInfo) -> bytes:
     buf.write(model)
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(LABELS_FILE, "\n".join(info.labels) + "\n")
+        dims = next((n for name, n in outputs if name == info.embedding_name), 0)
+        zf.writestr(EMBEDDING_LABELS_FILE, "".join(f"embedding_{i}\n" for i in range(dims)))
     return buf.getvalue()

@@ -86,7 +86,9 @@ def frontend_macs(num_samples: int, fc: FrontendConfig = FrontendConfig(), stft:
         per_frame = fc.n_fft + 2 * r * r * r + r * 2 * r * 2 * k2 + 2 * r * k2 + r * k2 * fc.n_mels
     else:
         per_frame = win.size * 2 * used.size + 2 * used.size + used.size * fc.n_mels
-    return int(frames * per_frame + num_samples + 2 * pad * pad)
+    rev_a = next((a for a in range(int(math.isqrt(pad)), 0, -1) if pad % a == 0), 1)
+    reversal = 2 * pad * (rev_a + pad // rev_a)  # both ends: R_a @ X @ R_b
+    return int(frames * per_frame + num_samples + reversal)
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,10 +111,15 @@ def _torch_module_classes():
             self.pad = fc.n_fft // 2 - first
             used, bank = _used_bins(fc)
             self.register_buffer("mel_bank", torch.from_numpy(bank.astype(np.float32)))  # (M, K)
-            # reflect padding as a product with the (pad, pad) reversal matrix: exact in float32
-            # (one 1.0 per column), and a matmul that XNNPACK takes, where the converter turns
-            # F.pad(mode="reflect") into index arithmetic and a GATHER_ND that it does not
-            self.register_buffer("reverse", torch.from_numpy(np.eye(self.pad, dtype=np.float32)[::-1].copy()))
+            # reflect padding as products with reversal matrices: exact in float32 (one 1.0 per
+            # column), and matmuls that XNNPACK takes, where the converter turns
+            # F.pad(mode="reflect") into index arithmetic and a GATHER_ND that it does not. The
+            # pad (399) is reversed as (a, b) blocks, R_a @ X @ R_b: two tiny matrices instead of
+            # one of pad^2 floats (0.6 MB per use in the file)
+            self.rev_a = next((a for a in range(int(math.isqrt(self.pad)), 0, -1) if self.pad % a == 0), 1)
+            self.rev_b = self.pad // self.rev_a
+            for name, n in (("rev_rows", self.rev_a), ("rev_cols", self.rev_b)):
+                self.register_buffer(name, torch.from_numpy(np.eye(n, dtype=np.float32)[::-1].copy()))
             if stft == "dft_conv":
                 # frame position first + j (j in the support) carries phase e^{-2 pi i k (first + j) / n_fft}
                 j = np.arange(self.span, dtype=np.float64)
@@ -126,6 +133,11 @@ def _torch_module_classes():
                 self.register_buffer("window", torch.from_numpy(win.astype(np.float32)))
                 self.register_buffer("used", torch.from_numpy(used.astype(np.int64)))
                 self.first = first
+
+        def _reversed(self, x):
+            """(B, pad) -> the same samples in reverse order (see __init__)."""
+            blocks = x.reshape(x.shape[0], self.rev_a, self.rev_b)
+            return torch.matmul(torch.matmul(self.rev_rows, blocks), self.rev_cols).reshape(x.shape[0], self.pad)
 
         def _init_radix(self, fc, first, win, used, bank) -> None:
             # n = r * n2 + n1 (frame position), k = k1 + r * k2 (bin): stage 1 is an r-point
@@ -184,8 +196,8 @@ def _torch_module_classes():
         def forward(self, wave):
             fc = self.fc
             y = wave[:, 1:] - fc.preemphasis * wave[:, :-1]
-            left = torch.matmul(y[:, 1:self.pad + 1], self.reverse)  # y[pad], ..., y[1]
-            right = torch.matmul(y[:, -self.pad - 1:-1], self.reverse)  # y[-2], ..., y[-pad-1]
+            left = self._reversed(y[:, 1:self.pad + 1])  # y[pad], ..., y[1]
+            right = self._reversed(y[:, -self.pad - 1:-1])  # y[-2], ..., y[-pad-1]
             y = torch.cat([left, y, right], dim=1)[:, None, :]
             if self.stft == "radix32":
                 mel = self._radix_power_mel(y)
