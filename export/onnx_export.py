@@ -46,6 +46,10 @@ def export_onnx(module, path: str | Path, *, frames: int, dynamic_batch: bool,
     levels = [lg.level for lg in quiet]
     for lg in quiet:  # the dynamo exporter logs every pass at INFO
         lg.setLevel(max(lg.level, logging.WARNING))
+    # ... and "torchvision is not installed. Skipping torchvision::nms" (4 lines) at WARNING
+    quiet.append(logging.getLogger("torch.onnx._internal.exporter._registration"))
+    levels.append(quiet[-1].level)
+    quiet[-1].setLevel(max(quiet[-1].level, logging.ERROR))
     try:
         import warnings  # noqa: PLC0415
 
