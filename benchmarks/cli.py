@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="export every file again (and "
                    "overwrite its cache entry)")
     r.add_argument("--macs", action="store_true", help="print the analytic per-block MACs and exit")
+    r.add_argument("--npu", metavar="ACC[,ACC]", help="compile the --full-int8 TFLite of each --model "
+                   "(exported with --calibration DIR) or the --npu-files with Arm's Vela for these "
+                   "Ethos-U configurations (e.g. ethos-u55-256,ethos-u65-512; pip install "
+                   "'dymn-edge[npu]'): NPU operator share, SRAM / flash use, Vela's estimated time")
+    r.add_argument("--npu-files", metavar="F[,F]", help="with --npu: existing full-int8 .tflite files")
+    r.add_argument("--calibration", metavar="DIR", help="with --npu: calibration audio of the "
+                   "full-int8 exports")
     d = p.add_argument_group("accuracy")
     d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
                    "CSV, or a folder with labels.csv (path,label)")
@@ -211,6 +218,24 @@ def _score_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _npu(args: argparse.Namespace) -> int:
+    """``--npu ACCS``: Vela rows (benchmarks/npu.py), printed and written with --json."""
+    import json  # noqa: PLC0415
+
+    from dymn_edge.benchmarks.npu import format_table, run_npu  # noqa: PLC0415
+
+    rows = run_npu(accelerators=args.npu.split(","),
+                   files=[f for f in (args.npu_files or "").split(",") if f.strip()] or None,
+                   models=[m for m in args.model.split(",") if m.strip()], weights=args.weights,
+                   random_init=args.random_init, window_s=args.window, activation=args.activation,
+                   calibration=args.calibration, workdir=args.workdir)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"npu": rows}, indent=1))
+        print(f"JSON: {args.json}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
 def _main(args: argparse.Namespace) -> int:
     from dymn_edge.benchmarks import report  # noqa: PLC0415
     from dymn_edge.benchmarks.gate import compare, parse_percent  # noqa: PLC0415
@@ -219,6 +244,8 @@ def _main(args: argparse.Namespace) -> int:
         return _print_macs(args)
     if args.score_file:
         return _score_file(args)
+    if args.npu:
+        return _npu(args)
     max_reg = parse_percent(args.max_regression)
     max_ratio = parse_percent(args.max_ratio_regression, "--max-ratio-regression")
     if args.compare and not Path(args.compare).is_file():
