@@ -1,0 +1,39 @@
+"""ONNX static int8 (--static-int8) of the trained FSDD DyMN-S, with the per-node report.
+
+One conversion, quantization and a 300-clip accuracy run (minutes on 2 cores): slow. What it
+pins is the measured state, not the issue's goal: clip-wise ranges and the float context path
+take the file from chance (0.10-0.27 with every op quantized) to within ~6 points of the fp32
+file; the goal of 0.5 points is not reached (see the README's int8 section).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def test_fsdd_static_int8_accuracy_and_report(tmp_path, fsdd_weights, fsdd_dir):
+    from dymn_edge.export.api import export_model
+    from dymn_edge.export.config import ExportConfig, QuantizationConfig
+
+    q = QuantizationConfig(scheme="static_qdq")
+    q.report = True
+    out = tmp_path / "fsdd_static.onnx"
+    cfg = ExportConfig(model="dymn-s", weights=fsdd_weights, labels=fsdd_dir / "labels.csv",
+                       format="onnx", precision="int8", quantization=q, calibration=fsdd_dir,
+                       window_seconds=1.0, output_activation="softmax", eval_dataset=fsdd_dir,
+                       output=out, extra={"max_accuracy_drop": 0.10})
+    r = export_model(cfg, progress=False)
+    acc = r.report["accuracy"]
+    assert acc["clips"] == 300 and acc["reference_accuracy"] >= 0.94
+    assert acc["accuracy"] >= acc["reference_accuracy"] - 0.07, acc  # measured: 0.9000 vs 0.9533
+    rep = json.loads(out.with_name(out.name + ".quant-report.json").read_text())
+    assert rep["output_sqnr_db"]["logits"] > 20.0  # measured 32.7 dB on 8 calibration clips
+    assert rep["worst_growth"] and rep["worst_local"]
+    assert "context path float" in r.metadata.quantization
