@@ -1,12 +1,31 @@
 """Streaming scorer: a sliding window over 32 kHz audio, scored every hop.
 
-openWakeWord / silero-vad style: audio arrives in chunks of any size; a ring buffer keeps
-the last ``window`` seconds; every ``hop`` seconds of *audio* (not wall time) the window that
-ends there is scored. Hop boundaries sit at multiples of the hop counted in samples since
-the stream started, so the windows and their scores do not depend on how the audio was
-chunked. Until a full window has arrived the scorer runs on what is there, once at least
-one hop has arrived, padded exactly as the file tagger pads short audio (centred, with the
-noise floor): the stream's window ending at ``t`` equals the file tagger's window
+openWakeWord / silero-vad style: audio arrives in chunks of any size; every ``hop`` seconds of
+*audio* (not wall time) the window that ends there is scored. Hop boundaries sit at multiples
+of the hop counted in samples since the stream started, so the windows and their scores do
+not depend on how the audio was chunked.
+
+Invariant (log-mel files): a full window's log-mel frames ARE the frames of the continuous
+log-mel of the stream, sliced. Each contiguous stretch of audio (from the start, a
+:meth:`StreamingScorer.reset` or a :meth:`StreamingScorer.gap`) gets a noise floor that
+depends on the absolute sample position alone (:func:`stream_noise`), then the
+:class:`~dymn_edge.frontend.StreamingLogMel` of that stretch, whose frames equal
+:class:`~dymn_edge.frontend.LogMelFrontend` on the whole stretch; they go into a ring of
+frames. The window ``[e - N, e)`` is the slice of frames ``(e - N - origin) / hop_length``
+onwards, as many as the per-window frontend gives for N samples (fixed-shape files: their
+frame count). So every hop computes the log-mel of the new audio only (1 s of frames per
+1 s hop, not the whole 10 s window). File mode slices the same way:
+:func:`score_wave` pushes a whole waveform through the scorer, and the test checks the
+slices against :class:`~dymn_edge.frontend.LogMelFrontend` of the whole noise-floored signal.
+
+A window's last frames need ~400 samples (12.5 ms) past its end (the frame's FFT window),
+so a window is scored by the push that brings those samples (at a gap, the stretch's end is
+flushed: its last frames use the end reflection, as at the end of a file).
+
+Warm-up (less than a full window since the stretch began), windows whose start is not on the
+frame grid (a hop that is no multiple of ``hop_length``) and waveform-input files use the
+per-window path instead: the tagger's own preparation (centred in zeros when short, the
+tagger's noise floor, the frontend on that window alone), equal to the file tagger's window
 ``[t - window, t]``.
 
 Event logic (smoothing, hysteresis) lives in :mod:`dymn_edge.runtime.events`; capture and
@@ -15,6 +34,7 @@ resampling in :mod:`dymn_edge.runtime.microphone`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +42,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.runtime.tagger import Tagger, WindowScores
+from dymn_edge.frontend import StreamingLogMel
+from dymn_edge.runtime.tagger import Tagger, WindowScores, activation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioRing", "StreamingScorer", "StreamUpdate"]
+__all__ = ["AudioRing", "FrameRing", "StreamingScorer", "StreamUpdate", "score_frames", "score_wave",
+           "stream_noise"]
 
 
 class AudioRing:
@@ -74,6 +96,62 @@ class AudioRing:
         return np.concatenate((self._buf[start:], self._buf[:self._pos]))
 
 
+class FrameRing:
+    """Fixed-capacity ring of log-mel frames (n_mels, capacity), indexed by frame number."""
+
+    def __init__(self, n_mels: int, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self._buf = np.zeros((n_mels, self.capacity), dtype=np.float32)
+        self.end = 0  # frames written since the stretch began (index of the next one)
+
+    def clear(self) -> None:
+        self.end = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        n = frames.shape[1]
+        if n >= self.capacity:
+            frames, self.end = frames[:, -self.capacity:], self.end + n - self.capacity
+            n = self.capacity
+        pos = self.end % self.capacity
+        k = min(n, self.capacity - pos)
+        self._buf[:, pos:pos + k] = frames[:, :k]
+        self._buf[:, :n - k] = frames[:, k:]
+        self.end += n
+
+    def get(self, first: int, count: int) -> np.ndarray:
+        """A copy of frames ``first .. first + count - 1`` (all still in the ring)."""
+        if first < self.end - self.capacity or first + count > self.end:
+            raise IndexError(f"frames {first}..{first + count - 1} not in the ring "
+                             f"({max(0, self.end - self.capacity)}..{self.end - 1})")
+        idx = np.arange(first, first + count) % self.capacity
+        return self._buf[:, idx]
+
+
+#: Samples per block of the stream's noise floor: each block's noise is seeded by its index.
+NOISE_BLOCK = 32000
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_block(block: int, std: float) -> np.ndarray:
+    return np.random.default_rng([0x5EED, block]).normal(0.0, std, NOISE_BLOCK).astype(np.float32)
+
+
+def stream_noise(start: int, n: int, std: float) -> np.ndarray:
+    """The noise floor of samples ``start .. start + n - 1`` of a stream (float32).
+
+    A function of the absolute sample position alone (one seeded generator per block of
+    :data:`NOISE_BLOCK` samples), so chunking changes nothing and a file gets the same floor.
+    """
+    out = np.empty(n, dtype=np.float32)
+    pos = 0
+    while pos < n:
+        block, off = divmod(start + pos, NOISE_BLOCK)
+        k = min(n - pos, NOISE_BLOCK - off)
+        out[pos:pos + k] = _noise_block(block, float(std))[off:off + k]
+        pos += k
+    return out
+
+
 @dataclass
 class StreamUpdate:
     """What one ``push`` produced: scored windows (in order) and hops skipped on request."""
@@ -96,15 +174,29 @@ class StreamingScorer:
             raise DymnEdgeError(f"hop must be positive, got {hop_s:g} s")
         self.hop_s = self.hop / self.sample_rate
         self._ring = AudioRing(self.window)
+        fc = tagger.frontend_config
+        # log-mel files take the frame ring; waveform files (frontend in the graph) do not
+        self.sliced = tagger.frontend is not None
+        if self.sliced:
+            self._fe = StreamingLogMel(fc)
+            self.window_frames = tagger.frontend.num_frames(self.window)
+            self._frames = FrameRing(fc.n_mels, self.window_frames + 2 * self.hop // fc.hop_length + 8)
         self.reset()
 
     def reset(self) -> None:
         """Forget all audio and start a new stream at time 0."""
-        self._ring.clear()
         self.total = 0  # samples since the stream started (gaps included)
-        self._origin = 0  # first sample of the current contiguous stretch
         self.hops_run = 0
         self.hops_skipped = 0
+        self._new_stretch()
+
+    def _new_stretch(self) -> None:
+        self._ring.clear()
+        self._origin = self.total  # first sample of the current contiguous stretch
+        self._pending: list[int] = []  # ends (stream samples) of full windows awaiting frames
+        if self.sliced:
+            self._fe.reset()
+            self._frames.clear()
 
     @property
     def seconds(self) -> float:
@@ -114,17 +206,30 @@ class StreamingScorer:
     def gap(self, n_samples: int) -> None:
         """Declare ``n_samples`` of lost audio: the clock moves on, the window starts afresh.
 
-        Hop boundaries inside the gap count as skipped; the next windows hold only audio
-        recorded after the gap (never audio from both sides of a hole).
+        Hop boundaries inside the gap count as skipped, and so do windows that ended just
+        before it but still waited for their last frames (the audio those needed is lost);
+        the next windows hold only audio recorded after the gap (never audio from both
+        sides of a hole).
         """
         n = int(n_samples)
         if n <= 0:
             return
         crossed = (self.total + n) // self.hop - self.total // self.hop
-        self.hops_skipped += crossed
+        self.hops_skipped += crossed + len(self._pending)
         self.total += n
-        self._origin = self.total
-        self._ring.clear()
+        self._new_stretch()
+
+    def flush(self) -> StreamUpdate:
+        """End of the audio: score the windows still waiting for frames.
+
+        Their last frames use the end reflection, as the last frames of a file do. Push no
+        more audio afterwards without :meth:`reset`.
+        """
+        update = StreamUpdate()
+        if self.sliced and self._pending:
+            self._frames.write(self._fe.flush())
+            self._score_pending(update)
+        return update
 
     def pending_hops(self, n_samples: int) -> int:
         """Hop boundaries that pushing ``n_samples`` more would cross."""
@@ -135,27 +240,39 @@ class StreamingScorer:
 
         ``max_windows``: score at most this many of the boundaries crossed by this push (the
         latest ones) and count the others as skipped: a consumer that fell behind catches
-        up without reordering audio.
+        up without reordering audio. A full window of a log-mel file is scored once its last
+        frame is known (~12.5 ms of audio later), which may be in the next push.
         """
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         update = StreamUpdate()
         n_new = self.pending_hops(x.size)
         skip = max(0, n_new - max_windows) if max_windows is not None else 0
+        skipped = 0
         while x.size:
             to_boundary = self.hop - self.total % self.hop
             k = min(x.size, to_boundary)
             self._ring.write(x[:k])
+            if self.sliced:
+                floor = stream_noise(self.total, k, self.tagger.dither) if self.tagger.dither > 0 else 0.0
+                self._frames.write(self._fe.push(x[:k] + floor))
             self.total += k
             x = x[k:]
+            if self.sliced:
+                self._score_pending(update)
             if self.total % self.hop:
                 continue
             if skip:
                 skip -= 1
-                self.hops_skipped += 1
+                skipped += 1
                 continue
             n = min(self.total - self._origin, self.window)
             if n < 2:
-                self.hops_skipped += 1
+                skipped += 1
+                continue
+            first = self.total - n - self._origin
+            if self.sliced and n == self.window and first % self.tagger.frontend_config.hop_length == 0:
+                self._pending.append(self.total)
+                self._score_pending(update)
                 continue
             seg = self._ring.latest(n)
             t0 = time.perf_counter()
@@ -164,5 +281,43 @@ class StreamingScorer:
             update.inference_ms.append((time.perf_counter() - t0) * 1e3)
             update.scores.append(scores)
             self.hops_run += 1
-        update.skipped = max(0, n_new - len(update.scores))
+        update.skipped = skipped
+        self.hops_skipped += skipped
         return update
+
+    def _score_pending(self, update: StreamUpdate) -> None:
+        """Score the waiting full windows whose frames are all in the ring, oldest first."""
+        hl = self.tagger.frontend_config.hop_length
+        while self._pending:
+            end = self._pending[0]
+            first = (end - self.window - self._origin) // hl
+            if first + self.window_frames > self._frames.end:
+                return
+            self._pending.pop(0)
+            t0 = time.perf_counter()
+            mel = self._frames.get(first, self.window_frames)
+            update.scores.append(score_frames(self.tagger, mel, (end - self.window) / self.sample_rate,
+                                              end / self.sample_rate))
+            update.inference_ms.append((time.perf_counter() - t0) * 1e3)
+            self.hops_run += 1
+
+
+def score_frames(tagger: Tagger, mel: np.ndarray, start: float, end: float) -> WindowScores:
+    """Scores of one window given as log-mel frames (n_mels, T); fixed-shape files get
+    exactly their frame count, as :meth:`Tagger.prepare` gives them."""
+    t = tagger.engine.fixed_frames
+    if t is not None and mel.shape[1] != t:
+        mel = np.pad(mel, ((0, 0), (0, max(0, t - mel.shape[1]))), mode="edge")[:, :t]
+    out, emb = tagger.engine.run(mel[None, None])
+    probs = activation(out[0], tagger.metadata.output_activation)
+    return WindowScores(start, end, probs, out[0], False, emb[0])
+
+
+def score_wave(tagger: Tagger, wave: np.ndarray, window_s: float | None = None,
+               hop_s: float = 1.0) -> list[WindowScores]:
+    """File mode of the stream: every window a stream of ``wave`` scores, the same way.
+
+    The end of ``wave`` is the end of the stretch (its last frames use the end reflection).
+    """
+    scorer = StreamingScorer(tagger, window_s, hop_s)
+    return scorer.push(wave).scores + scorer.flush().scores

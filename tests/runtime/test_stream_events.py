@@ -11,7 +11,10 @@ from dymn_edge.audio import read_audio
 from dymn_edge.labels import Label
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.events import EventConfig, EventTracker
-from dymn_edge.runtime.stream import AudioRing, StreamingScorer
+from dymn_edge.frontend import LogMelFrontend
+from dymn_edge.runtime.stream import (
+    AudioRing, FrameRing, StreamingScorer, score_frames, score_wave, stream_noise,
+)
 from dymn_edge.runtime.tagger import Tagger
 
 from .conftest import spoken_digits
@@ -27,6 +30,8 @@ def _run(scorer: StreamingScorer, wave: np.ndarray, block: int) -> np.ndarray:
     for i in range(0, len(wave), block):
         for s in scorer.push(wave[i:i + block]).scores:
             rows.append([s.start, s.end, *s.probabilities])
+    for s in scorer.flush().scores:
+        rows.append([s.start, s.end, *s.probabilities])
     return np.array(rows)
 
 
@@ -40,13 +45,41 @@ def test_chunk_size_does_not_change_windows_or_scores(tagger: Tagger, metro_wav:
         np.testing.assert_array_equal(got, ref)
 
 
-def test_stream_windows_equal_file_windows(tagger: Tagger, metro_wav: Path) -> None:
-    wave = read_audio(metro_wav)[: 4 * 32000]
-    stream = _run(StreamingScorer(tagger, 1.0, 0.5), wave, 4000)
-    files = tagger.tag_windows(wave, 1.0, 0.5)
-    by_span = {(round(r[0], 6), round(r[1], 6)): r[2:] for r in stream}
-    for f in files:
-        np.testing.assert_array_equal(by_span[(round(f.start, 6), round(f.end, 6))], f.probabilities)
+def test_window_frames_are_the_continuous_log_mel(tagger: Tagger, metro_wav: Path) -> None:
+    """The invariant: a full window's frames are the whole signal's log-mel frames, sliced.
+
+    The whole signal here is the file with the stream's noise floor, through the batch
+    frontend at once; the stream computes it 0.125 s at a time and slices its ring.
+    """
+    wave = read_audio(metro_wav)[: 4 * 32000 + 1000]
+    scorer = StreamingScorer(tagger, 1.0, 0.5)
+    stream = _run(scorer, wave, 4000)
+    whole = LogMelFrontend(tagger.frontend_config)(wave + stream_noise(0, len(wave), tagger.dither))
+    full = [r for r in stream if round(r[1] - r[0], 6) == 1.0]
+    assert len(full) == 7 and [round(r[1], 6) for r in full] == [1, 1.5, 2, 2.5, 3, 3.5, 4]
+    for r in full:
+        first = int(round(r[0] * 100))  # 100 frames per second
+        ref = score_frames(tagger, whole[:, first:first + scorer.window_frames], r[0], r[1])
+        np.testing.assert_allclose(r[2:], ref.probabilities, atol=1e-5, rtol=0)
+    # file mode is the same slicing: identical rows, also for the window at the end
+    files = score_wave(tagger, wave, 1.0, 0.5)
+    np.testing.assert_array_equal(np.array([[f.start, f.end, *f.probabilities] for f in files]), stream)
+    # the warm-up window (0.5 s of audio) is the file tagger's padded window, as before
+    warm = tagger.score(wave[:16000], 0.0, 0.5)
+    assert warm.padded and np.array_equal(stream[0][2:], warm.probabilities)
+
+
+def test_per_hop_log_mel_is_only_the_new_audio(tagger: Tagger) -> None:
+    """10 s window, 1 s hop: each hop adds one hop of frames to the ring, never a whole window."""
+    if tagger.fixed:
+        pytest.skip("fixed-shape file: its window is the 1 s it was exported for")
+    scorer = StreamingScorer(tagger, 10.0, 1.0)
+    rng = np.random.default_rng(3)
+    scorer.push((0.05 * rng.standard_normal(12 * 32000)).astype(np.float32))
+    emitted = scorer._fe.frames_emitted  # noqa: SLF001 - the frontend's own frame counter
+    assert scorer.hops_run == 12 - 1  # the window ending at 12 s waits for 12.5 ms more audio
+    scorer.push(np.zeros(32000, np.float32))
+    assert scorer._fe.frames_emitted - emitted == 100 and scorer.hops_run == 12  # noqa: SLF001
 
 
 def test_warmup_reset_gap_and_skip(tagger: Tagger) -> None:
@@ -55,9 +88,10 @@ def test_warmup_reset_gap_and_skip(tagger: Tagger) -> None:
     assert s.push(np.zeros(sr // 8, np.float32)).scores == []  # less than a hop: nothing yet
     first = s.push(np.zeros(sr // 8, np.float32)).scores
     assert len(first) == 1 and first[0].padded and first[0].end == 0.25
-    upd = s.push(np.zeros(sr, np.float32), max_windows=1)  # 4 boundaries, only the newest scored
+    # 4 boundaries, only the newest scored (its last frames need 12.5 ms more audio: given here)
+    upd = s.push(np.zeros(sr + 480, np.float32), max_windows=1)
     assert len(upd.scores) == 1 and upd.skipped == 3 and upd.scores[0].end == 1.25
-    s.gap(sr // 2)  # two lost hops
+    s.gap(sr // 2 - 480)  # two lost hops
     assert s.hops_skipped == 5 and s.seconds == 1.75
     after = s.push(np.zeros(sr // 4, np.float32)).scores
     assert after[0].start == 1.75 and after[0].padded  # no window spans the hole
@@ -77,12 +111,32 @@ def test_ring_buffer_keeps_order() -> None:
     np.testing.assert_array_equal(ring.latest(5), np.arange(95, 100))
 
 
+def test_frame_ring_keeps_frame_numbers() -> None:
+    ring = FrameRing(2, 5)
+    ring.write(np.arange(8).reshape(2, 4))
+    ring.write(np.arange(8, 14).reshape(2, 3))  # frames 4..6 (wraps)
+    np.testing.assert_array_equal(ring.get(2, 5)[0], [2, 3, 8, 9, 10])
+    with pytest.raises(IndexError):
+        ring.get(1, 2)  # overwritten
+    with pytest.raises(IndexError):
+        ring.get(6, 2)  # not written yet
+
+
+def test_stream_noise_does_not_depend_on_chunks() -> None:
+    whole = stream_noise(1000, 70000, 1e-4)
+    parts = np.concatenate([stream_noise(1000 + a, b - a, 1e-4)
+                            for a, b in ((0, 1), (1, 31000), (31000, 64000), (64000, 70000))])
+    assert np.array_equal(whole, parts) and 0.5e-4 < whole.std() < 2e-4
+
+
 def test_spoken_digits_become_events_in_order(fsdd_onnx: Path, fsdd_dir: Path) -> None:
     tagger = Tagger(load_engine(fsdd_onnx, threads=1))
     digits = [3, 9, 1, 7]
     wave, centres = spoken_digits(fsdd_dir, digits)
     scorer = StreamingScorer(tagger, 1.0, 0.25)
-    tracker = EventTracker(tagger.labels, EventConfig(on=0.8, off=0.5), hop_s=0.25)
+    # on=0.75: the smoothed peak of the "1" (misheard as "4" for half a second) is 0.80 with
+    # per-window log-mels and 0.799 with the stream's continuous ones: 0.8 sat on the edge
+    tracker = EventTracker(tagger.labels, EventConfig(on=0.75, off=0.5), hop_s=0.25)
     starts = []
     for s in scorer.push(wave).scores:
         starts += [e for e in tracker.update(s.end, s.probabilities) if e.kind == "start"]
