@@ -166,8 +166,8 @@ def count_onnx(path: str | Path, *, frames: int | None = None, batch: int = 1) -
             # every output element: C_in/groups * prod(kernel) MACs; w = (C_out, C_in/g, k...)
             by_op[op] += math.prod(y) * math.prod(w[1:])
         elif op in _MATMUL:
-            ai, bi = _MATMUL[op]
-            a, b = shapes.get(node.input[ai]), shapes.get(node.input[bi])
+            ai, _ = _MATMUL[op]
+            a = shapes.get(node.input[ai])
             y = shapes.get(node.output[0])
             if not a or not y or min(a) < 0 or min(y) < 0:
                 unknown.append(node.name or op)

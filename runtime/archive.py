@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from dymn_edge.audio import read_audio
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.output import TagFilter, json_line, window_json

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import in_ci, require_file
+from conftest import in_ci
 
 FSDD_LABELS = "datasets/fsdd/labels.csv"
 

@@ -148,7 +148,7 @@ def test_single_process_rows_match_the_tagger(local_run, subset, fsdd_tflite: Pa
 
 
 def test_dask_cluster_rows_are_bit_identical(local_run, dask_run) -> None:
-    (local_out, local_proc), (dask_out, dask_proc) = local_run, dask_run
+    (local_out, _), (dask_out, dask_proc) = local_run, dask_run
     assert dask_proc.returncode == 0, dask_proc.stderr
     a, b = _rows(local_out), _rows(dask_out)
     assert a["file"] == b["file"]

@@ -65,7 +65,7 @@ def test_long_file_defaults_to_model_windows_in_both_formats(fsdd_onnx: Path, fs
 
 def test_bad_file_among_many(fsdd_onnx: Path, fsdd_test_clips, tmp_path: Path,
                              capsys: pytest.CaptureFixture) -> None:
-    (good, digit), _ = fsdd_test_clips[4], None
+    (good, _digit), _ = fsdd_test_clips[4], None
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
     rc = tag_main(["--model", str(fsdd_onnx), "--json", str(good), str(broken), str(good)])
