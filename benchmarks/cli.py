@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from dymn_edge.cliutil import run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger("dymn_edge.benchmarks")
@@ -184,18 +185,8 @@ def _print_macs(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _main(args)
-    except DymnEdgeError as exc:
-        if args.verbose:
-            raise
-        print(f"dymn-bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dymn-bench: interrupted", file=sys.stderr)
-        return 130
+    setup_logging(args.verbose)
+    return run_guarded(lambda: _main(args), "dymn-bench", verbose=args.verbose)
 
 
 def _score_file(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from dymn_edge.cliutil import OneLineErrorParser, finite
+from dymn_edge.cliutil import OneLineErrorParser, exit_code, finite
 from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger("dymn_edge.export")
@@ -203,16 +203,14 @@ def main(argv: list[str] | None = None) -> int:
 
         _quiet(args.verbose)  # torch's logging setup on import resets the levels of its loggers
         result = export_model(cfg, progress=not args.no_progress and sys.stderr.isatty())
-    except DymnEdgeError as exc:
-        from dymn_edge.errors import ValidationError  # noqa: PLC0415
-
+    except DymnEdgeError as exc:  # the exit-code table of dymn_edge.cliutil (1: failed validation)
         if args.verbose:
             log.exception("export failed")
         print(f"dymn-export: error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, ValidationError) else 2
-    except KeyboardInterrupt:
+        return exit_code(exc)
+    except KeyboardInterrupt as exc:
         print("dymn-export: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)
     print(summary_table(result))
     return 0
 

@@ -14,15 +14,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from dymn_edge.cliutil import OneLineErrorParser, finite
+from dymn_edge.cliutil import EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger("dymn_edge.runtime")
 
 __all__ = ["tag_main", "listen_main"]
 
-EXIT_USER_ERROR = 2
-EXIT_FILES_FAILED = 1  # dymn-tag --output --strict: some files became error rows
+EXIT_USER_ERROR = EXIT_USAGE
+EXIT_FILES_FAILED = EXIT_FAILED  # dymn-tag --output --strict: some files became error rows
 
 TAG_EXAMPLES = """\
 examples:
@@ -70,28 +70,9 @@ overflows, mean/p95 inference time, real-time factor). Exit status 2 on user err
 """
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
 def _run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
-    try:
-        return fn(args)
-    except DymnEdgeError as exc:
-        if args.verbose:
-            log.exception("%s failed", prog)
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except BrokenPipeError:  # `dymn-tag ... | head`
-        return 0
-    except KeyboardInterrupt:  # what was printed is flushed; no traceback
-        try:
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
-            pass
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    """The one CLI scaffold (:func:`dymn_edge.cliutil.run_guarded`) around ``fn(args)``."""
+    return run_guarded(lambda: fn(args), prog, verbose=args.verbose)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -245,7 +226,7 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
     arc.add_argument("--strict", action="store_true",
                      help="exit 1 when any file could not be tagged (default: exit 0 with a warning)")
     args = p.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return _run_guarded(_tag, args, "dymn-tag")
 
 
@@ -424,7 +405,7 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
     add_device_args(p)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for --print-systemd-unit
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return _run_guarded(_listen, args, "dymn-listen")
 
 

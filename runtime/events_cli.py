@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.runtime.cli import _run_guarded, _setup_logging
+from dymn_edge.cliutil import run_guarded, setup_logging
 from dymn_edge.runtime.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
@@ -142,5 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--summary", action="store_true", help="events per UTC hour and label instead of events")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
     args = p.parse_args(argv)
-    _setup_logging(args.verbose)
-    return _run_guarded(_events, args, "dymn-events")
+    setup_logging(args.verbose)
+    return run_guarded(lambda: _events(args), "dymn-events", verbose=args.verbose)

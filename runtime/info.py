@@ -16,8 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.cliutil import OneLineErrorParser
-from dymn_edge.errors import DymnEdgeError
+from dymn_edge.cliutil import OneLineErrorParser, run_guarded, setup_logging
 from dymn_edge.metadata import ModelMetadata, read_metadata
 
 log = logging.getLogger(__name__)
@@ -118,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                            description="Describe an exported DyMN/MN model file from its metadata.")
     p.add_argument("file", metavar="MODEL", help="an .onnx or .tflite file written by dymn-export")
     p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    try:
+    setup_logging(args.verbose)
+
+    def body() -> int:
         path = Path(args.file)
         meta = read_metadata(path)
         if args.json:
@@ -129,12 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(d, indent=2, sort_keys=True))
         else:
             print(describe(meta, path))
-    except DymnEdgeError as exc:
-        print(f"dymn-info: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
         return 0
-    return 0
+
+    return run_guarded(body, "dymn-info", verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

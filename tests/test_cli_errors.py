@@ -98,3 +98,89 @@ def test_bad_input_is_one_line_error(tool: str, argv: list[str], expected: str, 
     assert "Traceback" not in captured.err and "error:" in err[0]
     assert expected in err[0], err[0]
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*partial*"))
+
+
+# -- one scaffold: the same exit code for the same outcome in every tool, --verbose or not ----
+
+TOOLS = {
+    "export": ("dymn_edge.export.cli", "main", ["--model", "dymn-ss", "--format", "onnx", "--random-init"]),
+    "tag": ("dymn_edge.runtime.cli", "tag_main", ["--model", "{tmp}/missing.onnx", "{tmp}/a.wav"]),
+    "listen": ("dymn_edge.runtime.cli", "listen_main", ["--model", "{tmp}/missing.onnx"]),
+    "bench": ("dymn_edge.benchmarks.cli", "main", ["--compare", "{tmp}/missing.json"]),
+    "events": ("dymn_edge.runtime.events_cli", "main", ["{tmp}/missing.db"]),
+    "info": ("dymn_edge.runtime.info", "main", ["{tmp}/missing.onnx"]),
+}
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["plain", "verbose"])
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_user_error_is_exit_2_with_or_without_verbose(tool: str, verbose: bool, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import importlib
+
+    module, fn, argv = TOOLS[tool]
+    main = getattr(importlib.import_module(module), fn)
+    args = [a.format(tmp=tmp_path) for a in argv] + (["--verbose"] if verbose else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith(f"dymn-{tool}: error:"), err
+    if not verbose:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_scaffold_exit_code_table(capsys: pytest.CaptureFixture) -> None:
+    from dymn_edge.cliutil import (
+        EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_guarded,
+    )
+    from dymn_edge.errors import AudioError, ValidationError
+
+    def raises(exc: BaseException):
+        def body() -> int:
+            raise exc
+        return body
+
+    assert (EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    assert run_guarded(lambda: 0, "t") == 0 and run_guarded(lambda: 1, "t") == 1
+    assert run_guarded(raises(ValidationError("file differs")), "t") == 1
+    assert run_guarded(raises(AudioError("x.wav: no samples")), "t", verbose=True) == 2
+    assert run_guarded(raises(KeyboardInterrupt()), "t") == 130
+    assert run_guarded(raises(BrokenPipeError()), "t") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "t: error: file differs" in err and "t: interrupted" in err
+    with pytest.raises(RuntimeError):  # a bug is not a user error: it is not swallowed
+        run_guarded(raises(RuntimeError("bug")), "t")
+
+
+def test_export_validation_failure_is_exit_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """dymn-export: a file that fails validation (ValidationError from export_model) exits 1."""
+    from dymn_edge.errors import ValidationError
+    from dymn_edge.export import api
+    from dymn_edge.export.cli import main
+
+    def failing_export(cfg, progress=True):
+        raise ValidationError(f"validation failed: logits differ (the file is kept for inspection "
+                              f"as {cfg.output_path('dymn-s')})")
+
+    monkeypatch.setattr(api, "export_model", failing_export)
+    rc = main(["--model", "dymn-s", "--random-init", "--format", "onnx", "--output", str(tmp_path) + "/"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("dymn-export: error: validation failed")
+
+
+def test_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C inside a tool: one 'interrupted' line and 130 (dymn-info, dymn-bench)."""
+    from dymn_edge.benchmarks import cli as bench_cli
+    from dymn_edge.runtime import info
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "read_metadata", interrupted)
+    monkeypatch.setattr(bench_cli, "_print_macs", interrupted)
+    assert info.main([str(tmp_path / "m.onnx")]) == 130
+    assert bench_cli.main(["--macs"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dymn-info: interrupted", "dymn-bench: interrupted"]
