@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from dymn_edge.errors import ExportError
+from dymn_edge.export.native_output import converter_output
 from dymn_edge.metadata import METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,18 @@ def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
     """fp32 (or PT2E-quantized, when ``quant_config`` is given) flatbuffer of ``module``."""
     import torch  # noqa: PLC0415
 
-    try:
-        import litert_torch  # noqa: PLC0415
-    except ImportError as exc:
-        raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
+    with converter_output():  # importing litert-torch already prints (torchao, absl)
+        try:
+            import litert_torch  # noqa: PLC0415
+        except ImportError as exc:
+            raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
     x = torch.zeros(1, 1, 128, frames)
     _quiet_converter_progress()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), converter_output():
             edge = litert_torch.convert(_named_io(module), sample_kwargs={INPUT_NAME: x},
                                         quant_config=quant_config)
-        return bytes(edge.model_content())
+            return bytes(edge.model_content())  # the flatbuffer is written (and logged) here
     except Exception as exc:  # the converter raises many types
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"TFLite conversion failed: {first}") from exc

@@ -1,0 +1,66 @@
+"""Keep the converters' console noise out of the user's terminal.
+
+litert-torch, TensorFlow's MLIR converter, absl and torchao write straight to the process's
+file descriptors from C++ ("Estimated count of arithmetic ops", "All log messages before
+absl::InitializeLog()"), warn at import ("Failed to load ... _C_mxfp8") and raise Python
+FutureWarnings from inside torch. None of it is actionable for someone exporting a model.
+:func:`converter_output` captures all of it for the duration of a conversion: with
+``--verbose`` (DEBUG) it is replayed to the log afterwards; when the conversion fails, the
+captured tail is logged at ERROR so the cause is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+#: Python loggers of converter dependencies that warn about optional native kernels at import
+NOISY_LOGGERS = ("torchao", "torchao.kernel.intmm", "absl")
+TAIL_LINES = 40
+
+
+@contextlib.contextmanager
+def converter_output() -> Iterator[None]:
+    """Capture fd 1/2, converter warnings and noisy loggers; replay on DEBUG or on failure."""
+    debug = logging.getLogger("dymn_edge").isEnabledFor(logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.ERROR))
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved = [os.dup(fd) for fd in (1, 2)]
+        for fd in (1, 2):
+            os.dup2(sink.fileno(), fd)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text and failed:
+                tail = "\n".join(text.splitlines()[-TAIL_LINES:])
+                log.error("converter output before the failure (last %d lines):\n%s", TAIL_LINES, tail)
+            elif text and debug:
+                log.debug("converter output:\n%s", text)

@@ -1,0 +1,45 @@
+"""Converter console noise is captured, replayed with --verbose, and never lost on failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+
+from dymn_edge.export.native_output import converter_output
+
+
+def _noisy() -> None:
+    os.write(2, b"I0000 flatbuffer_export.cc] Estimated count of arithmetic ops\n")
+    os.write(1, b"(00:00) [START] LiteRT-Torch Convert\n")
+    warnings.warn("isinstance(treespec, LeafSpec) is deprecated", FutureWarning, stacklevel=1)
+    logging.getLogger("torchao").warning("Failed to load _C_mxfp8")
+
+
+def test_quiet_by_default(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="dymn_edge"), converter_output():
+        _noisy()
+    out, err = capfd.readouterr()
+    assert "Estimated count" not in err and "LiteRT-Torch" not in out and "LeafSpec" not in err
+    assert not [r for r in caplog.records if "mxfp8" in r.getMessage()]
+    assert logging.getLogger("torchao").level == logging.NOTSET  # restored
+    os.write(2, b"after\n")  # the descriptors are back
+    assert "after" in capfd.readouterr().err
+
+
+def test_replayed_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dymn_edge"), converter_output():
+        _noisy()
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    assert "Estimated count of arithmetic ops" in text and "LiteRT-Torch Convert" in text
+
+
+def test_failure_keeps_the_tail(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="dymn_edge"), pytest.raises(RuntimeError):
+        with converter_output():
+            os.write(2, b"error: 'tfl.batch_matmul' op failed to legalize\n")
+            raise RuntimeError("conversion failed")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "failed to legalize" in errors[0]
