@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dymn_edge.audio import to_mono
 from dymn_edge.errors import DeviceError
 from dymn_edge.runtime.events import Event, EventTracker
 from dymn_edge.runtime.sinks import EventSink, SinkSet
@@ -273,9 +274,7 @@ class Listener:
         """sounddevice InputStream callback: count flags, downmix, copy. Never blocks."""
         if status and getattr(status, "input_overflow", False):
             self.stats.overflows += 1
-        a = np.asarray(indata, dtype=np.float32)
-        mono = a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else (
-            a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.reshape(-1))
+        mono = to_mono(np.asarray(indata, dtype=np.float32))  # the files' downmix, one definition
         self.buffer.write(mono.copy())
 
     # -- consumer side -----------------------------------------------------------------
