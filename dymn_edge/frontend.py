@@ -1,7 +1,7 @@
 """Torch-free log-mel frontend: the EfficientAT preprocessing in NumPy.
 
 The runtime must turn audio into exactly the spectrogram the checkpoints were trained on,
-without torch. The recipe (see ``FrontendConfig`` and the shared reference README):
+without torch. The recipe (see ``FrontendConfig``, EfficientAT's preprocessing):
 
 1. pre-emphasis ``y[n] = x[n+1] - 0.97 x[n]`` (a valid convolution: one sample shorter);
 2. STFT, n_fft 1024, hop 320, a symmetric (``periodic=False``) Hann window of 800 samples
@@ -164,6 +164,15 @@ class _Core:
 
 def _preemphasis(x: np.ndarray, coef: float) -> np.ndarray:
     return x[..., 1:] - coef * x[..., :-1]
+
+
+def frames_for_seconds(seconds: float, config: FrontendConfig = FrontendConfig()) -> int:
+    """Frames of a ``seconds`` window: ``round(seconds * sample_rate / hop)`` (100 per second).
+
+    The one definition of a window's frame count (the exported graph's time axis, the
+    calibration and validation inputs, the metadata's ``window_frames``).
+    """
+    return int(round(seconds * config.sample_rate / config.hop_length))
 
 
 class LogMelFrontend:

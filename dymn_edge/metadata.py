@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dymn_edge.errors import MetadataError
+from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.registry import FrontendConfig
 
 METADATA_KEY = "dymn_edge"
@@ -89,8 +90,7 @@ class ModelMetadata:
 
     @property
     def window_frames(self) -> int:
-        fc = self.frontend_config
-        return int(round(self.window_seconds * fc.sample_rate / fc.hop_length))
+        return frames_for_seconds(self.window_seconds, self.frontend_config)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

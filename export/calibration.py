@@ -22,7 +22,7 @@ from dymn_edge.audio import fit_to_length, read_audio, resample
 from dymn_edge.datasets import AUDIO_SUFFIXES, Dataset, fsdd_eval_wave, load_dataset
 from dymn_edge.errors import DymnEdgeError, ExportError
 from dymn_edge.export.config import CalibrationConfig
-from dymn_edge.frontend import LogMelFrontend
+from dymn_edge.frontend import LogMelFrontend, frames_for_seconds
 from dymn_edge.registry import FrontendConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def window_samples(window_seconds: float, fc: FrontendConfig) -> int:
 
 
 def mel_frames(window_seconds: float, fc: FrontendConfig) -> int:
-    return int(round(window_seconds * fc.sample_rate / fc.hop_length))
+    return frames_for_seconds(window_seconds, fc)
 
 
 def to_mel(wave: np.ndarray, fc: FrontendConfig, frames: int | None = None) -> np.ndarray:
