@@ -63,7 +63,7 @@ class MediaPipeAudioInfo:
     embedding_name: str = "embedding"
 
 
-def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes:  # noqa: C901
+def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes:
     """The ``M001`` flatbuffer (ModelMetadata) for ``info``; outputs described in graph order."""
     import flatbuffers  # noqa: PLC0415 (comes with ai-edge-litert)
 
