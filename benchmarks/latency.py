@@ -67,13 +67,22 @@ class LatencyStats:
     mean_ms: float
     min_ms: float
     warmup_ms: float
+    # median thread CPU time (1-thread runs only): on a shared, loaded box the wall clock also
+    # counts time the thread waited for a core; its CPU time does not, so ratios use this
+    cpu_median_ms: float | None = None
 
     @classmethod
     def from_times(cls, seconds: float, frames: int, times_s: list[float],
-                   warmup_s: list[float]) -> "LatencyStats":
+                   warmup_s: list[float], cpu_s: list[float] | None = None) -> "LatencyStats":
         ms = sorted(t * 1e3 for t in times_s)
+        cpu = statistics.median(t * 1e3 for t in cpu_s) if cpu_s else None
         return cls(seconds, frames, len(ms), statistics.median(ms), percentile(ms, 90),
-                   statistics.fmean(ms), ms[0], sum(warmup_s) * 1e3)
+                   statistics.fmean(ms), ms[0], sum(warmup_s) * 1e3, cpu)
+
+    @property
+    def steady_ms(self) -> float:
+        """The median to compare across artifacts: CPU time where measured, else wall."""
+        return self.cpu_median_ms if self.cpu_median_ms is not None else self.median_ms
 
 
 @dataclass
@@ -221,15 +230,18 @@ class _Runner:
                                     ).astype(np.float32)
         return self._inputs[frames]
 
-    def timed(self, frames: int, n: int) -> list[float]:
+    def timed(self, frames: int, n: int) -> tuple[list[float], list[float]]:
+        """Wall and thread-CPU seconds of ``n`` runs (the CPU time means something only when
+        the engine runs in the calling thread: 1-thread workers)."""
         x = self.input(frames)
         fn = self._fn
-        out = []
+        wall, cpu = [], []
         for _ in range(n):
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             fn(x)
-            out.append(time.perf_counter() - t0)
-        return out
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        return wall, cpu
 
 
 def _worker_main(spec_json: str) -> int:
@@ -261,11 +273,11 @@ def _worker_main(spec_json: str) -> int:
         op = cmd.get("op")
         if op == "run":
             try:
-                times = runner.timed(int(cmd["frames"]), int(cmd["n"]))
+                times, cpu = runner.timed(int(cmd["frames"]), int(cmd["n"]))
             except Exception as exc:  # an input the artifact rejects
                 send({"ok": False, "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:400]})
                 continue
-            send({"ok": True, "times": times})
+            send({"ok": True, "times": times, "cpu": cpu if threads == 1 else None})
         elif op == "stats":
             send({"ok": True, "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb()})
         else:
@@ -381,6 +393,7 @@ def _interleave(workers: list[Worker], frames: int, seconds: float, *, budget_s:
         chunk[id(w)] = max(1, min(int(CHUNK_S / est), 100))
         active.append(w)
     times: dict[int, list[float]] = {id(w): [] for w in active}
+    cpu: dict[int, list[float] | None] = {id(w): [] for w in active}
     spent: dict[int, float] = {id(w): 0.0 for w in active}
     while active:
         for w in list(active):
@@ -391,6 +404,10 @@ def _interleave(workers: list[Worker], frames: int, seconds: float, *, budget_s:
                 active.remove(w)
                 continue
             times[id(w)].extend(r["times"])
+            if r.get("cpu") is None:
+                cpu[id(w)] = None
+            elif cpu[id(w)] is not None:
+                cpu[id(w)].extend(r["cpu"])
             spent[id(w)] += sum(r["times"])
             done_runs = len(times[id(w)])
             if done_runs >= max_runs or (spent[id(w)] >= budget_s and done_runs >= min_runs):
@@ -400,7 +417,7 @@ def _interleave(workers: list[Worker], frames: int, seconds: float, *, budget_s:
     for w in workers:
         if id(w) in times and times[id(w)]:
             w.result.latency[key] = LatencyStats.from_times(seconds, frames, times[id(w)],
-                                                            warm[id(w)])
+                                                            warm[id(w)], cpu[id(w)])
 
 
 def measure(artifacts: list[ArtifactSpec], *, lengths: tuple[float, ...] = (1.0, 10.0),

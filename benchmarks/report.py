@@ -47,10 +47,13 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
     metric_name = next((_metric(r)[2] for r in rows if _metric(r)[2]), "acc")
     window = result["complexity"]["window_s"]
     with_static, with_eager = _has(rows, t, "ratio_to_static"), _has(rows, t, "speedup_vs_eager")
+    with_cpu, with_frac = _has(rows, t, "cpu_median_ms"), _has(rows, t, "mac_fraction")
     head = ["model", "format", "precision", "status", "size MB", f"GMAC@{window:g}s", "ops",
             metric_name, "delta"]
     for L in lengths:
         head += [f"p50 {L}s ms", f"p90 {L}s ms"]
+        head += [f"cpu {L}s ms"] if with_cpu else []
+        head += [f"%GEMM {L}s"] if with_frac else []
         head += [f"/MN {L}s"] if with_static else []
         head += [f"xeager {L}s"] if with_eager else []
     head += ["RTF", "load s", "RSS MB"]
@@ -67,6 +70,9 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
         for L in lengths:
             st = (cell.get("lengths") or {}).get(L)
             line += [_f(st and st["median_ms"], ".2f"), _f(st and st["p90_ms"], ".2f")]
+            line += [_f(st and st.get("cpu_median_ms"), ".2f", "-")] if with_cpu else []
+            line += [_f(st and st.get("mac_fraction") and 100 * st["mac_fraction"], ".0f", "-")
+                     ] if with_frac else []
             line += [_f(st and st.get("ratio_to_static"), ".2f", "-")] if with_static else []
             line += [_f(st and st.get("speedup_vs_eager"), ".2f", "-")] if with_eager else []
         line += [_f(cell.get("rtf"), ".4f"), _f(cell.get("load_s"), ".2f"),
@@ -85,6 +91,11 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
     if g.get("gmacs_per_s"):
         out.append(f"reference GEMM {g['n']}^3 fp32: {g['median_ms']:.2f} ms "
                    f"= {g['gmacs_per_s']:.1f} GMAC/s ({t} thread(s))")
+    if with_cpu:
+        out.append("cpu: median thread CPU time per window (1 thread: what /MN, xeager and "
+                   "%GEMM use; the wall clock of a shared box also counts waiting for a core)")
+    if with_frac:
+        out.append("%GEMM: deployed MACs per second over the reference GEMM's, same run")
     if with_static:
         out.append("/MN: median latency over the static MN partner's (same format, precision, "
                    "threads, length; same run)")

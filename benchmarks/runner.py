@@ -469,7 +469,7 @@ def _attach_latency(row: dict[str, Any], results: list[lat.WorkerResult],
                                      row.get("strategy"), export_form=row["format"] != "pytorch")
                 d["deployed_macs"] = macs
                 # achieved MAC/s of the artifact over the GEMM's MAC/s, same threads, same run
-                d["mac_fraction"] = (macs / st.median_ms) / (_gemm_macs() / gst.median_ms)
+                d["mac_fraction"] = (macs / st.steady_ms) / (_gemm_macs() / gst.steady_ms)
             cell["lengths"][key] = d
         hop = 1.0
         win_key = lat.seconds_key(row.get("window_s") or 0)
@@ -487,8 +487,8 @@ def _medians(row: dict[str, Any]) -> dict[tuple[str, str], float]:
     out = {}
     for t, cell in (row.get("latency") or {}).items():
         for L, st in ((cell or {}).get("lengths") or {}).items():
-            if st and st.get("median_ms"):
-                out[(t, L)] = st["median_ms"]
+            if st and (st.get("cpu_median_ms") or st.get("median_ms")):
+                out[(t, L)] = st.get("cpu_median_ms") or st["median_ms"]  # CPU time at 1 thread
     return out
 
 
@@ -496,7 +496,8 @@ def _attach_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio_to_static`` (DyMN / its MN partner) and ``speedup_vs_eager`` per latency cell.
 
     Both are ratios of medians measured in the same interleaved run: machine speed and load
-    cancel. Rows are matched on model (partner from the registry), format:precision, threads
+    cancel. At 1 thread the medians are thread CPU time (steadier than wall time on a shared
+    box), at more threads wall time. Rows are matched on model (partner from the registry), format:precision, threads
     and input length; a cell without a counterpart gets no key.
     """
     ok = {(r.get("model"), r["name"]): r for r in rows
