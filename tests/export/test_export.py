@@ -223,6 +223,9 @@ def test_full_int8_through_the_pipeline(fsdd_export):
     assert acc["accuracy"] >= acc["reference_accuracy"] - 0.02
     meta = read_metadata(r.path)
     assert meta.precision == "int8" and meta.quantization.startswith("full_int8")
+    # the calibration data is the caller's (the FSDD folder: its train split), recorded by name
+    assert meta.calibration["source"] == "fsdd" and meta.calibration["count"] == 64
+    assert "fsdd:train" in meta.calibration["description"] and "/" not in meta.calibration["source"]
     assert meta.inputs[0].dtype == "int8" and meta.inputs[0].scale and meta.inputs[0].zero_point is not None
     assert all(t.dtype == "int8" and t.scale for t in meta.outputs)
     info = graph_ops(r.path)
