@@ -341,7 +341,7 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
                                  f"(> {drop:g}): {acc['reference_accuracy']:.4f} -> {acc['accuracy']:.4f}")
     elif prec is Precision.INT8:
         log.warning("int8 accuracy not measured: no labelled set (pass eval_dataset / --eval-dataset); "
-                    "reported agreement is max difference on real audio only")
+                    "reported agreement is the max difference on the parity clip only")
     if fmt is Format.TFLITE:
         report.xnnpack_ops_outside = v.ops_outside_xnnpack(path)
     report.seconds = time.perf_counter() - t
