@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dymn_edge.arch import strategy_supports_dynamic_batch
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
@@ -97,7 +98,6 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     """
     from dymn_edge.export.calibration import mel_frames  # noqa: PLC0415
     from dymn_edge.models import create_model  # noqa: PLC0415
-    from dymn_edge.models.patcher import strategy_supports_dynamic_batch  # noqa: PLC0415
     from dymn_edge.registry import get_spec  # noqa: PLC0415
     from dymn_edge.weights import sha256_file  # noqa: PLC0415
 
@@ -201,10 +201,10 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         weights_sha256=weights_sha,
         weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
         tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
-        calibration=(None if calib is None else {**cfg.calibration.to_dict(), "count": len(calib.mels),
-                                                 "description": calib.source}),
         input_kind="waveform" if cfg.waveform else "log_mel",
         schema_version=WAVEFORM_SCHEMA_VERSION if cfg.waveform else 1,
+        calibration=(None if calib is None else {**cfg.calibration.to_dict(), "count": len(calib.mels),
+                                                 "description": calib.source}),
     )
 
     report = None
@@ -368,3 +368,4 @@ class _step:
     def __exit__(self, *exc) -> None:
         if self.enabled and exc[0] is None:
             log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.t)
+

@@ -18,7 +18,7 @@ examples:
   dymn-export --model dymn-m --format tflite --int8
       AudioSet DyMN-M (weights downloaded once) as weight-only int8 TFLite, 10 s window
   dymn-export --model dymn-s --format onnx
-      fp32 ONNX with a dynamic time axis (batch 1 with the default runtime_weight strategy)
+      fp32 ONNX with a dynamic time axis (batch 1 with the default stride_split strategy)
   dymn-export --model dymn-s --weights my_finetune.pt --labels classes.csv --window 5 \\
       --activation softmax --format onnx --int8 --calibration my_clips/
       fine-tuned 1-of-N head (class count read from the weights), names from classes.csv
@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
                       "integer-only NPUs: on CPUs it is slower than fp32)")
     p.add_argument("--strategy", metavar="NAME",
-                   help="depthwise Dy-Conv form, both exact: runtime_weight (one conv with the "
-                   "kernel mixed at run time; batch 1; default, fastest measured in both "
-                   "engines) or static_k (K static convs weighted by the attention; any batch; "
-                   "one XNNPACK partition; the --full-int8 default)")
+                   help="depthwise Dy-Conv form, all exact: runtime_weight (one conv with the "
+                   "kernel mixed at run time; batch 1; the tflite default), stride_split "
+                   "(runtime_weight at stride 1, static_k at stride 2; batch 1; the onnx "
+                   "default) or static_k (K static convs weighted by the attention; any batch; "
+                   "one XNNPACK partition; the --full-int8 default). Defaults are measured per "
+                   "engine (export/formats.py)")
     p.add_argument("--calibration", metavar="DIR", help="audio for calibrated int8 (--full-int8, "
                    "static QDQ; required there): a labelled set with a train split (its train "
                    "clips) or any folder of audio files; recorded in the file's metadata")

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import ExportError
 from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
 
@@ -217,8 +218,6 @@ class ExportConfig:
         if self.weights is not None and not Path(self.weights).expanduser().is_file():
             raise ExportError(f"weights file not found: {self.weights}")
         if self.strategy is not None:
-            from dymn_edge.models.patcher import DynConvStrategy  # noqa: PLC0415
-
             self.strategy = _enum(DynConvStrategy, self.strategy, "dynamic-conv strategy").value
         if self.window_seconds is not None:
             w = float(self.window_seconds)
@@ -246,11 +245,11 @@ class ExportConfig:
                                              and self.quantization.scheme is QuantScheme.STATIC_QDQ):
             raise ExportError("--quant-report compares a static int8 ONNX file with its float "
                               "graph: use it with --format onnx --static-int8")
-        self._resolve_calibration()
         if self.waveform and self.precision is not Precision.FP32:
             raise ExportError(f"--waveform files are fp32 only: {self.precision.value} would also "
                               "round the in-graph frontend's DFT and mel weights, which must stay "
                               "within 1e-4 of the NumPy frontend")
+        self._resolve_calibration()
         if ((self.calibration is not None or self.num_calibration is not None)
                 and not (self.precision is Precision.INT8 and self.quantization.needs_calibration)):
             what = (f"{self.precision.value}" if self.precision is not Precision.INT8
@@ -336,8 +335,8 @@ class ExportConfig:
             return self.strategy
         q = self.quantization
         if self.precision is Precision.INT8 and q is not None and q.scheme is QuantScheme.FULL_INT8:
-            return "static_k"
-        return self.format_spec.default_strategy
+            return DynConvStrategy.STATIC_K.value
+        return self.format_spec.default_strategy.value
 
     def activation_for(self, num_classes: int) -> str:
         """The head's activation: explicit, else sigmoid for 527-class AudioSet heads only."""
