@@ -89,14 +89,20 @@ def describe(meta: ModelMetadata, path: Path | None = None) -> str:
     rows.append(("task", f"{meta.task} ({meta.output_activation} over {meta.num_classes} classes)"))
     rows.append(("labels", f"{len(meta.labels)}: {shown}"))
     shape = "any length (dynamic time)" if meta.dynamic_time else "fixed input"
-    rows.append(("window", f"{meta.window_seconds:g} s = {meta.window_frames} frames, {shape}; "
-                           f"batch {'dynamic' if meta.dynamic_batch else 1}"))
+    if meta.takes_waveform:  # frontend and activation inside the graph
+        samples = int(round(meta.window_seconds * fc.sample_rate))
+        rows.append(("window", f"{meta.window_seconds:g} s = {samples} samples of mono "
+                               f"{fc.sample_rate} Hz waveform in, probabilities out, {shape}; "
+                               f"batch {'dynamic' if meta.dynamic_batch else 1}"))
+    else:
+        rows.append(("window", f"{meta.window_seconds:g} s = {meta.window_frames} frames, {shape}; "
+                               f"batch {'dynamic' if meta.dynamic_batch else 1}"))
     scheme = meta.quantization_scheme
     prec = _SCHEMES.get(scheme or "", meta.precision)
     rows.append(("precision", f"{meta.precision}: {prec}" + (f" [{scheme}]" if scheme else "")))
     if meta.quantization and meta.quantization != "none":
         rows.append(("", meta.quantization))
-    rows.append(("frontend", f"log-mel {fc.n_mels} bands, {fc.sample_rate} Hz, n_fft {fc.n_fft}, window "
+    rows.append(("frontend", ("in the graph: " if meta.takes_waveform else "") + f"log-mel {fc.n_mels} bands, {fc.sample_rate} Hz, n_fft {fc.n_fft}, window "
                              f"{fc.win_length}, hop {fc.hop_length} ({fc.hop_length / fc.sample_rate * 1e3:g} ms), "
                              f"{fc.fmin:g}-{fc.fmax:g} Hz"))
     for i, line in enumerate(_validation_lines(meta.validation)):

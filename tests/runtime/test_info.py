@@ -63,3 +63,19 @@ def test_not_a_model_file_is_one_line(tmp_path: Path, capsys) -> None:
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dymn-info: error:")
+
+
+def test_waveform_file_is_described_as_waveform_in(fsdd_onnx: Path) -> None:
+    """A --waveform file takes samples, not log-mel frames: dymn-info says so."""
+    import dataclasses
+
+    from dymn_edge.metadata import read_metadata
+    from dymn_edge.runtime.info import describe
+
+    meta = read_metadata(fsdd_onnx)
+    wave = dataclasses.replace(meta, input_kind="waveform")
+    text = describe(wave)
+    assert "1 s = 32000 samples of mono 32000 Hz waveform in, probabilities out" in text
+    assert "frames" not in text.split("window", 1)[1].splitlines()[0]
+    assert "in the graph: log-mel 128 bands" in text
+    assert "1 s = 100 frames" in describe(meta)
