@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError

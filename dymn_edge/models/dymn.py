@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from dymn_edge.models.layers import (
     BatchNorm2d, BlockConfig, block_configs, conv_norm_act, head_channels, make_divisible, mlp_head,
 )
+from dymn_edge.models.mn import InvertedResidual  # static blocks of the replace_se variant
 
 TRAINING_TEMPERATURE = 30.0  # start of the official temperature schedule
 INFERENCE_TEMPERATURE = 1.0  # what AudioSet-pretrained checkpoints run with
@@ -199,8 +200,6 @@ class DyMN(nn.Module):
     def __init__(self, width: float = 1.0, num_classes: int = 527, *, replace_se: bool = False,
                  temperature: float = INFERENCE_TEMPERATURE, dropout: float = 0.2) -> None:
         super().__init__()
-        from dymn_edge.models.mn import InvertedResidual  # static blocks of the replace_se variant
-
         self.width, self.num_classes, self.replace_se = width, num_classes, replace_se
         cnfs = block_configs(width)
         self.in_c = conv_norm_act(1, cnfs[0].input_channels, 3, stride=2)

@@ -46,7 +46,7 @@ def test_config_rejects_bad_combinations(tmp_path):
     with pytest.raises(ExportError, match="--window"):
         ExportConfig(window_seconds=0.01)
     assert ExportConfig(format="tflite").resolved_strategy == "runtime_weight"
-    assert ExportConfig(format="onnx").resolved_strategy == "runtime_weight"
+    assert ExportConfig(format="onnx").resolved_strategy == "stride_split"
     assert ExportConfig(format="tflite", precision="int8", quantization=QuantizationConfig("full_int8"),
                         calibration=tmp_path).resolved_strategy == "static_k"  # integer-only: static kernels
     with pytest.raises(ExportError, match="--full-int8 needs calibration audio: pass --calibration DIR"):
