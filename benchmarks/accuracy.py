@@ -23,6 +23,7 @@ from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap,
 )
 from dymn_edge.registry import FrontendConfig
+from dymn_edge.audio import fit_to_length, read_audio
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def prepare(dataset: Dataset, *, window_s: float, frontend: FrontendConfig | Non
     """Read, fit to the window and log-mel every clip (FSDD clips by the reference recipe)."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    from dymn_edge.audio import fit_to_length, read_audio  # noqa: PLC0415
     from dymn_edge.frontend import LogMelFrontend  # noqa: PLC0415
 
     cfg = frontend or FrontendConfig()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dymn_edge.cliutil import run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
+import json
 
 log = logging.getLogger("dymn_edge.benchmarks")
 
@@ -211,8 +212,6 @@ def _score_file(args: argparse.Namespace) -> int:
 
 def _npu(args: argparse.Namespace) -> int:
     """``--npu ACCS``: Vela rows (benchmarks/npu.py), printed and written with --json."""
-    import json  # noqa: PLC0415
-
     from dymn_edge.benchmarks.npu import format_table, run_npu  # noqa: PLC0415
 
     rows = run_npu(accelerators=args.npu.split(","),

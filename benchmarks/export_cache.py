@@ -21,6 +21,9 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from dymn_edge.weights import cache_dir
+from importlib.metadata import PackageNotFoundError, version
+from dymn_edge.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,6 @@ CONVERTERS = ("torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edg
 
 def default_root() -> Path:
     """``$DYMN_EDGE_CACHE/bench`` (see :func:`dymn_edge.weights.cache_dir`)."""
-    from dymn_edge.weights import cache_dir  # noqa: PLC0415
-
     return cache_dir() / "bench"
 
 
@@ -64,8 +65,6 @@ def exporter_source_hash() -> str:
 
 @lru_cache(maxsize=1)
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
     import dymn_edge  # noqa: PLC0415
 
     out: dict[str, str | None] = {"dymn-edge": dymn_edge.__version__}
@@ -81,7 +80,6 @@ def _versions() -> dict[str, str | None]:
 def _weights_id(weights: str | None) -> str:
     if weights is None:
         return "random-init seed 0"
-    from dymn_edge.weights import sha256_file  # noqa: PLC0415
 
     return "sha256:" + sha256_file(weights)
 

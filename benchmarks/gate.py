@@ -41,6 +41,8 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from dymn_edge.metadata import scrub_paths
+from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ def baseline_form(result: dict[str, Any]) -> dict[str, Any]:
     The gate reads ratios, MACs and accuracies; where the files and weights lay on the
     machine that measured them is nobody's business once the JSON is committed.
     """
-    from dymn_edge.metadata import scrub_paths  # noqa: PLC0415
-
     out = scrub_paths(copy.deepcopy(result))
     out.get("machine", {}).pop("hostname", None)
     return out
@@ -103,8 +103,6 @@ class GateResult:
 
 def parse_percent(text: str | float, flag: str = "--max-regression") -> float:
     """``"15%"`` / ``"0.15"`` / ``15`` -> 0.15; ``flag`` names the option in the error."""
-    from dymn_edge.errors import DymnEdgeError  # noqa: PLC0415
-
     s = str(text).strip()
     try:
         if s.endswith("%"):

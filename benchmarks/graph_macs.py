@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dymn_edge.errors import DymnEdgeError
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ _ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 1
 
 def _runtime_shapes(model) -> dict[str, list[int]]:
     """Every tensor's shape, from one ONNX Runtime run with all node outputs exposed."""
-    import numpy as np  # noqa: PLC0415
     import onnx  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,6 @@ class _Runner:
                     pass
 
     def load(self) -> None:
-        import numpy as np  # noqa: PLC0415
-
         s = self.spec
         if s.kind == "gemm":
             from dymn_edge.benchmarks.machine import GemmWorkload  # noqa: PLC0415
@@ -216,8 +215,6 @@ class _Runner:
             self._fn = engine.run
 
     def input(self, frames: int) -> Any:
-        import numpy as np  # noqa: PLC0415
-
         if frames not in self._inputs and getattr(self, "_waveform", False):
             # the waveform whose log-mel has ``frames`` frames (1 + (N - 1) // hop), speech-level
             self._inputs[frames] = (np.random.default_rng(frames).standard_normal((1, frames * 320))

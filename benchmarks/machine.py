@@ -17,6 +17,8 @@ import platform
 import sys
 import time
 from typing import Any
+import numpy as np
+import statistics
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,6 @@ class GemmWorkload:
     """The reference workload: one float32 (n x n) @ (n x n) product per call."""
 
     def __init__(self, n: int = GEMM_N, seed: int = 0) -> None:
-        import numpy as np  # noqa: PLC0415
-
         rng = np.random.default_rng(seed)
         self.n = n
         self.macs = n ** 3
@@ -104,15 +104,11 @@ class GemmWorkload:
         self.c = np.empty((n, n), dtype=np.float32)
 
     def run(self) -> None:
-        import numpy as np  # noqa: PLC0415
-
         np.matmul(self.a, self.b, out=self.c)
 
 
 def gemm_macs_per_s(budget_s: float = 0.5, n: int = GEMM_N) -> dict[str, float]:
     """Median GEMM time and MAC/s in this process (its current BLAS thread setting)."""
-    import statistics  # noqa: PLC0415
-
     w = GemmWorkload(n)
     w.run()  # warm-up: page in, spin up the BLAS threads
     times: list[float] = []

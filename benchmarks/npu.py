@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError
+from importlib import metadata
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ VELA_TIMEOUT_S = 1800
 
 def vela_version() -> str | None:
     """Installed Vela version, or None when the ``npu`` extra is not installed."""
-    from importlib import metadata  # noqa: PLC0415
-
     try:
         return metadata.version("ethos-u-vela")
     except metadata.PackageNotFoundError:

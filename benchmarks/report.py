@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from dymn_edge.errors import DymnEdgeError
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,6 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    from dymn_edge.errors import DymnEdgeError  # noqa: PLC0415
-
     p = Path(path)
     try:
         return json.loads(p.read_text())

@@ -34,6 +34,7 @@ from dymn_edge.weights import resolve_weights
 
 from dymn_edge.benchmarks import latency as lat
 from dymn_edge.benchmarks.macs import count_model, deployed_macs
+import json
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,6 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
 
 
 def _jsonable(obj: Any) -> Any:
-    import json  # noqa: PLC0415
-
     try:
         json.dumps(obj)
         return obj

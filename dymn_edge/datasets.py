@@ -25,14 +25,12 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dymn_edge.errors import DymnEdgeError, LabelsError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dymn_edge.labels import Label
+from dymn_edge.audio import fit_to_length
+from dymn_edge.errors import AudioError, DymnEdgeError, LabelsError
+from dymn_edge.labels import Label, audioset_labels, read_labels_csv, resolve_label
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +97,10 @@ def fsdd_eval_wave(path: str | Path) -> np.ndarray:
     import soundfile as sf  # noqa: PLC0415
     from scipy.signal import resample_poly  # noqa: PLC0415
 
-    from dymn_edge.audio import fit_to_length  # noqa: PLC0415
-
     p = Path(path)
     try:
         x, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as exc:
-        from dymn_edge.errors import AudioError  # noqa: PLC0415
-
         raise AudioError(f"{p}: cannot read audio ({exc})") from exc
     x = x.mean(axis=1)
     if sr != FSDD_RATE:
@@ -143,8 +137,6 @@ def _check_split(name: str, split: str | None, available: list[str], clips: list
 
 
 def _load_fsdd(root: Path, split: str | None) -> Dataset:
-    from dymn_edge.labels import read_labels_csv  # noqa: PLC0415
-
     labels = read_labels_csv(root / "labels.csv")
     rows = _read_csv_rows(root / "split.csv")
     _need_columns(root / "split.csv", rows, ("path", "label", "split"))
@@ -157,8 +149,6 @@ def _load_fsdd(root: Path, split: str | None) -> Dataset:
 
 
 def _load_esc50(root: Path, split: str | None) -> Dataset:
-    from dymn_edge.labels import Label  # noqa: PLC0415
-
     meta = root / "meta" / "esc50.csv"
     rows = _read_csv_rows(meta)
     _need_columns(meta, rows, ("filename", "fold", "target", "category"))
@@ -188,8 +178,6 @@ def _audioset_csv(root: Path) -> Path | None:
 
 
 def _load_audioset(root: Path, csv_path: Path, labels: list["Label"] | None) -> Dataset:
-    from dymn_edge.labels import audioset_labels  # noqa: PLC0415
-
     labels = labels if labels is not None else audioset_labels()
     by_mid = {lab.mid: lab.index for lab in labels if lab.mid}
     files: dict[str, Path] = {}
@@ -237,8 +225,6 @@ def _int_label(text: str, n: int, where: Path) -> int:
 
 
 def _load_generic(root: Path, labels: list["Label"] | None) -> Dataset:
-    from dymn_edge.labels import audioset_labels, read_labels_csv, resolve_label  # noqa: PLC0415
-
     if labels is None:
         classes = root / "classes.csv"
         labels = read_labels_csv(classes) if classes.is_file() else audioset_labels()

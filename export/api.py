@@ -20,6 +20,11 @@ from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
 from dymn_edge.metadata import WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, scrub_paths
+from importlib import metadata as md
+from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv
+from dymn_edge.registry import get_spec
+from dymn_edge.weights import sha256_file
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,6 @@ class ExportResult:
 
 def tool_versions() -> dict[str, str]:
     """Versions of every tool that shaped the file (missing ones are skipped)."""
-    from importlib import metadata as md  # noqa: PLC0415
-
     out = {}
     for dist in ("dymn-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim",
                  "litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
@@ -69,8 +72,6 @@ def _partial_path(out_path: Path) -> Path:
 
 
 def _labels(cfg: ExportConfig, num_classes: int, spec) -> list:
-    from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv  # noqa: PLC0415
-
     if cfg.labels is not None:
         labels = read_labels_csv(cfg.labels)
         if len(labels) != num_classes:
@@ -98,8 +99,6 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     """
     from dymn_edge.export.calibration import mel_frames  # noqa: PLC0415
     from dymn_edge.models import create_model  # noqa: PLC0415
-    from dymn_edge.registry import get_spec  # noqa: PLC0415
-    from dymn_edge.weights import sha256_file  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -230,8 +229,6 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
 def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report,
                                 meta: ModelMetadata | None = None) -> None:
     """The metadata rewrite must not change the graph: the file still runs, finite outputs."""
-    import numpy as np  # noqa: PLC0415
-
     from dymn_edge.export.validate import make_runner  # noqa: PLC0415
 
     try:

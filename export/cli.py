@@ -10,6 +10,7 @@ import warnings
 
 from dymn_edge.cliutil import OneLineErrorParser, exit_code, finite
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.registry import list_models
 
 log = logging.getLogger("dymn_edge.export")
 
@@ -42,8 +43,6 @@ validation exits 1. Errors in the options exit 2 with one line (add --verbose fo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dymn_edge.registry import list_models  # noqa: PLC0415
-
     p = OneLineErrorParser(
         prog="dymn-export", description="Export a DyMN / MN audio tagger to a validated, "
         "self-describing ONNX or TFLite file.", epilog=EPILOG,

@@ -16,6 +16,7 @@ import numpy as np
 
 from dymn_edge.errors import ExportError
 from dymn_edge.metadata import METADATA_KEY
+import warnings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ def export_onnx(module, path: str | Path, *, frames: int, dynamic_batch: bool,
     levels.append(quiet[-1].level)
     quiet[-1].setLevel(max(quiet[-1].level, logging.ERROR))
     try:
-        import warnings  # noqa: PLC0415
-
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (x,), input_names=[INPUT_NAME],

@@ -15,6 +15,7 @@ from pathlib import Path
 from dymn_edge.errors import ExportError
 from dymn_edge.export.native_output import converter_output
 from dymn_edge.metadata import METADATA_KEY
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ def add_tflite_metadata(data: bytes, name: str, payload: bytes) -> bytes:
     ai-edge-litert ships (unpack, append Buffer + Metadata, repack).
     """
     import flatbuffers  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
     from ai_edge_litert import schema_py_generated as fb  # noqa: PLC0415
 

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from dymn_edge.cliutil import EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
+from pathlib import Path
 
 log = logging.getLogger("dymn_edge.runtime")
 
@@ -171,8 +172,6 @@ def _tag(args: argparse.Namespace) -> int:
 
 def _tag_archive(args: argparse.Namespace) -> int:
     """``--output`` / ``--workers`` / ``--scheduler``: the resumable archive path (archive.py)."""
-    from pathlib import Path  # noqa: PLC0415
-
     from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive  # noqa: PLC0415
     from dymn_edge.runtime.tagger import DEFAULT_DITHER  # noqa: PLC0415
 

@@ -20,6 +20,7 @@ import numpy as np
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
+from importlib.metadata import PackageNotFoundError, version
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,6 @@ def build_sinks(args: argparse.Namespace, tagger: Any, filt: Any,
 
             sinks.append(EventLog(args.db, model=Path(args.model).resolve(), device=device_name))
         if args.mqtt:
-            from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
             from dymn_edge.runtime.mqtt import MqttPublisher, parse_mqtt_url  # noqa: PLC0415
 
             cfg = parse_mqtt_url(args.mqtt)
