@@ -30,7 +30,7 @@ from dymn_edge.audio import to_mono
 from dymn_edge.errors import DeviceError
 from dymn_edge.runtime.events import Event, EventTracker
 from dymn_edge.runtime.sinks import EventSink, SinkSet
-from dymn_edge.runtime.stream import StreamingScorer
+from dymn_edge.runtime.stream import StreamingScorer, StreamUpdate
 from dymn_edge.runtime.tagger import WindowScores
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,8 @@ class Listener:
                     on_tick(self.stats)
                 if limit is not None and consumed >= limit:
                     break
+            # the audio ends here: windows still waiting for their last frames are scored
+            self._handle(self.scorer.flush(), on_hop)
         except KeyboardInterrupt:
             log.info("interrupted")
         finally:
@@ -405,6 +407,10 @@ class Listener:
         self.stats.audio_seconds = self.scorer.seconds
         self._clock = (time.time(), self.scorer.seconds)
         self.sinks.audio(y, self.scorer.seconds)
+        self._handle(update, on_hop)
+
+    def _handle(self, update: StreamUpdate, on_hop: HopSink | None) -> None:
+        """Scores of one update -> stats, event tracker, sinks, ``on_hop``."""
         for scores, ms in zip(update.scores, update.inference_ms):
             self.stats.hops_run += 1
             self.stats.add_inference(ms)

@@ -19,12 +19,15 @@ def _noisy() -> None:
 
 
 def test_quiet_by_default(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    level = logging.getLogger("torchao").level  # whatever earlier tests left there
+    logging.getLogger("torchao").setLevel(logging.NOTSET)
     with caplog.at_level(logging.INFO, logger="dymn_edge"), converter_output():
         _noisy()
     out, err = capfd.readouterr()
     assert "Estimated count" not in err and "LiteRT-Torch" not in out and "LeafSpec" not in err
     assert not [r for r in caplog.records if "mxfp8" in r.getMessage()]
     assert logging.getLogger("torchao").level == logging.NOTSET  # restored
+    logging.getLogger("torchao").setLevel(level)
     os.write(2, b"after\n")  # the descriptors are back
     assert "after" in capfd.readouterr().err
 
