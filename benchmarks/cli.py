@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import json
 import sys
 from pathlib import Path
 
+from dymn_edge.benchmarks.macs import count_model, table
 from dymn_edge.cliutil import run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
-import json
+from dymn_edge.frontend import frames_for_seconds
 
 log = logging.getLogger("dymn_edge.benchmarks")
 
@@ -169,9 +171,6 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _print_macs(args: argparse.Namespace) -> int:
-    from dymn_edge.benchmarks.latency import frames_for_seconds  # noqa: PLC0415
-    from dymn_edge.benchmarks.macs import count_model, table  # noqa: PLC0415
-
     for s, model in ((s, m.strip()) for m in args.model.split(",") if m.strip()
                      for s in _csv(float, args.lengths, "lengths")):
         cx = count_model(model, frames=frames_for_seconds(s))

@@ -18,8 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dymn_edge.errors import DymnEdgeError
 import numpy as np
+
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.ort import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ _ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 1
 def _runtime_shapes(model) -> dict[str, list[int]]:
     """Every tensor's shape, from one ONNX Runtime run with all node outputs exposed."""
     import onnx  # noqa: PLC0415
-    import onnxruntime as ort  # noqa: PLC0415
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -73,10 +74,7 @@ def _runtime_shapes(model) -> dict[str, list[int]]:
             if name and name not in known:
                 m.graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(m.SerializeToString(), optimize=False)
     inits = {i.name for i in m.graph.initializer}
     feeds = {}
     for inp in m.graph.input:

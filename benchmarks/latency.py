@@ -29,8 +29,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dymn_edge.errors import DymnEdgeError
 import numpy as np
+
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.frontend import frames_for_seconds
 
 log = logging.getLogger(__name__)
 
@@ -360,11 +362,6 @@ class Worker:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
-
-
-def frames_for_seconds(seconds: float, sample_rate: int = 32000, hop: int = 320) -> int:
-    """Frames of a model window (the metadata's convention: seconds * rate / hop)."""
-    return int(round(seconds * sample_rate / hop))
 
 
 def _interleave(workers: list[Worker], frames: int, seconds: float, *, budget_s: float,

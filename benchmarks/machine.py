@@ -10,15 +10,17 @@ load, and the GEMM's MAC/s gives the "achieved fraction of the machine's MAC thr
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 from typing import Any
+
 import numpy as np
-import statistics
+
+from dymn_edge.metadata import installed_versions
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 def tool_versions() -> dict[str, str]:
     """Installed versions of the packages that decide the numbers (absent ones left out)."""
-    out = {"python": platform.python_version()}
-    for name in _TOOLS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return {"python": platform.python_version(), **installed_versions(_TOOLS)}
 
 
 def _cpu_model() -> str:

@@ -265,12 +265,6 @@ def count_model(name: str, *, frames: int = 1000, num_classes: int | None = None
                  num_classes=spec.num_classes if num_classes is None else num_classes)
 
 
-def frames_for_seconds(seconds: float, sample_rate: int = 32000, hop: int = 320) -> int:
-    """Log-mel frames of a clip (the frontend's centred STFT gives n // hop + 1; the
-    EfficientAT convention, and this project's windows, use seconds * rate / hop)."""
-    return int(round(seconds * sample_rate / hop))
-
-
 def deployed_macs(cx: Complexity, strategy: DynConvStrategy | str | None, *,
                   export_form: bool = True) -> int:
     """MACs that an exported graph (or the eager model) really executes.

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dymn_edge.errors import AudioError
+from dymn_edge.errors import AudioError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,6 @@ __all__ = ["read_audio", "resample", "to_mono", "fit_to_length", "DEFAULT_QUALIT
 
 #: soxr quality for offline resampling: 'HQ' is 20-bit precision, far below float32 model noise.
 DEFAULT_QUALITY = "HQ"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -106,7 +102,7 @@ def audio_info(path: str | os.PathLike):
     try:
         return sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(f"cannot decode audio file {p}: {_one_line(exc)}") from exc
+        raise AudioError(f"cannot decode audio file {p}: {one_line(exc)}") from exc
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = 32000,
@@ -123,7 +119,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 32000,
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(f"cannot decode audio file {p}: {_one_line(exc)}") from exc
+        raise AudioError(f"cannot decode audio file {p}: {one_line(exc)}") from exc
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"audio file {p} holds no samples")
     if not np.isfinite(data).all():

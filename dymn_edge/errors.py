@@ -48,3 +48,21 @@ class EngineError(DymnEdgeError):
 
 class DeviceError(DymnEdgeError):
     """An audio input device that is missing, vanished or cannot be opened as asked."""
+
+
+def one_line(exc: BaseException | None, limit: int = 300, *, with_type: bool = False) -> str:
+    """An exception as one short line, for the one-line errors the tools print.
+
+    The first non-empty line of its message, whitespace collapsed and cut at ``limit``
+    characters (converters and engines raise messages of hundreds of lines whose first line
+    says what failed); the type name when the message is empty, or before it with
+    ``with_type``.
+    """
+    if exc is None:
+        return "unknown error"
+    lines = [" ".join(ln.split()) for ln in str(exc).splitlines()]
+    text = next((ln for ln in lines if ln), "")[:limit]
+    name = type(exc).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if with_type else text

@@ -175,6 +175,28 @@ def frames_for_seconds(seconds: float, config: FrontendConfig = FrontendConfig()
     return int(round(seconds * config.sample_rate / config.hop_length))
 
 
+def frames_of_samples(num_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
+    """Frames of a waveform of ``num_samples``: ``1 + (N - 1) // hop`` (N > 1).
+
+    Pre-emphasis makes the signal one sample shorter; the centred STFT then gives one frame
+    per hop plus one (``torch.stft(center=True)``, as EfficientAT computes it).
+    """
+    return 1 + (num_samples - 1) // config.hop_length if num_samples > 1 else 0
+
+
+def samples_for_frames(frames: int, config: FrontendConfig = FrontendConfig(),
+                       seconds: float | None = None) -> int:
+    """Samples of a window whose log-mel has exactly ``frames`` frames.
+
+    ``round(seconds * sample_rate)`` when that length gives exactly ``frames`` frames, else
+    the nearest length that does. One rule for every fixed-shape input: a log-mel file's
+    window in the tagger and a waveform file's input see the same audio.
+    """
+    lo = (frames - 1) * config.hop_length + 1  # frames_of_samples(n) == frames for n in [lo, lo + hop)
+    n = max(lo, int(round(seconds * config.sample_rate))) if seconds else lo
+    return min(n, lo + config.hop_length - 1)
+
+
 class LogMelFrontend:
     """Whole-signal log-mel: ``(N,) -> (n_mels, T)`` or ``(B, N) -> (B, n_mels, T)`` float32.
 
@@ -194,7 +216,7 @@ class LogMelFrontend:
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of ``num_samples`` samples."""
-        return self._core.n_frames(num_samples - 1)
+        return frames_of_samples(num_samples, self.config)
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float64)

@@ -7,15 +7,18 @@ The runtime needs nothing else to turn audio into labelled scores.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from dymn_edge.errors import MetadataError
 from dymn_edge.frontend import frames_for_seconds
+from dymn_edge.ort import ort_session
 from dymn_edge.registry import FrontendConfig
 
 METADATA_KEY = "dymn_edge"
@@ -214,12 +217,7 @@ def read_tflite_metadata_entries(data: bytes) -> dict[str, bytes]:
 
 def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
     try:
-        import onnxruntime as ort  # noqa: PLC0415 (heavy, optional)
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return dict(sess.get_modelmeta().custom_metadata_map)
+        return dict(ort_session(path).get_modelmeta().custom_metadata_map)
     except ImportError:
         pass
     try:
@@ -253,3 +251,17 @@ def read_metadata(path: str | Path) -> ModelMetadata:
             "(files from other tools do not say their labels, frontend and window)"
         )
     return ModelMetadata.from_json(raw, source=str(p))
+
+
+def installed_versions(dists: Iterable[str]) -> dict[str, str]:
+    """Installed versions of the distributions ``dists`` (absent ones left out).
+
+    What a file or a benchmark records about the tools that made it.
+    """
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out

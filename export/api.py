@@ -15,16 +15,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from dymn_edge.arch import strategy_supports_dynamic_batch
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision
-from dymn_edge.metadata import WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, scrub_paths
-from importlib import metadata as md
 from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv
+from dymn_edge.metadata import (
+    WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, installed_versions, scrub_paths,
+)
 from dymn_edge.registry import get_spec
 from dymn_edge.weights import sha256_file
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +48,14 @@ class ExportResult:
         return self.size_bytes / 1e6
 
 
+#: The distributions whose versions shape an exported file (recorded in its metadata).
+EXPORT_TOOLS = ("dymn-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim",
+                "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of every tool that shaped the file (missing ones are skipped)."""
-    out = {}
-    for dist in ("dymn-edge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim",
-                 "litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(EXPORT_TOOLS)
 
 
 def default_output_path(cfg: ExportConfig, model_name: str) -> Path:

@@ -10,13 +10,14 @@ in (checked after simplification at several lengths).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.errors import ExportError
+from dymn_edge.errors import ExportError, one_line
 from dymn_edge.metadata import METADATA_KEY
-import warnings
+from dymn_edge.ort import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def export_onnx(module, path: str | Path, *, frames: int, dynamic_batch: bool,
                                         opset_version=OPSET, dynamo=True, verbose=False,
                                         optimize=True)
     except Exception as exc:  # the exporter raises many types
-        raise ExportError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+        raise ExportError(f"ONNX export failed: {one_line(exc)}") from exc
     finally:
         for lg, lv in zip(quiet, levels):
             lg.setLevel(lv)
@@ -79,7 +80,7 @@ def _simplify(model, frames: int):
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # noqa: BLE001 - simplification is an optimisation, not a must
-        log.warning("onnxsim failed (%s); keeping the unsimplified graph", str(exc).splitlines()[0][:200])
+        log.warning("onnxsim failed (%s); keeping the unsimplified graph", one_line(exc, 200))
         return model
     if not ok:
         log.warning("onnxsim could not verify its result; keeping the unsimplified graph")
@@ -108,11 +109,7 @@ def _dims(model) -> list[list[str | int]]:
 
 def run_onnx_bytes(data: bytes, frames: int, seed: int = 0) -> list[np.ndarray]:
     """Outputs of an ONNX model on a seeded random mel of ``frames`` frames (batch 1)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(data)
     x = np.random.default_rng(seed).standard_normal((1, 1, 128, frames)).astype(np.float32)
     return sess.run(None, {sess.get_inputs()[0].name: x})
 

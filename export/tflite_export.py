@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dymn_edge.errors import ExportError
+from dymn_edge.errors import ExportError, one_line
 from dymn_edge.export.native_output import converter_output
 from dymn_edge.metadata import METADATA_KEY
 import numpy as np
@@ -56,8 +56,7 @@ def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
                                         quant_config=quant_config)
             return bytes(edge.model_content())  # the flatbuffer is written (and logged) here
     except Exception as exc:  # the converter raises many types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"TFLite conversion failed: {first}") from exc
+        raise ExportError(f"TFLite conversion failed: {one_line(exc)}") from exc
 
 
 def _quiet_converter_progress() -> None:

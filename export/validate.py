@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dymn_edge.datasets import load_dataset
-from dymn_edge.errors import DymnEdgeError
+from dymn_edge.errors import DymnEdgeError, one_line
 from dymn_edge.export.calibration import mel_frames, to_mel, validation_waves
 from dymn_edge.metadata import detect_format
 from dymn_edge.metrics import (
@@ -182,7 +182,7 @@ def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc
         try:
             got = runner(mel)
         except Exception as exc:  # noqa: BLE001 - a failing engine is a failed validation
-            report.errors.append(f"{label}: the file does not run ({str(exc).splitlines()[0][:200]})")
+            report.errors.append(f"{label}: the file does not run ({one_line(exc, 200)})")
             continue
         ref32 = reference(mel)
         ref = ref32 if reference64 is None else reference64(mel)

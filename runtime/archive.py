@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from dymn_edge.errors import DymnEdgeError
+from dymn_edge.errors import DymnEdgeError, one_line
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.output import TagFilter, json_line, window_json
 from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger
@@ -620,16 +620,16 @@ def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], mode
                 # the result or an input went with a dead worker, or the future was cancelled:
                 # nothing is known against the files, so the same task runs again
                 lost[task.part] = lost.get(task.part, 0) + 1
-                log.warning("task %s lost (%s); running it again", task.part, _one_line(exc))
+                log.warning("task %s lost (%s); running it again", task.part, one_line(exc, with_type=True))
                 submit(task, attempt)
             elif len(task.files) > 1 and attempt == 0:
                 log.warning("task of %d files failed on its workers (%s); retrying file by file",
-                            len(task.files), _one_line(exc))
+                            len(task.files), one_line(exc, with_type=True))
                 splits[task.index] = [None] * len(task.files)
                 for k, f in enumerate(task.files):
                     submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
             else:
-                res = _crash_result(task, f"worker died or failed on this file: {_one_line(exc)}", opts)
+                res = _crash_result(task, f"worker died or failed on this file: {one_line(exc, with_type=True)}", opts)
                 _collect(task, res, splits, accept, opts)
             for nxt in _take(pending, 1):
                 submit(nxt)
@@ -691,11 +691,6 @@ def _take(it: Iterator[Task], n: int) -> list[Task]:
         except StopIteration:
             break
     return out
-
-
-def _one_line(exc: BaseException | None) -> str:
-    text = " ".join(str(exc).split()) if exc is not None else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _crash_result(task: Task, message: str, opts: ArchiveOptions) -> TaskResult:

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from dymn_edge.errors import DymnEdgeError, EngineError, MetadataError
+from dymn_edge.errors import DymnEdgeError, EngineError, MetadataError, one_line
+from dymn_edge.frontend import frames_of_samples
+from dymn_edge.ort import ort_session
 from dymn_edge.metadata import METADATA_KEY, ModelMetadata, TensorInfo, detect_format, read_metadata
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,6 @@ PIP_ONNX = "pip install 'dymn-edge[onnx]'"
 PIP_LITERT = "pip install 'dymn-edge[litert]'"
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,7 @@ def _waveform_input_spec(meta: ModelMetadata) -> InputSpec:
     if not meta.dynamic_time:
         samples = _static_dim(shape, -1, int(round(meta.window_seconds * fc.sample_rate)))
     batch = None if meta.dynamic_batch else _static_dim(shape, 0, 1)
-    frames = None if samples is None else 1 + (samples - 1) // fc.hop_length
+    frames = None if samples is None else frames_of_samples(samples, fc)
     return InputSpec(info.name, frames, batch, info.dtype, fc.n_mels, samples, True)
 
 
@@ -235,21 +232,11 @@ class OnnxEngine(Engine):
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         p = Path(path)
         try:
-            import onnxruntime as ort  # noqa: PLC0415 (optional, heavy)
+            self.session = ort_session(p, threads=threads)
         except ImportError as exc:
             raise EngineError(f"{p}: ONNX files need ONNX Runtime: {PIP_ONNX}") from exc
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            # spinning workers burn the cores the capture thread and other programs need
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-            raise EngineError(f"{p}: ONNX Runtime cannot load this file ({_one_line(exc)})") from exc
+            raise EngineError(f"{p}: ONNX Runtime cannot load this file ({one_line(exc)})") from exc
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise MetadataError(_no_metadata_message(p, "onnx"))
@@ -277,7 +264,7 @@ class OnnxEngine(Engine):
             logits, emb = self.session.run(self._fetch, {self._in.name: feed})
         except Exception as exc:  # ORT's Fail / InvalidArgument: bad graph for this input
             raise EngineError(f"{self.path.name}: ONNX Runtime failed on input {x.shape} "
-                              f"({_one_line(exc)})") from exc
+                              f"({one_line(exc)})") from exc
         return _as_float(logits, self._out_q[0]), _as_float(emb, self._out_q[1])
 
 
@@ -354,12 +341,12 @@ class LiteRTEngine(Engine):
             try:
                 kwargs["experimental_delegates"] = [load_delegate(lib, opts or None)]
             except (ValueError, OSError, RuntimeError) as exc:
-                raise EngineError(f"cannot load LiteRT delegate '{lib}' ({_one_line(exc)})") from exc
+                raise EngineError(f"cannot load LiteRT delegate '{lib}' ({one_line(exc)})") from exc
         try:
             self.interpreter = Interpreter(**kwargs)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise EngineError(f"{p}: LiteRT cannot load this file ({_one_line(exc)})") from exc
+            raise EngineError(f"{p}: LiteRT cannot load this file ({one_line(exc)})") from exc
         super().__init__(p, metadata)
         self.threads = threads
         self._in = self.interpreter.get_input_details()[0]
@@ -422,7 +409,7 @@ def load_engine(path: str | Path, *, threads: int | None = None,
     except DymnEdgeError:
         raise
     except Exception as exc:  # a corrupt file can fail anywhere in a parser
-        raise MetadataError(f"{p}: cannot read this {fmt} file ({_one_line(exc)})") from exc
+        raise MetadataError(f"{p}: cannot read this {fmt} file ({one_line(exc)})") from exc
     if engine.metadata.format != fmt:
         log.warning("%s: metadata says %s but the file is %s; trusting the content",
                     p.name, engine.metadata.format, fmt)

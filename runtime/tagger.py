@@ -48,7 +48,7 @@ import soxr
 
 from dymn_edge.audio import DEFAULT_QUALITY, audio_info, fit_to_length, to_mono
 from dymn_edge.errors import AudioError, DymnEdgeError
-from dymn_edge.frontend import LogMelFrontend
+from dymn_edge.frontend import LogMelFrontend, samples_for_frames
 from dymn_edge.labels import Label
 from dymn_edge.runtime.engines import Engine
 
@@ -141,11 +141,8 @@ class Tagger:
                 self.window_samples = int(engine.fixed_samples)
         elif self.engine.fixed_frames is not None:
             # The waveform length whose log-mel has exactly the frames the graph takes.
-            self.window_samples = (self.engine.fixed_frames - 1) * self.frontend_config.hop_length + 1
-            self.window_samples = max(self.window_samples,
-                                      int(round(self.metadata.window_seconds * self.sample_rate)))
-            while self.frontend.num_frames(self.window_samples) > self.engine.fixed_frames:
-                self.window_samples -= 1
+            self.window_samples = samples_for_frames(self.engine.fixed_frames, self.frontend_config,
+                                                     self.metadata.window_seconds)
         _warn_if_not_validated(engine)
 
     @property

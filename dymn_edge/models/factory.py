@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dymn_edge.errors import WeightsError
+from dymn_edge.errors import WeightsError, one_line
 from dymn_edge.registry import Arch, ModelSpec, get_spec
 from dymn_edge.weights import resolve_weights
 
@@ -33,8 +33,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from exc
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc, 160)})") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
