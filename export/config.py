@@ -45,7 +45,7 @@ MAX_WINDOW_S = 60.0
 class QuantScheme(str, enum.Enum):
     """How an int8 file is made."""
 
-    STATIC_QDQ = "static_qdq"  # ONNX Runtime static: QDQ, s8 weights, u8 activations, calibrated
+    STATIC_QDQ = "static_qdq"  # ONNX Runtime static: QDQ, s8 weights, s8 symmetric activations, calibrated
     DYNAMIC = "dynamic"  # ONNX Runtime dynamic / LiteRT dynamic-range: int8 weights, activations quantized on the fly
     WEIGHT_ONLY = "weight_only"  # LiteRT: int8 weights dequantized to float at load; float compute
     FULL_INT8 = "full_int8"  # LiteRT full-integer (NPU); experimental, see quantize.py
@@ -98,7 +98,7 @@ class QuantizationConfig:
 
     scheme: QuantScheme = QuantScheme.STATIC_QDQ
     weight_type: str = "int8"
-    activation_type: str = "uint8"
+    activation_type: str = "int8"  # ONNX static: s8 symmetric (u8 x s8 saturates on x86 without VNNI, quantize.py)
     per_channel: bool = True  # ordinary convs; the Dy-Conv kernel banks always get per-tensor scales in TFLite
     calibration_method: CalibrationMethod = CalibrationMethod.CLIPWISE
     percentile: float = 99.99

@@ -7,13 +7,19 @@ notes and ``tests/export``):
   weight (the Dy-Conv kernels computed at run time stay float), activations quantized at
   run time; no calibration. FSDD: 0.97 -> 0.97, 7.2 -> 2.1 MB.
 - ONNX ``static_qdq`` (``--static-int8``): ONNX Runtime static quantization, QDQ, s8
-  per-channel weights, u8 activations, calibrated on real audio, Relu kept. Every op
-  quantized it was at chance (0.10 Percentile / 0.26 MinMax: 4 out-of-domain clips among 68
-  set the late-block ranges 100-200x too wide). Now: clip-wise ranges (:func:`clipwise_ranges`)
-  and the pooled context / coefficient path float (:func:`context_path_nodes`): 0.9000 vs
-  0.9533 fp32 on FSDD (runtime audio path), and no faster than fp32 in ORT (DyMN-M 10 s:
-  fp32/int8 0.97; MN-10: 0.77). ``--quant-report`` writes the per-node error table
-  (:mod:`~dymn_edge.export.quant_report`). Selectable, validated, not the default.
+  per-channel weights, **s8 symmetric activations**, calibrated on real audio, Relu kept.
+  Every op quantized it was at chance (0.10 Percentile / 0.26 MinMax: 4 out-of-domain clips
+  among 68 set the late-block ranges 100-200x too wide); clip-wise ranges
+  (:func:`clipwise_ranges`) and the pooled context / coefficient path float
+  (:func:`context_path_nodes`) brought it to 0.92 vs 0.97 with u8 activations. The last
+  5 points were not quantization at all: the QDQ graph run as written scores 0.9667, the
+  deployed file 0.92 because MLAS's u8 x s8 kernel on x86 without VNNI (AVX2: ``vpmaddubsw``)
+  adds pairs of products in int16 and saturates; ORT's precise-kernel option
+  (``session.x64quantprecision``) gives 0.9667 on the same file. s8 symmetric activations
+  (0.9733) or 7-bit weights (``reduce_range``, 0.97) avoid it with no speed cost in the
+  kernel; s8 is the default (exact on every CPU, and the form TFLite / NPUs use).
+  :func:`kernel_sqnr` checks every export: deployed kernels vs the QDQ graph as written.
+  ``--quant-report`` writes the per-node error table (:mod:`~dymn_edge.export.quant_report`).
 - TFLite ``weight_only`` (default): int8 weights, dequantized to float in the graph, float
   compute (XNNPACK keeps the single partition). Ordinary convs get per-channel scales; the
   FULLY_CONNECTED weights, which hold the Dy-Conv kernel banks reshaped to
@@ -99,7 +105,10 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
             input_name = model.graph.input[0].name
             # Keep Relu/Clip: ORT drops them assuming the output range clips at 0, which a
             # symmetric/percentile range does not (ReLU outputs went negative: accuracy 0.10).
-            extra: dict = {"QDQKeepRemovableActivations": True}
+            extra: dict = {"QDQKeepRemovableActivations": True,
+                           # s8 activations centred on 0: the u8 x s8 kernel of x86 CPUs without
+                           # VNNI saturates (module docstring); symmetric s8 never does
+                           "ActivationSymmetric": q.activation_type == "int8"}
             exclude = context_path_nodes(model) if q.keep_context_float else []
             kw: dict = {}
             if q.calibration_method is CalibrationMethod.CLIPWISE:
@@ -118,6 +127,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
                 quant_format=ortq.QuantFormat.QDQ, per_channel=q.per_channel,
                 activation_type=qt[q.activation_type], weight_type=qt[q.weight_type],
                 calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra, **kw)
+            _check_kernels(dst, mels)
             if report_path is not None:
                 from dymn_edge.export.quant_report import quant_report, write_report  # noqa: PLC0415
 
@@ -134,6 +144,30 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
 
 #: calibration clips the per-node report runs (it keeps every activation of each in memory)
 REPORT_CLIPS = 8
+
+#: deployed int8 kernels vs the QDQ graph as written, output SQNR below which the export warns
+KERNEL_SQNR_DB = 40.0
+
+
+def _check_kernels(path: Path, mels: np.ndarray, clips: int = 4) -> dict[str, float]:
+    """Warn when ONNX Runtime's fused int8 kernels on this CPU depart from the QDQ graph.
+
+    Why: the per-node report and any simulation see the QDQ arithmetic; the file runs
+    QLinearConv / QLinearMatMul, whose x86 u8 x s8 form saturates without VNNI (16.6 dB output
+    SQNR, -5 accuracy points on the FSDD DyMN-S). Exact kernels agree to > 100 dB.
+    """
+    from dymn_edge.export.quant_report import kernel_sqnr  # noqa: PLC0415
+
+    idx = np.unique(np.linspace(0, len(mels) - 1, min(len(mels), clips)).round().astype(int))
+    sq = kernel_sqnr(path, mels[idx])
+    worst = min(sq.values()) if sq else float("inf")
+    if worst < KERNEL_SQNR_DB:
+        log.warning("static int8: this CPU's int8 kernels depart from the quantized graph "
+                    "(output SQNR %.1f dB; u8 x s8 saturation on x86 without VNNI?): use s8 "
+                    "activations", worst)
+    else:
+        log.info("static int8: deployed kernels match the QDQ graph (output SQNR %.0f dB)", worst)
+    return sq
 
 
 def _preprocess(src: Path, dst: Path) -> Path:

@@ -1,9 +1,10 @@
 """ONNX static int8 (--static-int8) of the trained FSDD DyMN-S, with the per-node report.
 
-One conversion, quantization and a 300-clip accuracy run (minutes on 2 cores): slow. What it
-pins is the measured state, not the issue's goal: clip-wise ranges and the float context path
-take the file from chance (0.10-0.27 with every op quantized) to within ~6 points of the fp32
-file; the goal of 0.5 points is not reached (see the README's int8 section).
+One conversion, quantization and a 300-clip accuracy run (minutes on 2 cores): slow. The
+issue's bound: within 0.5 points of the fp32 ONNX file. Clip-wise ranges and the float context
+path took the file from chance (0.10-0.27) to 0.90 with u8 activations; the rest was the x86
+u8 x s8 kernel saturating (AVX2 without VNNI), gone with s8 symmetric activations (README's
+int8 section).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def test_fsdd_static_int8_accuracy_and_report(tmp_path, fsdd_weights, fsdd_dir):
     r = export_model(cfg, progress=False)
     acc = r.report["accuracy"]
     assert acc["clips"] == 300 and acc["reference_accuracy"] >= 0.94
-    assert acc["accuracy"] >= acc["reference_accuracy"] - 0.07, acc  # measured: 0.9000 vs 0.9533
+    assert acc["accuracy"] >= acc["reference_accuracy"] - 0.005, acc
     rep = json.loads(out.with_name(out.name + ".quant-report.json").read_text())
-    assert rep["output_sqnr_db"]["logits"] > 20.0  # measured 32.7 dB on 8 calibration clips
+    assert rep["output_sqnr_db"]["logits"] > 18.0  # measured 20.9 dB on 8 calibration clips
+    # the deployed int8 kernels compute the QDQ graph (u8 activations: 16.6 dB on AVX2 without VNNI)
+    assert min(rep["kernel_sqnr_db"].values()) > 40.0, rep["kernel_sqnr_db"]
     assert rep["worst_growth"] and rep["worst_local"]
     assert "context path float" in r.metadata.quantization
