@@ -20,7 +20,8 @@ import numpy as np
 from dymn_edge.arch import strategy_supports_dynamic_batch
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export.config import ExportConfig
-from dymn_edge.export.formats import Format, Precision
+from dymn_edge.export.formats import Format, Precision, mel_io
+from dymn_edge.frontend import frames_for_seconds, samples_for_frames
 from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv
 from dymn_edge.metadata import (
     WAVEFORM_SCHEMA_VERSION, ModelMetadata, TensorInfo, installed_versions, scrub_paths,
@@ -97,13 +98,12 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     failed validation is kept for inspection as ``<name>.failed-validation<suffix>``, its
     metadata saying so.
     """
-    from dymn_edge.export.calibration import mel_frames  # noqa: PLC0415
     from dymn_edge.models import create_model  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     spec = get_spec(cfg.model)
-    fmt, prec = cfg.format, cfg.precision
+    prec = cfg.precision
     model = create_model(spec.name, weights=cfg.weights, pretrained=not cfg.random_init,
                          seed=cfg.seed, allow_download=cfg.allow_download)
     num_classes = int(model.num_classes) if hasattr(model, "num_classes") else int(
@@ -117,10 +117,10 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         log.warning("%s: exporting an UNTRAINED random-init model (seed %d): its outputs are "
                     "meaningless; the file's metadata says untrained=true", spec.name, cfg.seed)
     window = cfg.window_for(num_classes)
-    frames = mel_frames(window, spec.frontend)
+    frames = frames_for_seconds(window, spec.frontend)
     strategy = cfg.resolved_strategy
-    dyn_batch = fmt is Format.ONNX and strategy_supports_dynamic_batch(strategy)
-    dyn_time = fmt is Format.ONNX
+    dyn_time = cfg.format_spec.dynamic_axes
+    dyn_batch = dyn_time and strategy_supports_dynamic_batch(strategy)
     out_path = cfg.output_path(spec.name)  # checked again: the folder may have changed since
     q = cfg.quantization
     assert q is not None
@@ -168,18 +168,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
             calib = calibration_mels(cfg.calibration, window, fc, progress=progress)
             quant_desc += f"; calibrated on {calib.source}"
         with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})"):
-            if cfg.waveform:
-                from dymn_edge.export.waveform import write_waveform_file  # noqa: PLC0415
-
-                write_waveform_file(exportable, tmp_path, fmt.value, fc, activation, frames, window, dyn_batch)
-            elif fmt is Format.ONNX:
-                from dymn_edge.export.onnx_export import export_onnx  # noqa: PLC0415
-
-                export_onnx(exportable, tmp_path, frames=frames, dynamic_batch=dyn_batch)
-            else:
-                from dymn_edge.export.tflite_export import convert_tflite  # noqa: PLC0415
-
-                tmp_path.write_bytes(convert_tflite(exportable, frames=frames))
+            module, io = _graph(exportable, cfg, fc, activation, frames, window)
+            cfg.format_spec.write_function()(module, tmp_path, io=io, dynamic_batch=dyn_batch)
         timings["convert"] = time.perf_counter() - t
         t = time.perf_counter()
         if prec is not Precision.FP32:
@@ -219,26 +209,34 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     timings["validate"] = time.perf_counter() - t
     _write_metadata(part, fmt, meta)
     if cfg.validate:
-        _same_outputs_after_rewrite(part, fmt, frames, report, meta)
+        _same_outputs_after_rewrite(part, frames, report, meta)
         meta.validation = report.summary()
     size = part.stat().st_size
     timings["total"] = time.perf_counter() - t0
     return ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings), report
 
 
-def _same_outputs_after_rewrite(path: Path, fmt: Format, frames: int, report,
-                                meta: ModelMetadata | None = None) -> None:
+def _graph(exportable, cfg: ExportConfig, fc, activation: str, frames: int, window: float):
+    """(module, GraphIO) to convert: the patched model, or it behind the in-graph frontend."""
+    if not cfg.waveform:
+        return exportable, mel_io(frames, fc.n_mels)
+    from dymn_edge.export.waveform import DEFAULT_STFT, WaveformModel, waveform_io  # noqa: PLC0415
+
+    module = WaveformModel(exportable, fc, activation, DEFAULT_STFT).eval()
+    return module, waveform_io(samples_for_frames(frames, fc, window), fc)
+
+
+def _same_outputs_after_rewrite(path: Path, frames: int, report, meta: ModelMetadata) -> None:
     """The metadata rewrite must not change the graph: the file still runs, finite outputs."""
     from dymn_edge.export.validate import make_runner  # noqa: PLC0415
 
+    fc = meta.frontend_config
+    if meta.takes_waveform:  # a quiet signal: log(mel + 1e-5) stays finite either way
+        probe = np.full((1, samples_for_frames(frames, fc, meta.window_seconds)), 1e-3, np.float32)
+    else:
+        probe = np.full((1, 1, fc.n_mels, frames), -1.0, np.float32)
     try:
-        if meta is not None and meta.takes_waveform:
-            from dymn_edge.export.waveform import file_runner, waveform_samples  # noqa: PLC0415
-
-            n = waveform_samples(frames, meta.frontend_config, meta.window_seconds)
-            logits, emb = file_runner(path, fmt.value)(np.full((1, n), 1e-3, np.float32))
-        else:
-            logits, emb = make_runner(path)(np.full((1, 1, 128, frames), -1.0, np.float32))
+        logits, emb = make_runner(path)(probe)
         if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
             report.errors.append("final file gives non-finite outputs")
     except Exception as exc:  # noqa: BLE001
@@ -311,11 +309,7 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
     from dymn_edge.export import validate as v  # noqa: PLC0415
 
     t = time.perf_counter()
-    fmt, prec = cfg.format, cfg.precision
-    if cfg.waveform:  # waveform in: PyTorch frontend + model is the oracle
-        from dymn_edge.export.waveform import validate_waveform_file  # noqa: PLC0415
-
-        return validate_waveform_file(path, cfg, model, meta, progress)
+    fmt, prec, fc = cfg.format, cfg.precision, meta.frontend_config
     report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
     try:
         engine = v.load_file(path)
@@ -323,11 +317,18 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
         report.errors.append(f"the file does not load in the runtime ({exc})")
         return report
     runner, report.engine = engine.run, f"{engine.name} (dymn_edge.runtime)"
+    samples, names = None, ("logits", "embedding")
+    if cfg.waveform:  # the oracle is the faithful model behind the PyTorch frontend
+        from dymn_edge.export.waveform import DEFAULT_STFT, OUTPUT_NAMES, WaveformModel  # noqa: PLC0415
+
+        model = WaveformModel(model, fc, meta.output_activation, DEFAULT_STFT).eval()
+        samples = engine.input_spec.samples or samples_for_frames(meta.window_frames, fc, meta.window_seconds)
+        names = OUTPUT_NAMES
     reference = v.torch_runner(model)
     tol = cfg.format_spec.tolerance.get(prec.value)  # None for int8: judged by agreement
-    v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=meta.frontend_config,
+    v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=fc,
                    dynamic_time=meta.dynamic_time, tolerance=tol, report=report,
-                   reference64=v.torch64_runner(model))
+                   reference64=v.torch64_runner(model), waveform_samples=samples, names=names)
     eval_dir = cfg.eval_dataset
     if eval_dir is not None:
         acc = v.evaluate_dataset(path, reference, eval_dir, progress=progress)

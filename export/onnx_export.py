@@ -16,64 +16,73 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
+from dymn_edge.export.formats import GraphIO, mel_io
 from dymn_edge.metadata import METADATA_KEY
 from dymn_edge.ort import ort_session
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "mel"
-OUTPUT_NAMES = ("logits", "embedding")
 OPSET = 18
 
+#: Exporter loggers quieted during export: the dynamo exporter logs every pass at INFO, and
+#: the registry "torchvision is not installed. Skipping torchvision::nms" (4 lines) at WARNING.
+_QUIET = (("onnx_ir", logging.WARNING), ("onnxscript", logging.WARNING), ("torch.onnx", logging.WARNING),
+          ("torch._export", logging.WARNING),
+          ("torch.onnx._internal.exporter._registration", logging.ERROR))
 
-def export_onnx(module, path: str | Path, *, frames: int, dynamic_batch: bool,
-                simplify: bool = True) -> Path:
+
+def export_onnx(module, path: str | Path, *, io: GraphIO | None = None, frames: int | None = None,
+                dynamic_batch: bool, simplify: bool = True) -> Path:
     """Write ``module`` (patched, eval) to ``path`` as fp32 ONNX; returns the path.
 
-    Uses the dynamo exporter (``torch.export`` + onnxscript) with symbolic batch/time dims:
-    the TorchScript exporter bakes the traced time length into the pointwise Dy-Conv's
-    reshape, so its graph fails at any other length. The patched model has no adaptive
-    pooling, so dynamo's fixed-kernel AveragePool bug cannot occur (validation checks other
-    lengths anyway). onnxsim then folds constants.
+    ``io``: the graph's signature (default: the log-mel graph of ``frames`` frames); its
+    length axis is always symbolic, the batch too with ``dynamic_batch``. Uses the dynamo
+    exporter (``torch.export`` + onnxscript): the TorchScript exporter bakes the traced time
+    length into the pointwise Dy-Conv's reshape, so its graph fails at any other length. The
+    patched model has no adaptive pooling, so dynamo's fixed-kernel AveragePool bug cannot
+    occur (validation checks other lengths anyway). onnxsim then folds constants.
     """
     import torch  # noqa: PLC0415
     import onnx  # noqa: PLC0415
 
+    io = io or mel_io(_required(frames))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, 1, 128, frames)
-    frames_dim = torch.export.Dim("frames", min=32, max=100_000)
-    dyn = {0: torch.export.Dim("batch", min=1, max=1024), 3: frames_dim} if dynamic_batch else {3: frames_dim}
-    quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx", "torch._export")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:  # the dynamo exporter logs every pass at INFO
-        lg.setLevel(max(lg.level, logging.WARNING))
-    # ... and "torchvision is not installed. Skipping torchvision::nms" (4 lines) at WARNING
-    quiet.append(logging.getLogger("torch.onnx._internal.exporter._registration"))
-    levels.append(quiet[-1].level)
-    quiet[-1].setLevel(max(quiet[-1].level, logging.ERROR))
+    length = torch.export.Dim(io.length_name, min=io.length_min, max=io.length_max)
+    dyn = {io.length_axis: length}
+    if dynamic_batch:
+        dyn[0] = torch.export.Dim("batch", min=1, max=1024)
+    quiet = [(logging.getLogger(name), level) for name, level in _QUIET]
+    levels = [lg.level for lg, _ in quiet]
+    for lg, level in quiet:
+        lg.setLevel(max(lg.level, level))
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (x,), input_names=[INPUT_NAME],
-                                        output_names=list(OUTPUT_NAMES),
-                                        dynamic_shapes=(dyn,),
-                                        opset_version=OPSET, dynamo=True, verbose=False,
-                                        optimize=True)
+            program = torch.onnx.export(module, (torch.zeros(io.example_shape),),
+                                        input_names=[io.input_name], output_names=list(io.output_names),
+                                        dynamic_shapes=(dyn,), opset_version=OPSET, dynamo=True,
+                                        verbose=False, optimize=True)
     except Exception as exc:  # the exporter raises many types
         raise ExportError(f"ONNX export failed: {one_line(exc)}") from exc
     finally:
-        for lg, lv in zip(quiet, levels):
+        for (lg, _), lv in zip(quiet, levels):
             lg.setLevel(lv)
     program.save(str(path))
     model = onnx.load(str(path))
     if simplify:
-        model = _simplify(model, frames)
+        model = _simplify(model, io)
     onnx.save(model, str(path))
     return path
 
 
-def _simplify(model, frames: int):
+def _required(frames: int | None) -> int:
+    if frames is None:
+        raise TypeError("export_onnx needs io= or frames=")
+    return frames
+
+
+def _simplify(model, io: GraphIO):
     """onnxsim, kept only if the result still has symbolic dims and the same outputs."""
     import onnxsim  # noqa: PLC0415
 
@@ -88,13 +97,14 @@ def _simplify(model, frames: int):
     if _dims(simplified) != _dims(model):
         log.warning("onnxsim fixed a dynamic dimension; keeping the unsimplified graph")
         return model
-    for t in (frames, frames + 37):
-        a = run_onnx_bytes(model.SerializeToString(), t)
-        b = run_onnx_bytes(simplified.SerializeToString(), t)
+    for n in (io.length, io.length + io.probe_step):
+        x = io.probe(n)
+        a = ort_session(model.SerializeToString()).run(None, {io.input_name: x})
+        b = ort_session(simplified.SerializeToString()).run(None, {io.input_name: x})
         # relative: random mels can drive logits to ~1e3, where float32 rounding alone is ~1e-2
         if any(float(np.max(np.abs(p - q))) > 1e-4 * (1.0 + float(np.max(np.abs(p))))
                for p, q in zip(a, b)):
-            log.warning("onnxsim changed the outputs at %d frames; keeping the unsimplified graph", t)
+            log.warning("onnxsim changed the outputs at length %d; keeping the unsimplified graph", n)
             return model
     log.debug("onnxsim: %d -> %d nodes", len(model.graph.node), len(simplified.graph.node))
     return simplified
@@ -105,13 +115,6 @@ def _dims(model) -> list[list[str | int]]:
     for v in list(model.graph.input) + list(model.graph.output):
         out.append([d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
     return out
-
-
-def run_onnx_bytes(data: bytes, frames: int, seed: int = 0) -> list[np.ndarray]:
-    """Outputs of an ONNX model on a seeded random mel of ``frames`` frames (batch 1)."""
-    sess = ort_session(data)
-    x = np.random.default_rng(seed).standard_normal((1, 1, 128, frames)).astype(np.float32)
-    return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
 def onnx_io(path: str | Path) -> tuple[list[tuple[str, list, str]], list[tuple[str, list, str]]]:

@@ -12,35 +12,54 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from dymn_edge.errors import ExportError, one_line
+from dymn_edge.export.formats import GraphIO, mel_io
 from dymn_edge.export.native_output import converter_output
 from dymn_edge.metadata import METADATA_KEY
-import numpy as np
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
-INPUT_NAME = "mel"
 
 
-def _named_io(module):
-    """Wrap so that litert-torch names the input ``mel`` and the outputs by dict key."""
+def _named_io(module, io: GraphIO):
+    """Wrap so that litert-torch names the input by keyword and the outputs by dict key.
+
+    The converter takes the input's name from ``forward``'s parameter, so each input name
+    has its own small wrapper class.
+    """
     from torch import nn  # noqa: PLC0415
 
-    class NamedIO(nn.Module):
+    class _Named(nn.Module):
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             self.inner = inner
 
+        def _outputs(self, x):
+            return dict(zip(io.output_names, self.inner(x)))
+
+    class MelIO(_Named):
         def forward(self, mel):
-            logits, embedding = self.inner(mel)
-            return {"logits": logits, "embedding": embedding}
+            return self._outputs(mel)
 
-    return NamedIO(module).eval()
+    class WaveformIO(_Named):
+        def forward(self, waveform):
+            return self._outputs(waveform)
+
+    wrappers = {"mel": MelIO, "waveform": WaveformIO}
+    if io.input_name not in wrappers:
+        raise ExportError(f"no TFLite signature wrapper for an input named '{io.input_name}'")
+    return wrappers[io.input_name](module).eval()
 
 
-def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
-    """fp32 (or PT2E-quantized, when ``quant_config`` is given) flatbuffer of ``module``."""
+def convert_tflite(module, *, io: GraphIO | None = None, frames: int | None = None,
+                   quant_config=None) -> bytes:
+    """fp32 (or PT2E-quantized, when ``quant_config`` is given) flatbuffer of ``module``.
+
+    ``io``: the graph's signature (default: the log-mel graph of ``frames`` frames).
+    """
     import torch  # noqa: PLC0415
 
     with converter_output():  # importing litert-torch already prints (torchao, absl)
@@ -48,11 +67,15 @@ def convert_tflite(module, *, frames: int, quant_config=None) -> bytes:
             import litert_torch  # noqa: PLC0415
         except ImportError as exc:
             raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
-    x = torch.zeros(1, 1, 128, frames)
+    if io is None:
+        if frames is None:
+            raise TypeError("convert_tflite needs io= or frames=")
+        io = mel_io(frames)
     _quiet_converter_progress()
     try:
         with torch.no_grad(), converter_output():
-            edge = litert_torch.convert(_named_io(module), sample_kwargs={INPUT_NAME: x},
+            edge = litert_torch.convert(_named_io(module, io),
+                                        sample_kwargs={io.input_name: torch.zeros(io.example_shape)},
                                         quant_config=quant_config)
             return bytes(edge.model_content())  # the flatbuffer is written (and logged) here
     except Exception as exc:  # the converter raises many types
@@ -133,6 +156,12 @@ def tflite_io(data: bytes) -> tuple[list[dict], list[dict]]:
     return info(runner.get_input_details()), info(runner.get_output_details())
 
 
-def export_tflite(module, path: str | Path, *, frames: int) -> Path:
-    """fp32 TFLite of ``module`` at ``frames`` frames, written to ``path`` without metadata."""
-    return write_tflite(convert_tflite(module, frames=frames), path)
+def export_tflite(module, path: str | Path, *, io: GraphIO, dynamic_batch: bool = False) -> Path:
+    """fp32 TFLite of ``module`` with the fixed signature ``io``, written without metadata.
+
+    The formats table's writer (same call as ONNX's); LiteRT files are fixed-shape, so
+    ``dynamic_batch`` must be False.
+    """
+    if dynamic_batch:
+        raise ExportError("TFLite files are fixed-shape: no dynamic batch")
+    return write_tflite(convert_tflite(module, io=io), path)

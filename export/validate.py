@@ -32,7 +32,9 @@ from tqdm import tqdm
 
 from dymn_edge.datasets import load_dataset
 from dymn_edge.errors import DymnEdgeError, one_line
-from dymn_edge.export.calibration import mel_frames, to_mel, validation_waves
+from dymn_edge.audio import fit_to_length
+from dymn_edge.export.calibration import to_mel, validation_waves
+from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.metadata import detect_format
 from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, topk_overlap,
@@ -152,21 +154,35 @@ class ValidationReport:
         return d
 
 
-def _mel_cases(window_seconds: float, fc, dynamic_time: bool) -> tuple[list[tuple[str, np.ndarray]], str]:
+def parity_cases(window_seconds: float, fc, dynamic_time: bool, waveform_samples: int | None = None
+                 ) -> tuple[list[tuple[str, np.ndarray]], str]:
+    """(label, input) parity cases of real audio, and where the audio came from.
+
+    Fixed-shape files: two different windows. Dynamic-time files: the window, a length that
+    is no multiple of the network's total stride (32 frames), and 3x the window. Inputs are
+    log-mels, or with ``waveform_samples`` (a waveform file's fixed window in samples)
+    (1, N) waveforms of the same audio.
+    """
     if dynamic_time:
-        # the window, a length that is no multiple of the total stride (32 frames), and 3x
         lengths = [window_seconds, round(window_seconds * 0.5 + 0.37, 2), window_seconds * 3.0]
     else:
         lengths = [window_seconds, window_seconds]
     waves, source = validation_waves(window_seconds, fc, lengths=lengths)
-    cases = [(label, to_mel(w, fc, mel_frames(sec, fc))) for (label, w), sec in zip(waves, lengths)]
+    cases = []
+    for k, ((label, w), sec) in enumerate(zip(waves, lengths)):
+        if waveform_samples is None:
+            cases.append((label, to_mel(w, fc, frames_for_seconds(sec, fc))))
+        else:  # the window's own length, then odd lengths (7 k samples off any hop multiple)
+            n = waveform_samples if k == 0 or not dynamic_time else int(round(sec * fc.sample_rate)) + 7 * k
+            cases.append((label, fit_to_length(np.asarray(w, np.float32), n)[None]))
     return cases, source
 
 
 def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc, dynamic_time: bool,
                  tolerance: float | None, report: ValidationReport,
-                 reference64: Runner | None = None, cases: list[tuple[str, np.ndarray]] | None = None
-                 ) -> None:
+                 reference64: Runner | None = None, waveform_samples: int | None = None,
+                 names: tuple[str, str] = ("logits", "embedding"),
+                 cases: list[tuple[str, np.ndarray]] | None = None) -> None:
     """Compare every output on real-audio cases; record checks (and errors beyond tolerance).
 
     With ``reference64`` (PyTorch in float64) the file is judged by its distance to it,
@@ -176,8 +192,7 @@ def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc
     a pooling kernel baked to one length, gives > 0.1 there and fails).
     """
     if cases is None:
-        cases, source = _mel_cases(window_seconds, fc, dynamic_time)
-        report.audio = source
+        cases, report.audio = parity_cases(window_seconds, fc, dynamic_time, waveform_samples)
     for label, mel in cases:
         try:
             got = runner(mel)
@@ -186,7 +201,7 @@ def check_parity(runner: Runner, reference: Runner, *, window_seconds: float, fc
             continue
         ref32 = reference(mel)
         ref = ref32 if reference64 is None else reference64(mel)
-        for k, (name, a, b) in enumerate(zip(("logits", "embedding"), got, ref)):
+        for k, (name, a, b) in enumerate(zip(names, got, ref)):
             if a.shape != b.shape:
                 report.errors.append(f"{label}: {name} shape {list(a.shape)} != reference {list(b.shape)}")
                 continue

@@ -11,10 +11,12 @@ banks, ``log(x + 1e-5)``, ``(x + 4.5) / 5``. Only the samples under the window's
 support are read (798 of the 1024-sample frame, as in the NumPy frontend): the padding is
 399 samples per side, not 512, and frame t starts at padded sample ``t * hop``.
 
-STFT formulation (chosen by measurement, see ``STFT_FORMS`` and the README): a strided
-Conv1d whose fixed weights are the windowed DFT rows of the bins the mel banks use. It is
-a plain convolution, so XNNPACK takes it in LiteRT and ONNX Runtime runs it with its GEMM;
-the alternative, ``torch.fft.rfft``, is kept selectable for measurement (``stft="rfft"``).
+STFT formulation (chosen by measurement, see ``STFT_FORMS``, ``DEFAULT_STFT`` and the
+README): ``radix32``, a two-stage 32 x 32 DFT as matmuls (19 M MACs per second of audio,
+against 83 M for ``dft_conv``, a strided Conv1d whose fixed weights are the windowed DFT
+rows of the bins the mel banks use). Both are plain matmuls / convolutions that XNNPACK
+takes in LiteRT and ONNX Runtime runs with its GEMM; ``torch.fft.rfft`` is kept selectable
+for measurement (``stft="rfft"``; litert-torch cannot convert it).
 """
 
 from __future__ import annotations
@@ -25,28 +27,17 @@ import math
 
 import numpy as np
 
+from dymn_edge.export.formats import GraphIO
 from dymn_edge.frontend import kaldi_mel_banks, symmetric_hann
 from dymn_edge.registry import FrontendConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STFT_FORMS", "WaveformFrontend", "WaveformModel", "frontend_macs",
-           "waveform_samples"]
+__all__ = ["DEFAULT_STFT", "STFT_FORMS", "WaveformFrontend", "WaveformModel", "frontend_macs",
+           "mediapipe_info", "waveform_io"]
 
-#: STFT formulations: ``dft_conv`` (default, measured fastest in both engines) and ``rfft``.
+#: STFT formulations (``DEFAULT_STFT`` is the one written; the others stay for measurement).
 STFT_FORMS = ("dft_conv", "radix32", "rfft")
-
-
-def waveform_samples(frames: int, fc: FrontendConfig, window_seconds: float | None = None) -> int:
-    """Input samples of a fixed-length waveform file whose log-mel has ``frames`` frames.
-
-    The same rule as the tagger's window for a fixed-shape log-mel file: the window's own
-    sample count when it gives exactly ``frames`` frames, else the longest length that
-    does, so a waveform file and a log-mel file of the same window see the same audio.
-    """
-    lo = (frames - 1) * fc.hop_length + 1  # 1 + (n - 1) // hop == frames for n in [lo, lo + hop)
-    n = max(lo, int(round(window_seconds * fc.sample_rate))) if window_seconds else lo
-    return min(n, lo + fc.hop_length - 1)
 
 
 def _support(fc: FrontendConfig) -> tuple[int, np.ndarray]:
@@ -247,248 +238,25 @@ def WaveformModel(model, fc: FrontendConfig, activation: str, stft: str = "dft_c
 
 
 # ---------------------------------------------------------------------------------------
-# Writers: the same converters as the log-mel files, with a waveform input.
+# The exporter's side: the graph signature (the formats table's writers take it), the STFT
+# form written, the MediaPipe metadata. Validation is the log-mel files' (export.validate).
 
 INPUT_NAME = "waveform"
 OUTPUT_NAMES = ("probabilities", "embedding")
 
 
-def _named_io(module):
-    """litert-torch names the input by keyword and the outputs by dict key."""
-    from torch import nn  # noqa: PLC0415
+def waveform_io(samples: int, fc: FrontendConfig) -> GraphIO:
+    """Waveform in: ``waveform`` (B, N) float32; out ``probabilities``, ``embedding``.
 
-    class NamedIO(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, waveform):
-            probabilities, embedding = self.inner(waveform)
-            return {"probabilities": probabilities, "embedding": embedding}
-
-    return NamedIO(module).eval()
-
-
-def convert_waveform_tflite(module, samples: int) -> bytes:
-    """fp32 flatbuffer of a :func:`WaveformModel` taking (1, ``samples``) float32."""
-    import torch  # noqa: PLC0415
-
-    from dymn_edge.errors import ExportError  # noqa: PLC0415
-    from dymn_edge.export.tflite_export import _quiet_converter_progress  # noqa: PLC0415
-
-    try:
-        import litert_torch  # noqa: PLC0415
-    except ImportError as exc:
-        raise ExportError("TFLite export needs litert-torch: pip install 'dymn-edge[export]'") from exc
-    _quiet_converter_progress()
-    try:
-        with torch.no_grad():
-            edge = litert_torch.convert(_named_io(module),
-                                        sample_kwargs={INPUT_NAME: torch.zeros(1, samples)})
-        return bytes(edge.model_content())
-    except Exception as exc:  # the converter raises many types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"TFLite conversion (waveform input) failed: {first}") from exc
-
-
-def export_waveform_onnx(module, path, *, samples: int, dynamic_batch: bool) -> None:
-    """fp32 ONNX of a :func:`WaveformModel`: input (B, N), N dynamic (B too with ``dynamic_batch``).
-
-    The dynamo exporter as for the log-mel files; onnxsim's result is kept only when it
-    keeps the symbolic dims and the outputs at two lengths.
+    N is free in ONNX files (at least 32 frames' worth, the network's total stride); the
+    rewrite checks probe 0.1-scaled noise at the window and 3 hops + 17 samples longer (no
+    multiple of the hop).
     """
-    import warnings  # noqa: PLC0415
-
-    import onnx  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
-    from dymn_edge.errors import ExportError  # noqa: PLC0415
-
-    hop = module.frontend.fc.hop_length
-    n_dim = torch.export.Dim("samples", min=32 * hop + 1, max=10_000_000)
-    dyn = {0: torch.export.Dim("batch", min=1, max=1024), 1: n_dim} if dynamic_batch else {1: n_dim}
-    quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx", "torch._export")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(max(lg.level, logging.WARNING))
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (torch.zeros(1, samples),), input_names=[INPUT_NAME],
-                                        output_names=list(OUTPUT_NAMES), dynamic_shapes=(dyn,),
-                                        opset_version=18, dynamo=True, verbose=False, optimize=True)
-    except Exception as exc:  # the exporter raises many types
-        raise ExportError(f"ONNX export (waveform input) failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    finally:
-        for lg, lv in zip(quiet, levels):
-            lg.setLevel(lv)
-    program.save(str(path))
-    model = onnx.load(str(path))
-    try:
-        import onnxsim  # noqa: PLC0415
-
-        simplified, ok = onnxsim.simplify(model)
-    except Exception as exc:  # noqa: BLE001 - an optimisation, not a must
-        log.warning("onnxsim failed (%s); keeping the unsimplified graph", str(exc).splitlines()[0][:200])
-        ok = False
-    if ok and _same_onnx(model, simplified, samples, hop):
-        model = simplified
-    onnx.save(model, str(path))
-
-
-def _same_onnx(a, b, samples: int, hop: int) -> bool:
-    """Same symbolic dims and the same outputs at two lengths (one not a multiple of hop)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    def dims(m):
-        return [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-                for v in list(m.graph.input) + list(m.graph.output)]
-
-    if dims(a) != dims(b):
-        log.warning("onnxsim fixed a dynamic dimension; keeping the unsimplified graph")
-        return False
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sa, sb = (ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-              for m in (a, b))
-    for n in (samples, samples + 3 * hop + 17):
-        x = (0.1 * np.random.default_rng(n).standard_normal((1, n))).astype(np.float32)
-        for p, q in zip(sa.run(None, {INPUT_NAME: x}), sb.run(None, {INPUT_NAME: x})):
-            if float(np.max(np.abs(p - q))) > 1e-5 * (1.0 + float(np.max(np.abs(p)))):
-                log.warning("onnxsim changed the outputs at %d samples; keeping the unsimplified graph", n)
-                return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------
-# Validation: waveform in, PyTorch (frontend + model, float64) as the oracle.
-
-
-def file_runner(path, fmt: str, threads: int = 1):
-    """``(B, N) -> (probabilities, embedding)`` of a waveform file in its own engine.
-
-    ONNX Runtime / ai-edge-litert directly (not the runtime package), as for log-mel files.
-    """
-    if fmt == "onnx":
-        import onnxruntime as ort  # noqa: PLC0415
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        batch = sess.get_inputs()[0].shape[0]
-        step = batch if isinstance(batch, int) and batch > 0 else None
-
-        def run_onnx(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            parts = [wave] if step is None else [wave[i:i + step] for i in range(0, len(wave), step)]
-            outs = [sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(p, np.float32)})
-                    for p in parts]
-            return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-
-        return run_onnx
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("serving_default")
-
-    def run_tflite(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = [runner(**{INPUT_NAME: np.ascontiguousarray(wave[i:i + 1], np.float32)})
-                for i in range(len(wave))]
-        return (np.concatenate([o["probabilities"] for o in outs]),
-                np.concatenate([o["embedding"] for o in outs]))
-
-    return run_tflite
-
-
-def torch_runner(wmodel, *, float64: bool = False):
-    """PyTorch frontend + model as a NumPy runner (float64: the closest to exact)."""
-    import copy  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
-    m = copy.deepcopy(wmodel).double().eval() if float64 else wmodel.eval()
-    dtype = np.float64 if float64 else np.float32
-
-    def run(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            outs = [m(torch.from_numpy(np.ascontiguousarray(wave[i:i + 1], dtype))) for i in range(len(wave))]
-        return (np.concatenate([o[0].numpy() for o in outs]), np.concatenate([o[1].numpy() for o in outs]))
-
-    return run
-
-
-def validation_cases(window_seconds: float, fc: FrontendConfig, samples: int, dynamic: bool
-                     ) -> tuple[list[tuple[str, np.ndarray]], str]:
-    """(label, (1, N) waveform) parity cases of real audio, and where the audio came from.
-
-    Fixed-length files: two different windows of ``samples``. Dynamic-length (ONNX): the
-    window, a length whose frame count is no multiple of the network's stride, and 3x.
-    """
-    from dymn_edge.audio import fit_to_length  # noqa: PLC0415
-    from dymn_edge.export.calibration import validation_waves  # noqa: PLC0415
-
-    lengths = ([window_seconds, round(window_seconds * 0.5 + 0.37, 2), window_seconds * 3.0]
-               if dynamic else [window_seconds, window_seconds])
-    waves, source = validation_waves(window_seconds, fc, lengths=lengths)
-    cases = []
-    for k, ((label, w), sec) in enumerate(zip(waves, lengths)):
-        n = samples if (not dynamic or k == 0) else int(round(sec * fc.sample_rate)) + 7 * k
-        cases.append((label, fit_to_length(np.asarray(w, np.float32), n)[None]))
-    return cases, source
-
-
-def check_parity(runner, reference, reference64, cases, tolerance: float | None, report) -> None:
-    """File vs PyTorch float64 on every case, as the log-mel validation judges it.
-
-    Allowed: ``tolerance + RELATIVE_FACTOR x`` PyTorch fp32's own distance to float64 on the
-    same input. Checks and errors are appended to ``report`` (a ValidationReport).
-    """
-    import math as _math  # noqa: PLC0415
-
-    from dymn_edge.export.validate import RELATIVE_FACTOR, OutputCheck  # noqa: PLC0415
-
-    for label, wave in cases:
-        try:
-            got = runner(wave)
-        except Exception as exc:  # noqa: BLE001 - a failing engine is a failed validation
-            report.errors.append(f"{label}: the file does not run ({str(exc).splitlines()[0][:200]})")
-            continue
-        ref32, ref64 = reference(wave), reference64(wave)
-        for k, name in enumerate(OUTPUT_NAMES):
-            a, b = got[k], ref64[k]
-            if a.shape != b.shape:
-                report.errors.append(f"{label}: {name} shape {list(a.shape)} != reference {list(b.shape)}")
-                continue
-            diff = float(np.max(np.abs(a.astype(np.float64) - b))) if np.all(np.isfinite(a)) else _math.inf
-            d32 = float(np.max(np.abs(ref32[k].astype(np.float64) - b)))
-            allowed = None if tolerance is None else tolerance + RELATIVE_FACTOR * d32
-            ok = allowed is None or diff <= allowed
-            report.checks.append(OutputCheck(label, name, list(a.shape), diff, tolerance, ok, d32, allowed))
-            if not _math.isfinite(diff):
-                report.errors.append(f"{label}: {name} has non-finite values")
-            elif not ok:
-                report.errors.append(
-                    f"{label}: {name} differs from PyTorch float64 by {diff:.3g} > allowed {allowed:.3g} "
-                    f"(tolerance {tolerance:g} + {RELATIVE_FACTOR:g} x PyTorch fp32's own {d32:.3g})")
-
-
-# ---------------------------------------------------------------------------------------
-# The exporter's entry points (dymn_edge.export.api calls these for ``--waveform``).
+    return GraphIO(INPUT_NAME, OUTPUT_NAMES, (1, samples), 1, "samples", 32 * fc.hop_length + 1,
+                   10_000_000, 3 * fc.hop_length + 17, 0.1)
 
 #: The STFT form written by the exporter (measured: see the README, "Waveform in, tags out").
 DEFAULT_STFT = "radix32"
-
-
-def write_waveform_file(exportable, path, fmt: str, fc: FrontendConfig, activation: str,
-                        frames: int, window_seconds: float, dynamic_batch: bool) -> None:
-    """Convert the patched model behind the in-graph frontend to ``path`` (fp32, no metadata)."""
-    from pathlib import Path  # noqa: PLC0415
-
-    wmodel = WaveformModel(exportable, fc, activation, DEFAULT_STFT).eval()
-    samples = waveform_samples(frames, fc, window_seconds)
-    if fmt == "onnx":
-        export_waveform_onnx(wmodel, path, samples=samples, dynamic_batch=dynamic_batch)
-    else:
-        Path(path).write_bytes(convert_waveform_tflite(wmodel, samples))
 
 
 def mediapipe_info(meta):
@@ -515,54 +283,3 @@ def mediapipe_info(meta):
         author="dymn-edge",
         sample_rate=int(fc.sample_rate), channels=1, labels=tuple(labels),
         input_name=INPUT_NAME, probabilities_name=OUTPUT_NAMES[0], embedding_name=OUTPUT_NAMES[1])
-
-
-def _load_runtime_engine(path):
-    """The written file in the runtime's engine (what dymn-tag runs), without the load banner."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from dymn_edge.metadata import detect_format  # noqa: PLC0415
-    from dymn_edge.runtime.engines import LiteRTEngine, OnnxEngine  # noqa: PLC0415
-
-    p = Path(path)
-    return OnnxEngine(p, threads=1) if detect_format(p) == "onnx" else LiteRTEngine(p, threads=1)
-
-
-def validate_waveform_file(path, cfg, model, meta, progress: bool):
-    """Validate a waveform file: the runtime's engine vs PyTorch frontend + model (float64).
-
-    The oracle is the training-faithful model (not the patched export form) behind
-    :func:`WaveformFrontend`, the latter checked against the NumPy frontend by the tests.
-    Optionally the accuracy on ``cfg.eval_dataset`` through the runtime's audio path.
-    """
-    import time  # noqa: PLC0415
-
-    from dymn_edge.errors import DymnEdgeError  # noqa: PLC0415
-    from dymn_edge.export import validate as v  # noqa: PLC0415
-
-    t = time.perf_counter()
-    fc = meta.frontend_config
-    report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="",
-                                precision=cfg.precision.value)
-    try:
-        engine = _load_runtime_engine(path)
-    except DymnEdgeError as exc:
-        report.errors.append(f"the file does not load in the runtime ({exc})")
-        return report
-    report.engine = f"{engine.name} (dymn_edge.runtime)"
-    wmodel = WaveformModel(model, fc, meta.output_activation, DEFAULT_STFT).eval()
-    ref32, ref64 = torch_runner(wmodel), torch_runner(wmodel, float64=True)
-    samples = engine.input_spec.samples or waveform_samples(meta.window_frames, fc, meta.window_seconds)
-    cases, report.audio = validation_cases(meta.window_seconds, fc, samples, meta.dynamic_time)
-    check_parity(engine.run, ref32, ref64, cases, cfg.format_spec.tolerance.get(cfg.precision.value), report)
-    if cfg.eval_dataset is not None:
-        acc = v.evaluate_dataset(path, ref32, cfg.eval_dataset, progress=progress)
-        report.accuracy = acc
-        drop = cfg.extra.get("max_accuracy_drop", 0.02)
-        if "accuracy_delta" in acc and acc["accuracy_delta"] < -drop:
-            report.errors.append(f"accuracy on {acc['dataset']} dropped {-acc['accuracy_delta']:.4f} "
-                                 f"(> {drop:g}): {acc['reference_accuracy']:.4f} -> {acc['accuracy']:.4f}")
-    if cfg.format.value == "tflite":
-        report.xnnpack_ops_outside = v.ops_outside_xnnpack(path)
-    report.seconds = time.perf_counter() - t
-    return report

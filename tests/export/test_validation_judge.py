@@ -18,7 +18,7 @@ from dymn_edge.registry import get_spec
 
 @pytest.fixture(scope="module")
 def cases() -> list:
-    cases, source = v._mel_cases(1.0, get_spec("dymn-s").frontend, True)
+    cases, source = v.parity_cases(1.0, get_spec("dymn-s").frontend, True)
     assert "parity_clip" in source  # the clip shipped with the package: no fixture needed
     return cases
 

@@ -142,7 +142,8 @@ def wave_onnx():
 @pytest.fixture(scope="module")
 def reference():
     """PyTorch frontend + training-faithful FSDD DyMN-S, softmax: the oracle."""
-    from dymn_edge.export.waveform import WaveformModel, torch_runner
+    from dymn_edge.export.validate import torch_runner
+    from dymn_edge.export.waveform import WaveformModel
     from dymn_edge.models import create_model
     from dymn_edge.registry import FrontendConfig
 
