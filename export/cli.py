@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
                       help="int8 (onnx: dynamic-range; tflite: weight-only)")
     prec.add_argument("--static-int8", action="store_const", const="static_int8", dest="precision",
-                      help="onnx: static int8 (QDQ, per-channel s8 weights, s8 symmetric activations "
+                      help="onnx: static int8 (QDQ, per-channel s8 weights in a 7-bit range, u8 activations "
                       "calibrated on --calibration audio; the context / coefficient path stays float)")
     prec.add_argument("--full-int8", action="store_const", const="full_int8", dest="precision",
                       help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "

@@ -45,7 +45,7 @@ MAX_WINDOW_S = 60.0
 class QuantScheme(str, enum.Enum):
     """How an int8 file is made."""
 
-    STATIC_QDQ = "static_qdq"  # ONNX Runtime static: QDQ, s8 weights, s8 symmetric activations, calibrated
+    STATIC_QDQ = "static_qdq"  # ONNX Runtime static: QDQ, s8 (7-bit) weights, u8 activations, calibrated
     DYNAMIC = "dynamic"  # ONNX Runtime dynamic / LiteRT dynamic-range: int8 weights, activations quantized on the fly
     WEIGHT_ONLY = "weight_only"  # LiteRT: int8 weights dequantized to float at load; float compute
     FULL_INT8 = "full_int8"  # LiteRT full-integer (NPU); experimental, see quantize.py
@@ -98,11 +98,12 @@ class QuantizationConfig:
 
     scheme: QuantScheme = QuantScheme.STATIC_QDQ
     weight_type: str = "int8"
-    activation_type: str = "int8"  # ONNX static: s8 symmetric (u8 x s8 saturates on x86 without VNNI, quantize.py)
+    activation_type: str = "uint8"
     per_channel: bool = True  # ordinary convs; the Dy-Conv kernel banks always get per-tensor scales in TFLite
     calibration_method: CalibrationMethod = CalibrationMethod.CLIPWISE
     percentile: float = 99.99
     num_calibration: int = 64
+    reduce_range: bool = True  # ONNX static: 7-bit weights; x86's u8 x s8 kernel saturates at 8 bits without VNNI (quantize.py)
     keep_context_float: bool = True  # ONNX static: the pooled context / coefficient path stays float (quantize.context_path_nodes)
     report: bool = False  # ONNX static: write the per-node error report beside the file (--quant-report)
 
@@ -143,7 +144,8 @@ class QuantizationConfig:
                    else "clipwise p5/p95" if self.calibration_method is CalibrationMethod.CLIPWISE
                    else self.calibration_method.value)
             return (f"int8 static QDQ: {self.weight_type} weights "
-                    f"{'per-channel' if self.per_channel else 'per-tensor'}, "
+                    f"{'per-channel' if self.per_channel else 'per-tensor'}"
+                    f"{' (7-bit range)' if self.reduce_range else ''}, "
                     f"{self.activation_type} activations, {cal} calibration"
                     f"{', context path float' if self.keep_context_float else ''}")
         if self.scheme is QuantScheme.DYNAMIC:

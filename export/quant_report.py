@@ -246,14 +246,11 @@ def kernel_sqnr(qdq_path: str | Path, mels: np.ndarray) -> dict[str, float]:
     Near-identical (> 40 dB) when the runtime's integer kernels are exact; low when a kernel
     saturates or approximates (the AVX2 u8 x s8 case above).
     """
-    import onnxruntime as ort  # noqa: PLC0415
+    from dymn_edge.ort import ort_session  # noqa: PLC0415 (imports onnxruntime)
 
     runs = []
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(str(qdq_path), so, providers=["CPUExecutionProvider"])
+    for optimize in (False, True):
+        sess = ort_session(qdq_path, threads=1, optimize=optimize)
         name = sess.get_inputs()[0].name
         outs = [sess.run(None, {name: np.ascontiguousarray(mels[i:i + 1], np.float32)}) for i in range(len(mels))]
         runs.append({o.name: _flat([r[k] for r in outs]) for k, o in enumerate(sess.get_outputs())})

@@ -7,18 +7,19 @@ notes and ``tests/export``):
   weight (the Dy-Conv kernels computed at run time stay float), activations quantized at
   run time; no calibration. FSDD: 0.97 -> 0.97, 7.2 -> 2.1 MB.
 - ONNX ``static_qdq`` (``--static-int8``): ONNX Runtime static quantization, QDQ, s8
-  per-channel weights, **s8 symmetric activations**, calibrated on real audio, Relu kept.
-  Every op quantized it was at chance (0.10 Percentile / 0.26 MinMax: 4 out-of-domain clips
-  among 68 set the late-block ranges 100-200x too wide); clip-wise ranges
-  (:func:`clipwise_ranges`) and the pooled context / coefficient path float
-  (:func:`context_path_nodes`) brought it to 0.92 vs 0.97 with u8 activations. The last
-  5 points were not quantization at all: the QDQ graph run as written scores 0.9667, the
-  deployed file 0.92 because MLAS's u8 x s8 kernel on x86 without VNNI (AVX2: ``vpmaddubsw``)
-  adds pairs of products in int16 and saturates; ORT's precise-kernel option
-  (``session.x64quantprecision``) gives 0.9667 on the same file. s8 symmetric activations
-  (0.9733) or 7-bit weights (``reduce_range``, 0.97) avoid it with no speed cost in the
-  kernel; s8 is the default (exact on every CPU, and the form TFLite / NPUs use).
-  :func:`kernel_sqnr` checks every export: deployed kernels vs the QDQ graph as written.
+  per-channel weights **in a 7-bit range** (``reduce_range``), u8 activations, calibrated on
+  real audio, Relu kept. Every op quantized it was at chance (0.10 Percentile / 0.26 MinMax:
+  4 out-of-domain clips among 68 set the late-block ranges 100-200x too wide); clip-wise
+  ranges (:func:`clipwise_ranges`) and the pooled context / coefficient path float
+  (:func:`context_path_nodes`) brought it to 0.92 vs 0.97. The last 5 points were not
+  quantization at all: the QDQ graph run as written scores 0.9667, the deployed file 0.92,
+  because MLAS's u8 x s8 kernel on x86 without VNNI (AVX2 ``vpmaddubsw``) adds pairs of
+  products in int16 and saturates; ORT's precise kernel (``session.x64quantprecision``) gives
+  0.9667 on the same file. 7-bit weights cannot saturate (2 x 255 x 63 < 2^15): 0.97, the
+  fp32 score. s8 symmetric activations (``activation_type="int8"``) are exact too (0.9733)
+  but ORT's CPU EP has no s8 kernel for the depthwise convs and Adds: float ops between Q/DQ
+  pairs, 2x slower than u8 (DyMN-M 10 s fp32/int8 0.41 vs 0.89). :func:`_check_kernels`
+  checks every export: deployed kernels vs the QDQ graph as written (output SQNR).
   ``--quant-report`` writes the per-node error table (:mod:`~dymn_edge.export.quant_report`).
 - TFLite ``weight_only`` (default): int8 weights, dequantized to float in the graph, float
   compute (XNNPACK keeps the single partition). Ordinary convs get per-channel scales; the
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge.errors import ExportError
+from dymn_edge.ort import ort_session
 from dymn_edge.export.config import CalibrationMethod, QuantizationConfig, QuantScheme
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
             # Keep Relu/Clip: ORT drops them assuming the output range clips at 0, which a
             # symmetric/percentile range does not (ReLU outputs went negative: accuracy 0.10).
             extra: dict = {"QDQKeepRemovableActivations": True,
-                           # s8 activations centred on 0: the u8 x s8 kernel of x86 CPUs without
-                           # VNNI saturates (module docstring); symmetric s8 never does
+                           # s8 activations: centred on 0 (exact on x86, but slow in ORT's CPU EP)
                            "ActivationSymmetric": q.activation_type == "int8"}
             exclude = context_path_nodes(model) if q.keep_context_float else []
             kw: dict = {}
@@ -125,6 +126,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
             ortq.quantize_static(
                 str(pre), str(dst), reader,
                 quant_format=ortq.QuantFormat.QDQ, per_channel=q.per_channel,
+                # 7-bit weights: x86's u8 x s8 kernel saturates without VNNI (module docstring)
+                reduce_range=q.reduce_range,
                 activation_type=qt[q.activation_type], weight_type=qt[q.weight_type],
                 calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra, **kw)
             _check_kernels(dst, mels)
@@ -163,8 +166,8 @@ def _check_kernels(path: Path, mels: np.ndarray, clips: int = 4) -> dict[str, fl
     worst = min(sq.values()) if sq else float("inf")
     if worst < KERNEL_SQNR_DB:
         log.warning("static int8: this CPU's int8 kernels depart from the quantized graph "
-                    "(output SQNR %.1f dB; u8 x s8 saturation on x86 without VNNI?): use s8 "
-                    "activations", worst)
+                    "(output SQNR %.1f dB; u8 x s8 saturation on x86 without VNNI?): keep "
+                    "reduce_range", worst)
     else:
         log.info("static int8: deployed kernels match the QDQ graph (output SQNR %.0f dB)", worst)
     return sq
@@ -196,7 +199,6 @@ def clipwise_ranges(path: str | Path, mels: np.ndarray, *, low_pct: float = 5.0,
     (the metro recording) among 68 calibration clips, the FSDD DyMN-S's late-block ranges were
     100-200x their in-domain size and the int8 file fell to 0.26 accuracy.
     """
-    import onnxruntime as ort  # noqa: PLC0415
     from onnxruntime.quantization import qdq_loss_debug as dbg  # noqa: PLC0415
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod  # noqa: PLC0415
     from onnxruntime.quantization.calibrate import TensorsData  # noqa: PLC0415
@@ -205,9 +207,7 @@ def clipwise_ranges(path: str | Path, mels: np.ndarray, *, low_pct: float = 5.0,
     with tempfile.TemporaryDirectory(prefix="dymn-edge-ranges-") as tmp:
         aug = Path(tmp) / "aug.onnx"
         dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(aug, threads=1, optimize=False)
     names = [o.name for o in sess.get_outputs() if o.name.endswith(suffix)]
     inp = sess.get_inputs()[0].name
     lows = np.empty((len(mels), len(names)))
