@@ -33,7 +33,8 @@ examples:
       AudioClassifier (Android, iOS, web, Python) with no frontend code
 
 formats and precisions:
-  onnx    fp32, int8 (ONNX Runtime dynamic: u8 weights, activations quantized at run time)
+  onnx    fp32, int8 (with --calibration: static QDQ, u8 activations, 7-bit s8 weights;
+          without: ONNX Runtime dynamic, u8 weights, activations quantized at run time)
   tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated),
           --full-int8 (every op int8, int8 I/O: for integer-only NPUs)
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
                       help="float16 weights (tflite only)")
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
-                      help="int8 (onnx: dynamic-range; tflite: weight-only)")
+                      help="int8 (onnx: static QDQ with --calibration, else dynamic-range; "
+                      "tflite: weight-only)")
     prec.add_argument("--static-int8", action="store_const", const="static_int8", dest="precision",
                       help="onnx: static int8 (QDQ, per-channel s8 weights in a 7-bit range, u8 activations "
                       "calibrated on --calibration audio; the context / coefficient path stays float)")
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             if quant is None:
                 from dymn_edge.export.formats import format_spec  # noqa: PLC0415
 
-                quant = (QuantizationConfig.default_for(format_spec(args.format).format)
+                quant = (QuantizationConfig.default_for(format_spec(args.format).format,
+                                                        calibrated=args.calibration is not None)
                          if args.precision == "int8"
                          else QuantizationConfig())
             if args.calibration_method:

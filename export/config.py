@@ -125,15 +125,19 @@ class QuantizationConfig:
         return self.scheme in (QuantScheme.STATIC_QDQ, QuantScheme.FULL_INT8)
 
     @classmethod
-    def default_for(cls, fmt: Format | str) -> "QuantizationConfig":
-        """Measured default per format: ONNX dynamic (u8 weights), TFLite weight-only.
+    def default_for(cls, fmt: Format | str, *, calibrated: bool = False) -> "QuantizationConfig":
+        """What ``--int8`` gives per format: the fastest int8 variant within the accuracy bound.
 
-        On the trained FSDD DyMN-S (fp32 0.97 with the project's FSDD recipe): ONNX dynamic
-        0.97 (2.1 MB); ONNX static QDQ all ops 0.10 (Percentile 99.99) / 0.27 (MinMax) even
-        with Relu kept, so static QDQ is selectable but not the default.
+        ONNX with calibration audio: static QDQ (FSDD DyMN-S 0.97 = fp32; 10 s fp32/int8 0.82-0.93
+        DyMN-M, 0.80-0.85 MN-10, against 0.63 / 0.49 for dynamic); without: dynamic (u8
+        weights, no calibration, the smallest file). TFLite: weight-only (float compute in one
+        XNNPACK graph, no slower than fp32; full int8 and its hybrid are slower on CPUs). No
+        int8 variant is faster than fp32 on an AVX2 CPU without VNNI (README "int8 and NPUs").
         """
         if Format(fmt) is Format.TFLITE:
             return cls(scheme=QuantScheme.WEIGHT_ONLY, per_channel=True)
+        if calibrated:
+            return cls(scheme=QuantScheme.STATIC_QDQ)
         return cls(scheme=QuantScheme.DYNAMIC, weight_type="uint8", per_channel=False)
 
     def describe(self) -> str:
@@ -197,7 +201,7 @@ class ExportConfig:
     validate: bool = True
     output_activation: str | None = None  # None: sigmoid for 527-class AudioSet heads, else required
     eval_dataset: str | Path | None = None  # labelled set for the accuracy check (none: not measured)
-    quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format)
+    quantization: QuantizationConfig | None = None  # None: QuantizationConfig.default_for(format, calibrated=)
     allow_download: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes carried into the report
     #: Waveform in, probabilities out: the log-mel frontend and the activation in the graph
@@ -236,7 +240,8 @@ class ExportConfig:
                 raise ExportError(f"--activation must be sigmoid or softmax, got '{self.output_activation}'")
             self.output_activation = act
         if self.quantization is None:
-            self.quantization = QuantizationConfig.default_for(self.format)
+            self.quantization = QuantizationConfig.default_for(
+                self.format, calibrated=self.precision is Precision.INT8 and self.calibration is not None)
         if self.num_calibration is not None:
             if int(self.num_calibration) < 1:
                 raise ExportError(f"need at least one calibration clip, got {self.num_calibration}")

@@ -39,3 +39,19 @@ def test_bad_calibration_folders(tmp_path: Path) -> None:
         CalibrationConfig(tmp_path, count=0)
     with pytest.raises(ExportError, match="no audio files"):
         calibration_mels(CalibrationConfig(tmp_path), 1.0, FrontendConfig())
+
+
+def test_int8_picks_static_onnx_with_calibration(tmp_path: Path) -> None:
+    """--int8 gives the fastest int8 within the accuracy bound: ONNX static QDQ when calibration
+    audio is given (faster than dynamic, FSDD within 0.5 points), dynamic without; TFLite
+    weight-only either way (README "int8 and NPUs")."""
+    from dymn_edge.export.config import ExportConfig, QuantScheme
+
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    common = {"model": "dymn-s", "random_init": True, "precision": "int8"}
+    onnx_cal = ExportConfig(format="onnx", calibration=tmp_path, output=tmp_path / "a.onnx", **common)
+    assert onnx_cal.quantization.scheme is QuantScheme.STATIC_QDQ and onnx_cal.quantization.reduce_range
+    onnx_plain = ExportConfig(format="onnx", output=tmp_path / "b.onnx", **common)
+    assert onnx_plain.quantization.scheme is QuantScheme.DYNAMIC
+    tfl = ExportConfig(format="tflite", output=tmp_path / "c.tflite", **common)
+    assert tfl.quantization.scheme is QuantScheme.WEIGHT_ONLY
