@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
                    "format:precision pairs of the exporter's table); tflite:waveform / "
                    "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
-                   "minus the fp32 row)")
+                   "minus the fp32 row); onnx:static_int8 / tflite:full_int8: calibrated int8 "
+                   "(need --calibration DIR)")
     r.add_argument("--window", type=float, metavar="S", help="export window in seconds "
                    "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
                    "model's, for all: fixed-shape files compare only at one window)")
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Ethos-U configurations (e.g. ethos-u55-256,ethos-u65-512; pip install "
                    "'dymn-edge[npu]'): NPU operator share, SRAM / flash use, Vela's estimated time")
     r.add_argument("--npu-files", metavar="F[,F]", help="with --npu: existing full-int8 .tflite files")
-    r.add_argument("--calibration", metavar="DIR", help="with --npu: calibration audio of the "
-                   "full-int8 exports")
+    r.add_argument("--calibration", metavar="DIR", help="calibration audio of the full-int8 exports "
+                   "(--npu) and of the calibrated int8 rows (--formats onnx:static_int8, "
+                   "tflite:full_int8)")
     d = p.add_argument_group("accuracy")
     d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
                    "CSV, or a folder with labels.csv (path,label)")
@@ -167,7 +169,7 @@ def _config_from_args(args: argparse.Namespace):
         lengths=tuple(_csv(float, args.lengths, "lengths")),
         threads=tuple(_csv(int, args.threads, "threads")), budget_s=args.budget,
         reference=not args.no_reference, workdir=args.workdir, cache=not args.no_cache,
-        progress=not args.quiet)
+        calibration=args.calibration, progress=not args.quiet)
 
 
 def _print_macs(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Why: exporting every variant of DyMN-M takes the better part of an hour on a loaded 2-core
 box, while timing them takes minutes. A file is re-used only when everything that shapes it
 is unchanged: the weights (sha256, or ``random-init seed 0``), model, format, precision,
-window, strategy, the dymn-edge version, the versions of the converters, and a hash of the
+window, strategy, for calibrated int8 the calibration (:func:`calibration_id`: the folder's
+audio files by name, size and mtime, the clip count, the quantization recipe), the dymn-edge version, the versions of the converters, and a hash of the
 exporter's source (``dymn_edge/models/*.py`` - the patcher and the modules it rewrites -,
 ``dymn_edge/arch.py`` and ``export/*.py``), so any edit of the export path invalidates every entry.
 
@@ -84,14 +85,38 @@ def _weights_id(weights: str | None) -> str:
     return "sha256:" + sha256_file(weights)
 
 
+def calibration_id(folder: str | Path, count: int, recipe: dict[str, Any]) -> dict[str, Any]:
+    """What shapes a calibrated int8 file besides the model: the audio and the recipe.
+
+    The folder is identified by its audio files (relative path, size, mtime; not the folder's
+    name, which may move), so adding, removing or editing a clip changes the key without
+    hashing gigabytes of audio. ``recipe``: the quantization settings (scheme, types,
+    reduce_range, calibration method, context path), JSON-able.
+    """
+    from dymn_edge.datasets import AUDIO_SUFFIXES  # noqa: PLC0415
+
+    root = Path(folder).expanduser().resolve()
+    h = hashlib.sha256()
+    n = 0
+    for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        n += 1
+    return {"audio_files": n, "audio_sha256": h.hexdigest(), "count": int(count), "recipe": recipe}
+
+
 def cache_key(*, model: str, fmt: str, precision: str, weights: str | None,
               window_s: float | None, strategy: str | None = None,
-              activation: str | None = None, layout: str | None = None) -> dict[str, Any]:
-    """Everything that shapes an exported file (a JSON-able dict)."""
+              activation: str | None = None, layout: str | None = None,
+              calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that shapes an exported file (a JSON-able dict).
+
+    ``calibration``: :func:`calibration_id` for calibrated int8 (static QDQ, full int8), else None.
+    """
     return {
         "schema": CACHE_SCHEMA, "weights": _weights_id(weights), "model": model, "format": fmt,
         "precision": precision, "window_s": window_s, "strategy": strategy, "layout": layout,
-        "activation": activation, "versions": _versions(),
+        "activation": activation, "calibration": calibration, "versions": _versions(),
         "exporter_source_sha256": exporter_source_hash(),
     }
 

@@ -52,6 +52,7 @@ class BenchConfig:
     random_init_models: tuple[str, ...] = ()  # these models are random-init in any case
     activation: str | None = None  # exported head; None: the exporter's rule (sigmoid for AudioSet heads)
     formats: list[str] | None = None  # ["onnx:fp32", ...]; None: every variant of the table
+    calibration: str | None = None  # audio folder of the calibrated int8 variants (CALIBRATED)
     data: str | None = None  # labelled set for accuracy; None: not measured
     split: str | None = None
     no_accuracy: bool = False
@@ -88,6 +89,12 @@ class BenchConfig:
         if self.budget_s <= 0:
             raise DymnEdgeError("--budget must be > 0 seconds")
         self.formats = [normalize_variant(v) for v in self.formats] if self.formats else None
+        if self.formats and any(v in CALIBRATED for v in self.formats):
+            if not self.calibration:
+                raise DymnEdgeError(f"{', '.join(v for v in self.formats if v in CALIBRATED)} "
+                                    "need calibration audio: pass --calibration DIR")
+            if not Path(self.calibration).expanduser().is_dir():
+                raise DymnEdgeError(f"--calibration {self.calibration}: folder not found")
 
     @property
     def models(self) -> list[str]:
@@ -116,6 +123,11 @@ def all_variants() -> list[str]:
     return [f"{f.value}:{p.value}" for f, p in iter_variants()]
 
 
+#: calibrated int8 variants (not in the default set: they need --calibration audio) and their
+#: quantization scheme; ``onnx:int8`` / ``tflite:int8`` are what ``dymn-export --int8`` gives
+CALIBRATED = {"onnx:static_int8": "static_qdq", "tflite:full_int8": "full_int8"}
+
+
 def normalize_variant(text: str) -> str:
     """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table."""
     from dymn_edge.export.formats import format_spec  # noqa: PLC0415
@@ -125,6 +137,8 @@ def normalize_variant(text: str) -> str:
     prec = prec or "fp32"
     if prec == "waveform":  # fp32 with the frontend in the graph (dymn-export --waveform)
         return f"{spec.format.value}:waveform"
+    if f"{spec.format.value}:{prec}" in CALIBRATED:
+        return f"{spec.format.value}:{prec}"
     if prec not in [p.value for p in spec.precisions]:
         allowed = ", ".join(p.value for p in spec.precisions)
         raise DymnEdgeError(f"{spec.format.value} does not support {prec} (supported: {allowed})")
@@ -166,15 +180,30 @@ def _validation_status(result: Any) -> tuple[str, dict[str, Any]]:
     return "exported", d
 
 
+def _quantization(variant: str):
+    """The QuantizationConfig of a calibrated int8 variant (None for the others)."""
+    from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
+
+    scheme = CALIBRATED.get(variant)
+    if scheme is None:
+        return None
+    return QuantizationConfig(scheme=scheme, activation_type="int8" if scheme == "full_int8" else "uint8")
+
+
 def _export(model: str, variant: str, weights: str | None, random_init: bool,
             window_s: float | None, activation: str | None, cache_root: Path,
-            use_cache: bool) -> dict[str, Any]:
+            use_cache: bool, calibration: str | None = None) -> dict[str, Any]:
     """Export one file into its cache entry, or re-use the entry when its key matches."""
     from dymn_edge.benchmarks import export_cache  # noqa: PLC0415
 
     fmt, prec = variant.split(":")
+    q = _quantization(variant)
+    cal = None
+    if q is not None:
+        recipe = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(q).items()}
+        cal = export_cache.calibration_id(calibration, q.num_calibration, recipe)
     key = export_cache.cache_key(model=model, fmt=fmt, precision=prec, weights=weights,
-                                 window_s=window_s, activation=activation)
+                                 window_s=window_s, activation=activation, calibration=cal)
     if use_cache:
         cached = export_cache.lookup(cache_root, key)
         if cached is not None:
@@ -183,7 +212,8 @@ def _export(model: str, variant: str, weights: str | None, random_init: bool,
     outdir = export_cache.entry_dir(cache_root, key)
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / export_cache.ENTRY).unlink(missing_ok=True)  # the file is about to be overwritten
-    row = _export_file(model, variant, weights, random_init, window_s, activation, outdir)
+    row = _export_file(model, variant, weights, random_init, window_s, activation, outdir,
+                       q, calibration)
     if row["status"] != "failed":
         export_cache.store(cache_root, key, row)
         log.info("exported %s %s: %s", model, variant, row["path"])
@@ -192,7 +222,8 @@ def _export(model: str, variant: str, weights: str | None, random_init: bool,
 
 
 def _export_file(model: str, variant: str, weights: str | None, random_init: bool,
-                 window_s: float | None, activation: str | None, outdir: Path) -> dict[str, Any]:
+                 window_s: float | None, activation: str | None, outdir: Path,
+                 quantization: Any = None, calibration: str | None = None) -> dict[str, Any]:
     from dymn_edge.export.api import export_model  # noqa: PLC0415
     from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
 
@@ -200,8 +231,11 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
     row: dict[str, Any] = {"name": variant, "model": model, "format": fmt, "precision": prec}
     t0 = time.perf_counter()
     try:
+        base = "fp32" if prec == "waveform" else "int8" if quantization is not None else prec
         ec = ExportConfig(model=model, weights=weights, random_init=random_init, format=fmt,
-                          precision="fp32" if prec == "waveform" else prec, waveform=prec == "waveform",
+                          precision=base, waveform=prec == "waveform",
+                          quantization=quantization,
+                          calibration=calibration if quantization is not None else None,
                           window_seconds=window_s, output_activation=activation,
                           output=str(outdir / f"{model}_{fmt}_{prec}"
                                      f"{'.onnx' if fmt == 'onnx' else '.tflite'}"))
@@ -288,7 +322,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     jobs = [(mr, v) for mr in runs for v in variants]
     for mr, v in tqdm(jobs, desc="export", unit="file", disable=not cfg.progress, leave=False):
         row = _export(mr.name, v, mr.weights, mr.random_init, window_req, mr.activation,
-                      cache_root, cfg.cache)
+                      cache_root, cfg.cache, cfg.calibration)
         if row["status"] == "failed":
             log.warning("%s %s: %s", mr.name, v, row["error"])
         mr.rows.append(row)

@@ -72,3 +72,47 @@ def test_static_partner_from_the_registry() -> None:
     assert static_partner("dymn-s") == "mn-s" and static_partner("dymn04_as") == "mn-s"
     assert static_partner("dymn-m") == "mn-m"
     assert static_partner("dymn-l") is None and static_partner("mn-s") is None
+
+
+def test_calibration_enters_the_key(tmp_path: Path) -> None:
+    """A calibrated int8 file depends on its audio and recipe: a new, changed or removed clip,
+    another clip count or another recipe (e.g. 8-bit weights) is another entry."""
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    from dymn_edge.benchmarks.runner import BenchConfig, _quantization
+    from dymn_edge.errors import DymnEdgeError
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "a.wav", np.zeros(1600, np.float32), 16000)
+    (audio / "notes.txt").write_text("not audio")
+    recipe = {"scheme": "static_qdq", "reduce_range": True}
+    cal = ec.calibration_id(audio, 64, recipe)
+    key = _key(precision="static_int8", calibration=cal)
+    root = tmp_path / "cache"
+    _store(root, key)
+    assert ec.lookup(root, key) is not None
+    assert ec.lookup(root, _key(precision="static_int8", calibration=ec.calibration_id(audio, 64, recipe))) is not None
+    (audio / "notes.txt").write_text("still not audio")  # only audio files count
+    assert ec.calibration_id(audio, 64, recipe) == cal
+    others = [ec.calibration_id(audio, 32, recipe),
+              ec.calibration_id(audio, 64, {**recipe, "reduce_range": False})]
+    sf.write(audio / "b.flac", np.zeros(1600, np.float32), 16000)
+    others.append(ec.calibration_id(audio, 64, recipe))
+    (audio / "b.flac").unlink()
+    st = (audio / "a.wav").stat()
+    os.utime(audio / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the clip was edited
+    others.append(ec.calibration_id(audio, 64, recipe))
+    for c in others:
+        assert c != cal and ec.lookup(root, _key(precision="static_int8", calibration=c)) is None
+    assert _key()["calibration"] is None  # uncalibrated variants: no audio in the key
+    # the runner's calibrated rows: scheme per variant, calibration audio required
+    assert _quantization("onnx:static_int8").scheme.value == "static_qdq"
+    assert _quantization("tflite:full_int8").activation_type == "int8"
+    assert _quantization("onnx:int8") is None
+    with pytest.raises(DymnEdgeError, match="--calibration"):
+        BenchConfig(formats=["onnx:fp32", "onnx:static_int8"])
+    assert BenchConfig(formats=["tflite:full_int8"], calibration=str(audio)).formats == ["tflite:full_int8"]
