@@ -116,7 +116,7 @@ class QuantReport:
                       + ", ".join(f"{k} {v:.1f}" for k, v in self.kernel_sqnr_db.items())
                       + (" -- the runtime's fused int8 kernels add error the per-node table does not "
                          "show (e.g. u8 x s8 saturation on x86 without VNNI: use s8 activations "
-                         "or reduce_range)" if worst < 40.0 else ""), ""]
+                         "or reduce_range)" if worst < 25.0 else ""), ""]
         first = self.first_below(10.0)
         if first is not None:
             lines += [f"First tensor below 10 dB accumulated SQNR: `{first.tensor}` "
@@ -243,7 +243,8 @@ def kernel_sqnr(qdq_path: str | Path, mels: np.ndarray) -> dict[str, float]:
     """Per graph output: SQNR of the deployed run (all optimisations, fused integer kernels)
     against the QDQ graph run as written (no optimisation: float ops between Q/DQ pairs).
 
-    Near-identical (> 40 dB) when the runtime's integer kernels are exact; low when a kernel
+    High (33-170 dB per clip on the FSDD DyMN-S: rounding ties decided differently propagate)
+    when the runtime's integer kernels compute the graph; low (16 dB) when a kernel
     saturates or approximates (the AVX2 u8 x s8 case above).
     """
     from dymn_edge.ort import ort_session  # noqa: PLC0415 (imports onnxruntime)

@@ -149,7 +149,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
 REPORT_CLIPS = 8
 
 #: deployed int8 kernels vs the QDQ graph as written, output SQNR below which the export warns
-KERNEL_SQNR_DB = 40.0
+KERNEL_SQNR_DB = 25.0
 
 
 def _check_kernels(path: Path, mels: np.ndarray, clips: int = 4) -> dict[str, float]:
@@ -157,7 +157,8 @@ def _check_kernels(path: Path, mels: np.ndarray, clips: int = 4) -> dict[str, fl
 
     Why: the per-node report and any simulation see the QDQ arithmetic; the file runs
     QLinearConv / QLinearMatMul, whose x86 u8 x s8 form saturates without VNNI (16.6 dB output
-    SQNR, -5 accuracy points on the FSDD DyMN-S). Exact kernels agree to > 100 dB.
+    SQNR, -5 accuracy points on the FSDD DyMN-S). Sound kernels agree to 33-170 dB per clip
+    (a rounding tie decided differently early on propagates; 7-bit weights, FSDD DyMN-S).
     """
     from dymn_edge.export.quant_report import kernel_sqnr  # noqa: PLC0415
 

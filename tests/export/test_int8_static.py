@@ -37,6 +37,6 @@ def test_fsdd_static_int8_accuracy_and_report(tmp_path, fsdd_weights, fsdd_dir):
     rep = json.loads(out.with_name(out.name + ".quant-report.json").read_text())
     assert rep["output_sqnr_db"]["logits"] > 18.0  # measured 20.9 dB on 8 calibration clips
     # the deployed int8 kernels compute the QDQ graph (u8 activations: 16.6 dB on AVX2 without VNNI)
-    assert min(rep["kernel_sqnr_db"].values()) > 40.0, rep["kernel_sqnr_db"]
+    assert min(rep["kernel_sqnr_db"].values()) > 25.0, rep["kernel_sqnr_db"]  # measured > 150 dB
     assert rep["worst_growth"] and rep["worst_local"]
     assert "context path float" in r.metadata.quantization
