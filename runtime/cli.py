@@ -12,11 +12,20 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from dymn_edge.cliutil import EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
-from pathlib import Path
+from dymn_edge.runtime import device as dev
+from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive
+from dymn_edge.runtime.device import DEVICE_EXAMPLES, add_device_args
+from dymn_edge.runtime.engines import load_engine
+from dymn_edge.runtime.events import EventConfig, EventTracker
+from dymn_edge.runtime.microphone import Listener, list_devices
+from dymn_edge.runtime.output import UNTRAINED_WARNING, TableWriter, TagFilter, json_line, window_json
+from dymn_edge.runtime.stream import StreamingScorer
+from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger
 
 log = logging.getLogger("dymn_edge.runtime")
 
@@ -101,10 +110,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from dymn_edge.runtime.engines import load_engine  # noqa: PLC0415
-    from dymn_edge.runtime.output import TagFilter  # noqa: PLC0415
-    from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger  # noqa: PLC0415
-
     if not args.model:
         raise DymnEdgeError("--model PATH is required (an .onnx or .tflite file from dymn-export)")
     if args.threads is not None and args.threads < 1:
@@ -123,9 +128,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _tag(args: argparse.Namespace) -> int:
-    from dymn_edge.runtime.output import (  # noqa: PLC0415
-        UNTRAINED_WARNING, TableWriter, json_line, window_json)
-
     if not args.files:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
     if args.output or args.workers is not None or args.scheduler:
@@ -172,9 +174,6 @@ def _tag(args: argparse.Namespace) -> int:
 
 def _tag_archive(args: argparse.Namespace) -> int:
     """``--output`` / ``--workers`` / ``--scheduler``: the resumable archive path (archive.py)."""
-    from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive  # noqa: PLC0415
-    from dymn_edge.runtime.tagger import DEFAULT_DITHER  # noqa: PLC0415
-
     if not args.output:
         raise DymnEdgeError("--workers / --scheduler write to a file: add --output TAGS.parquet (or .jsonl)")
     if not args.model:
@@ -237,8 +236,6 @@ class _Printer:
     """Event / hop / status output of dymn-listen, JSON or human, TTY-aware."""
 
     def __init__(self, args: argparse.Namespace, tagger: Any, filt: Any, out: TextIO) -> None:
-        from dymn_edge.runtime.output import UNTRAINED_WARNING  # noqa: PLC0415
-
         self.args, self.tagger, self.filt, self.out = args, tagger, filt, out
         self.tty = out.isatty() and not args.json
         self.untrained = tagger.metadata.untrained
@@ -255,8 +252,6 @@ class _Printer:
         self.out.flush()
 
     def json(self, obj: dict[str, Any]) -> None:
-        from dymn_edge.runtime.output import json_line  # noqa: PLC0415
-
         if self.untrained:
             obj["untrained"] = True
         self.out.write(json_line(obj) + "\n")
@@ -284,8 +279,6 @@ class _Printer:
                       f"({ev.start:.2f}-{ev.end:.2f} s, peak {ev.probability:.2f})")
 
     def hop(self, scores: Any, events: list[Any], stats: Any) -> None:
-        from dymn_edge.runtime.output import window_json  # noqa: PLC0415
-
         sel = self.filt.select(scores.probabilities, scores.logits)
         if self.args.every_hop:
             if self.args.json:
@@ -314,17 +307,11 @@ class _Printer:
 
 def _listen(args: argparse.Namespace) -> int:
     if args.list_devices:
-        from dymn_edge.runtime.microphone import list_devices  # noqa: PLC0415
-
         print(list_devices())
         return 0
-    from dymn_edge.runtime.events import EventConfig, EventTracker  # noqa: PLC0415
-    from dymn_edge.runtime.microphone import Listener  # noqa: PLC0415
-    from dymn_edge.runtime.stream import StreamingScorer  # noqa: PLC0415
 
     if args.duration is not None and args.duration <= 0:
         raise DymnEdgeError(f"--duration must be positive, got {args.duration:g}")
-    from dymn_edge.runtime import device as dev  # noqa: PLC0415
 
     if args.print_systemd_unit:
         print(dev.systemd_unit(args.argv), end="")
@@ -399,7 +386,6 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
                    help="shortest reported event (default 0: a single hop counts)")
     p.add_argument("--smooth", default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
                    help="per-label score smoothing over hops (default ema:0.7)")
-    from dymn_edge.runtime.device import add_device_args  # noqa: PLC0415
 
     add_device_args(p)
     args = p.parse_args(argv)
@@ -409,7 +395,5 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _device_examples() -> str:
-    from dymn_edge.runtime.device import DEVICE_EXAMPLES  # noqa: PLC0415
-
     return DEVICE_EXAMPLES
 

@@ -32,7 +32,7 @@ import soundfile as sf
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event
 from dymn_edge.runtime.sinks import EventSink
-from dymn_edge.runtime.stream import AudioRing
+from dymn_edge.runtime.rings import AudioRing
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ import numpy as np
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
-from importlib.metadata import PackageNotFoundError, version
+from dymn_edge.runtime.clips import ClipRecorder
+from dymn_edge.runtime.eventlog import EventLog
+from dymn_edge.runtime.mqtt import MqttPublisher, parse_mqtt_url
+from dymn_edge.runtime.thresholds import labels_in, load_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,6 @@ def per_label_thresholds(args: argparse.Namespace, labels: Sequence[Any], cfg: E
     """The (n, 3) thresholds of --thresholds, or None without it."""
     if not args.thresholds:
         return None
-    from dymn_edge.runtime.thresholds import load_thresholds  # noqa: PLC0415
 
     return load_thresholds(args.thresholds, labels, cfg)
 
@@ -106,8 +109,6 @@ def build_sinks(args: argparse.Namespace, tagger: Any, filt: Any,
     labels = tagger.labels
     try:
         if args.clips:
-            from dymn_edge.runtime.clips import ClipRecorder  # noqa: PLC0415
-
             sinks.append(ClipRecorder(args.clips, pre=args.clips_pre, post=args.clips_post,
                                       max_mb=args.clips_max_mb, max_days=args.clips_max_days,
                                       min_free_mb=args.clips_min_free_mb,
@@ -115,12 +116,8 @@ def build_sinks(args: argparse.Namespace, tagger: Any, filt: Any,
         elif args.clips_max_mb is not None or args.clips_max_days is not None:
             raise DymnEdgeError("--clips-max-mb / --clips-max-days need --clips DIR")
         if args.db:
-            from dymn_edge.runtime.eventlog import EventLog  # noqa: PLC0415
-
             sinks.append(EventLog(args.db, model=Path(args.model).resolve(), device=device_name))
         if args.mqtt:
-            from dymn_edge.runtime.mqtt import MqttPublisher, parse_mqtt_url  # noqa: PLC0415
-
             cfg = parse_mqtt_url(args.mqtt)
             watched = _watched(args, labels, filt)
             try:
@@ -147,8 +144,6 @@ def _watched(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> list
     """Labels that get a Home Assistant binary_sensor."""
     idx: list[int] = sorted(filt.include) if filt.include is not None else []
     if args.thresholds:
-        from dymn_edge.runtime.thresholds import labels_in  # noqa: PLC0415
-
         idx += labels_in(args.thresholds, labels)
     if not idx and len(labels) <= HA_ALL_LABELS_MAX:
         idx = list(range(len(labels)))

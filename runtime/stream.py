@@ -34,7 +34,6 @@ resampling in :mod:`dymn_edge.runtime.microphone`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,114 +41,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.frontend import StreamingLogMel
-from dymn_edge.runtime.tagger import Tagger, WindowScores, activation
+from dymn_edge.runtime.rings import AudioRing, LogMelTrack
+from dymn_edge.runtime.tagger import Tagger, WindowScores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioRing", "FrameRing", "StreamingScorer", "StreamUpdate", "score_frames", "score_wave",
-           "stream_noise"]
-
-
-class AudioRing:
-    """Fixed-capacity float32 ring buffer holding the most recent samples."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity <= 0:
-            raise ValueError(f"capacity must be positive, got {capacity}")
-        self.capacity = int(capacity)
-        self._buf = np.zeros(self.capacity, dtype=np.float32)
-        self._pos = 0  # next write position
-        self._filled = 0
-
-    def clear(self) -> None:
-        self._pos = 0
-        self._filled = 0
-
-    @property
-    def filled(self) -> int:
-        return self._filled
-
-    def write(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
-        if x.size >= self.capacity:
-            self._buf[:] = x[-self.capacity:]
-            self._pos = 0
-            self._filled = self.capacity
-            return
-        end = self._pos + x.size
-        if end <= self.capacity:
-            self._buf[self._pos:end] = x
-        else:
-            k = self.capacity - self._pos
-            self._buf[self._pos:] = x[:k]
-            self._buf[:end - self.capacity] = x[k:]
-        self._pos = end % self.capacity
-        self._filled = min(self.capacity, self._filled + x.size)
-
-    def latest(self, n: int) -> np.ndarray:
-        """A copy of the last ``n`` samples, oldest first."""
-        n = min(int(n), self._filled)
-        start = self._pos - n
-        if start >= 0:
-            return self._buf[start:self._pos].copy()
-        return np.concatenate((self._buf[start:], self._buf[:self._pos]))
-
-
-class FrameRing:
-    """Fixed-capacity ring of log-mel frames (n_mels, capacity), indexed by frame number."""
-
-    def __init__(self, n_mels: int, capacity: int) -> None:
-        self.capacity = int(capacity)
-        self._buf = np.zeros((n_mels, self.capacity), dtype=np.float32)
-        self.end = 0  # frames written since the stretch began (index of the next one)
-
-    def clear(self) -> None:
-        self.end = 0
-
-    def write(self, frames: np.ndarray) -> None:
-        n = frames.shape[1]
-        if n >= self.capacity:
-            frames, self.end = frames[:, -self.capacity:], self.end + n - self.capacity
-            n = self.capacity
-        pos = self.end % self.capacity
-        k = min(n, self.capacity - pos)
-        self._buf[:, pos:pos + k] = frames[:, :k]
-        self._buf[:, :n - k] = frames[:, k:]
-        self.end += n
-
-    def get(self, first: int, count: int) -> np.ndarray:
-        """A copy of frames ``first .. first + count - 1`` (all still in the ring)."""
-        if first < self.end - self.capacity or first + count > self.end:
-            raise IndexError(f"frames {first}..{first + count - 1} not in the ring "
-                             f"({max(0, self.end - self.capacity)}..{self.end - 1})")
-        idx = np.arange(first, first + count) % self.capacity
-        return self._buf[:, idx]
-
-
-#: Samples per block of the stream's noise floor: each block's noise is seeded by its index.
-NOISE_BLOCK = 32000
-
-
-@functools.lru_cache(maxsize=4)
-def _noise_block(block: int, std: float) -> np.ndarray:
-    return np.random.default_rng([0x5EED, block]).normal(0.0, std, NOISE_BLOCK).astype(np.float32)
-
-
-def stream_noise(start: int, n: int, std: float) -> np.ndarray:
-    """The noise floor of samples ``start .. start + n - 1`` of a stream (float32).
-
-    A function of the absolute sample position alone (one seeded generator per block of
-    :data:`NOISE_BLOCK` samples), so chunking changes nothing and a file gets the same floor.
-    """
-    out = np.empty(n, dtype=np.float32)
-    pos = 0
-    while pos < n:
-        block, off = divmod(start + pos, NOISE_BLOCK)
-        k = min(n - pos, NOISE_BLOCK - off)
-        out[pos:pos + k] = _noise_block(block, float(std))[off:off + k]
-        pos += k
-    return out
+__all__ = ["StreamingScorer", "StreamUpdate", "score_wave"]
 
 
 @dataclass
@@ -178,9 +75,9 @@ class StreamingScorer:
         # log-mel files take the frame ring; waveform files (frontend in the graph) do not
         self.sliced = tagger.frontend is not None
         if self.sliced:
-            self._fe = StreamingLogMel(fc)
             self.window_frames = tagger.frontend.num_frames(self.window)
-            self._frames = FrameRing(fc.n_mels, self.window_frames + 2 * self.hop // fc.hop_length + 8)
+            self._track = LogMelTrack(fc, self.window_frames + 2 * self.hop // fc.hop_length + 8,
+                                      tagger.dither)
         self.reset()
 
     def reset(self) -> None:
@@ -195,8 +92,7 @@ class StreamingScorer:
         self._origin = self.total  # first sample of the current contiguous stretch
         self._pending: list[int] = []  # ends (stream samples) of full windows awaiting frames
         if self.sliced:
-            self._fe.reset()
-            self._frames.clear()
+            self._track.reset(self._origin)
 
     @property
     def seconds(self) -> float:
@@ -227,7 +123,7 @@ class StreamingScorer:
         """
         update = StreamUpdate()
         if self.sliced and self._pending:
-            self._frames.write(self._fe.flush())
+            self._track.flush()
             self._score_pending(update)
         return update
 
@@ -253,8 +149,7 @@ class StreamingScorer:
             k = min(x.size, to_boundary)
             self._ring.write(x[:k])
             if self.sliced:
-                floor = stream_noise(self.total, k, self.tagger.dither) if self.tagger.dither > 0 else 0.0
-                self._frames.write(self._fe.push(x[:k] + floor))
+                self._track.push(x[:k])
             self.total += k
             x = x[k:]
             if self.sliced:
@@ -269,8 +164,7 @@ class StreamingScorer:
             if n < 2:
                 skipped += 1
                 continue
-            first = self.total - n - self._origin
-            if self.sliced and n == self.window and first % self.tagger.frontend_config.hop_length == 0:
+            if self.sliced and n == self.window and self._track.on_grid(self.total - n):
                 self._pending.append(self.total)
                 self._score_pending(update)
                 continue
@@ -287,30 +181,17 @@ class StreamingScorer:
 
     def _score_pending(self, update: StreamUpdate) -> None:
         """Score the waiting full windows whose frames are all in the ring, oldest first."""
-        hl = self.tagger.frontend_config.hop_length
         while self._pending:
             end = self._pending[0]
-            first = (end - self.window - self._origin) // hl
-            if first + self.window_frames > self._frames.end:
+            mel = self._track.window(end - self.window, self.window_frames)
+            if mel is None:
                 return
             self._pending.pop(0)
             t0 = time.perf_counter()
-            mel = self._frames.get(first, self.window_frames)
-            update.scores.append(score_frames(self.tagger, mel, (end - self.window) / self.sample_rate,
-                                              end / self.sample_rate))
+            update.scores.append(self.tagger.score_frames(mel, (end - self.window) / self.sample_rate,
+                                                          end / self.sample_rate))
             update.inference_ms.append((time.perf_counter() - t0) * 1e3)
             self.hops_run += 1
-
-
-def score_frames(tagger: Tagger, mel: np.ndarray, start: float, end: float) -> WindowScores:
-    """Scores of one window given as log-mel frames (n_mels, T); fixed-shape files get
-    exactly their frame count, as :meth:`Tagger.prepare` gives them."""
-    t = tagger.engine.fixed_frames
-    if t is not None and mel.shape[1] != t:
-        mel = np.pad(mel, ((0, 0), (0, max(0, t - mel.shape[1]))), mode="edge")[:, :t]
-    out, emb = tagger.engine.run(mel[None, None])
-    probs = activation(out[0], tagger.metadata.output_activation)
-    return WindowScores(start, end, probs, out[0], False, emb[0])
 
 
 def score_wave(tagger: Tagger, wave: np.ndarray, window_s: float | None = None,

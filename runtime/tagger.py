@@ -3,8 +3,13 @@
 How audio becomes model input (the same rules serve the streaming scorer, so file and
 stream scores of the same window agree exactly):
 
-- A window's log-mel is computed from that window's waveform alone, with the frontend
-  recorded in the model metadata.
+- Invariant of windowed mode (log-mel files): a window's frames are a slice of the
+  recording's continuous log-mel (:class:`~dymn_edge.runtime.rings.LogMelTrack`, the
+  frontend recorded in the model metadata over the whole noise-floored recording, computed
+  once, never per window), exactly as the streaming scorer slices its ring. Windows off the
+  10 ms frame grid (an end-aligned last window, a hop that is no multiple of 10 ms), audio
+  shorter than one window, whole-clip scores and waveform files use the window's own
+  audio: the frontend on that window alone (:meth:`Tagger.score`).
 - Audio shorter than the model's window (a short clip, the stream's first hops) is
   **centred in zeros** to the model window before the frontend: this is how the FSDD
   evaluation feeds 1 s windows and how fixed-shape files (TFLite, exported for one window)
@@ -14,8 +19,9 @@ stream scores of the same window agree exactly):
   as long as they fit; if audio remains after the last full window, one more window is
   aligned to the end of the clip (real audio only, no padding), so no audio is ever
   dropped and no window mixes audio with invented silence.
-- A noise floor (``dither``, Gaussian, std 1e-4 = -80 dBFS, seeded by the window's position
-  so results are reproducible) is added to every window before the frontend. Digital
+- A noise floor (``dither``, Gaussian, std 1e-4 = -80 dBFS) is added before the frontend:
+  to the recording by absolute sample position (``rings.stream_noise``) for sliced windows,
+  to the window seeded by its position otherwise, so results are reproducible. Digital
   silence (zero padding, muted inputs) gives log-mel values at the ``log(1e-5)`` floor that
   no training clip had: measured on 60 FSDD test digits, zero-padded clips score 62 %
   top-1 and clips with the floor 95 % (the reference evaluation adds the same 1e-4 noise).
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +56,9 @@ from dymn_edge.audio import DEFAULT_QUALITY, audio_info, fit_to_length, to_mono
 from dymn_edge.errors import AudioError, DymnEdgeError
 from dymn_edge.frontend import LogMelFrontend, samples_for_frames
 from dymn_edge.labels import Label
+from dymn_edge.metrics import to_probabilities
 from dymn_edge.runtime.engines import Engine
+from dymn_edge.runtime.rings import LogMelTrack
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,6 @@ def labels_of(engine: Engine) -> list[Label]:
 
 def activation(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities from logits: ``sigmoid`` (multi-label) or ``softmax`` (one of N)."""
-    from dymn_edge.metrics import to_probabilities  # noqa: PLC0415  (one definition, shared with the benchmarks)
-
     try:
         return to_probabilities(logits, kind).astype(np.float32)
     except ValueError as exc:
@@ -231,6 +237,17 @@ class Tagger:
         probs = activation(out[0], self.metadata.output_activation)
         return WindowScores(start, end, probs, out[0], padded, emb[0])
 
+    def score_frames(self, mel: np.ndarray, start: float, end: float) -> WindowScores:
+        """Scores of one window given as log-mel frames (n_mels, T), a slice of a
+        :class:`~dymn_edge.runtime.rings.LogMelTrack`; fixed-shape files get exactly their
+        frame count, as :meth:`prepare` gives them."""
+        t = self.engine.fixed_frames
+        if t is not None and mel.shape[1] != t:
+            mel = np.pad(mel, ((0, 0), (0, max(0, t - mel.shape[1]))), mode="edge")[:, :t]
+        out, emb = self.engine.run(mel[None, None])
+        probs = activation(out[0], self.metadata.output_activation)
+        return WindowScores(start, end, probs, out[0], False, emb[0])
+
     def windows(self, n_samples: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
         """(start, end) sample ranges of windowed mode; see the module docstring."""
         win = self.check_window(window_s)
@@ -244,12 +261,15 @@ class Tagger:
 
     def tag_windows(self, wave: np.ndarray, window_s: float | None = None,
                     hop_s: float | None = None) -> list[WindowScores]:
-        """Per-window scores of a 32 kHz waveform (defaults: model window, hop = window)."""
+        """Per-window scores of a 32 kHz waveform (defaults: model window, hop = window).
+
+        The same windows and inputs as :meth:`iter_file` on a file of this audio.
+        """
         window_s = self.window_seconds if window_s is None else window_s
         hop_s = window_s if hop_s is None else hop_s
-        sr = self.sample_rate
-        return [self.score(wave[a:b], a / sr, b / sr)
-                for a, b in self.windows(len(wave), window_s, hop_s)]
+        x = np.asarray(wave, dtype=np.float32)
+        return list(self._iter_windows(iter([x]), self.check_window(window_s),
+                                       self.check_hop(hop_s, window_s)))
 
     def tag_clip(self, wave: np.ndarray) -> WindowScores:
         """One prediction for the whole waveform (see the module docstring)."""
@@ -311,24 +331,64 @@ class Tagger:
         window_s = self.window_seconds if window_s is None else window_s
         hop_s = window_s if hop_s is None else hop_s
         win, hop = self.check_window(window_s), self.check_hop(hop_s, window_s)
+        yield from self._iter_windows(iter_audio_blocks(path, self.sample_rate), win, hop,
+                                      lambda n: self._check_length(n, path))
+
+    def _iter_windows(self, blocks: Iterator[np.ndarray], win: int, hop: int,
+                      check: Callable[[int], None] | None = None) -> Iterator[WindowScores]:
+        """Windowed mode over audio arriving in blocks (see the module docstring).
+
+        Log-mel files: a window on the frame grid is a slice of the recording's continuous
+        log-mel (:class:`~dymn_edge.runtime.rings.LogMelTrack`, computed once for all
+        windows, as the streaming scorer does); the end-aligned window off the grid, a clip
+        shorter than one window and waveform files take :meth:`score` on the window's audio.
+        ``check(total samples)`` runs before the last window (a too-short file fails there).
+        """
         sr = self.sample_rate
+        track = None
+        if self.frontend is not None:
+            frames = self.frontend.num_frames(win)
+            # the frames of the next window, plus up to one read block (<= 1 s, see below)
+            track = LogMelTrack(self.frontend_config, frames + 2 * sr // self.frontend_config.hop_length + 8,
+                                self.dither)
         buf = np.zeros(0, np.float32)
         buf_start = next_start = total = last_end = 0  # absolute sample positions
-        for block in iter_audio_blocks(path, sr):
-            buf = np.concatenate((buf, block)) if buf.size else block
-            total += block.size
+
+        def ready() -> Iterator[WindowScores]:
+            nonlocal next_start, last_end
             while next_start + win <= total:
-                a = next_start - buf_start
-                yield self.score(buf[a:a + win], next_start / sr, (next_start + win) / sr)
+                if track is not None:
+                    mel = track.window(next_start, frames)
+                    if mel is None:  # its last frames need audio past its end
+                        return
+                    yield self.score_frames(mel, next_start / sr, (next_start + win) / sr)
+                else:
+                    a = next_start - buf_start
+                    yield self.score(buf[a:a + win], next_start / sr, (next_start + win) / sr)
                 last_end, next_start = next_start + win, next_start + hop
-            keep_from = max(buf_start, min(next_start, total - win))  # the end-aligned window may need it
-            buf, buf_start = buf[keep_from - buf_start:], keep_from
-        self._check_length(total, path)
+
+        for block in blocks:
+            for i in range(0, block.size, sr):  # 1 s at a time: the frame ring stays small
+                part = block[i:i + sr]
+                buf = np.concatenate((buf, part)) if buf.size else part
+                total += part.size
+                if track is not None:
+                    track.push(part)
+                yield from ready()
+                keep_from = max(buf_start, min(next_start, total - win))  # the end-aligned window may need it
+                buf, buf_start = buf[keep_from - buf_start:], keep_from
+        if track is not None:
+            track.flush()  # the recording ends: its last frames use the end reflection
+            yield from ready()
+        if check is not None:
+            check(total)
         if last_end == 0:  # shorter than one window: scored once, padded
             yield self.score(buf, 0.0, total / sr)
         elif last_end < total:  # one more window aligned to the end: no audio is dropped
-            a = total - win - buf_start
-            yield self.score(buf[a:a + win], (total - win) / sr, total / sr)
+            a, start = total - win - buf_start, total - win
+            mel = track.window(start, frames) if track is not None and track.on_grid(start) else None
+            yield (self.score_frames(mel, start / sr, total / sr) if mel is not None
+                   else self.score(buf[a:a + win], start / sr, total / sr))
 
     def tag_file(self, path: str | Path, window_s: float | None = None,
                  hop_s: float | None = None, windowed: bool | None = None) -> list[WindowScores]:

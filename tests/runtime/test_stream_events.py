@@ -12,9 +12,8 @@ from dymn_edge.labels import Label
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.events import EventConfig, EventTracker
 from dymn_edge.frontend import LogMelFrontend
-from dymn_edge.runtime.stream import (
-    AudioRing, FrameRing, StreamingScorer, score_frames, score_wave, stream_noise,
-)
+from dymn_edge.runtime.rings import AudioRing, FrameRing, stream_noise
+from dymn_edge.runtime.stream import StreamingScorer, score_wave
 from dymn_edge.runtime.tagger import Tagger
 
 from .conftest import spoken_digits
@@ -59,7 +58,7 @@ def test_window_frames_are_the_continuous_log_mel(tagger: Tagger, metro_wav: Pat
     assert len(full) == 7 and [round(r[1], 6) for r in full] == [1, 1.5, 2, 2.5, 3, 3.5, 4]
     for r in full:
         first = int(round(r[0] * 100))  # 100 frames per second
-        ref = score_frames(tagger, whole[:, first:first + scorer.window_frames], r[0], r[1])
+        ref = tagger.score_frames(whole[:, first:first + scorer.window_frames], r[0], r[1])
         np.testing.assert_allclose(r[2:], ref.probabilities, atol=1e-5, rtol=0)
     # file mode is the same slicing: identical rows, also for the window at the end
     files = score_wave(tagger, wave, 1.0, 0.5)
@@ -69,6 +68,39 @@ def test_window_frames_are_the_continuous_log_mel(tagger: Tagger, metro_wav: Pat
     assert warm.padded and np.array_equal(stream[0][2:], warm.probabilities)
 
 
+def test_file_windows_are_slices_of_the_continuous_log_mel(tagger: Tagger, metro_wav: Path,
+                                                           tmp_path: Path) -> None:
+    """dymn-tag's windowed file mode slices the recording's log-mel as the stream does.
+
+    Windows on the frame grid equal the batch frontend on the whole noise-floored signal,
+    sliced, and the stream's scores of the same windows to the bit; the end-aligned last
+    window (off the grid here) is the window's own audio; reading the same samples from a
+    file in blocks changes nothing.
+    """
+    import soundfile as sf
+
+    wave = read_audio(metro_wav)[: 3 * 32000 + 4321]
+    got = tagger.tag_windows(wave, 1.0, 0.5)
+    assert [(r.start, r.end) for r in got][:5] == [(0, 1), (.5, 1.5), (1, 2), (1.5, 2.5), (2, 3)]
+    whole = LogMelFrontend(tagger.frontend_config)(wave + stream_noise(0, len(wave), tagger.dither))
+    for r in got[:5]:
+        first = int(round(r.start * 100))
+        ref = tagger.score_frames(whole[:, first:first + 100], r.start, r.end)
+        np.testing.assert_allclose(r.probabilities, ref.probabilities, atol=1e-5, rtol=0)
+    stream = {(s.start, s.end): s.probabilities for s in score_wave(tagger, wave, 1.0, 0.5)}
+    for r in got[:5]:
+        np.testing.assert_array_equal(r.probabilities, stream[(r.start, r.end)])
+    last = got[-1]
+    assert last.end == len(wave) / 32000 and (len(wave) - 32000) % 320  # off the grid
+    own = tagger.score(wave[-32000:], last.start, last.end)
+    np.testing.assert_array_equal(last.probabilities, own.probabilities)
+    path = tmp_path / "metro_32k.wav"
+    sf.write(path, wave, 32000, subtype="FLOAT")
+    from_file = list(tagger.iter_file(path, 1.0, 0.5))
+    np.testing.assert_array_equal(np.stack([r.probabilities for r in from_file]),
+                                  np.stack([r.probabilities for r in got]))
+
+
 def test_per_hop_log_mel_is_only_the_new_audio(tagger: Tagger) -> None:
     """10 s window, 1 s hop: each hop adds one hop of frames to the ring, never a whole window."""
     if tagger.fixed:
@@ -76,10 +108,10 @@ def test_per_hop_log_mel_is_only_the_new_audio(tagger: Tagger) -> None:
     scorer = StreamingScorer(tagger, 10.0, 1.0)
     rng = np.random.default_rng(3)
     scorer.push((0.05 * rng.standard_normal(12 * 32000)).astype(np.float32))
-    emitted = scorer._fe.frames_emitted  # noqa: SLF001 - the frontend's own frame counter
+    emitted = scorer._track.frames_computed  # noqa: SLF001 - the stream's own log-mel track
     assert scorer.hops_run == 12 - 1  # the window ending at 12 s waits for 12.5 ms more audio
     scorer.push(np.zeros(32000, np.float32))
-    assert scorer._fe.frames_emitted - emitted == 100 and scorer.hops_run == 12  # noqa: SLF001
+    assert scorer._track.frames_computed - emitted == 100 and scorer.hops_run == 12  # noqa: SLF001
 
 
 def test_warmup_reset_gap_and_skip(tagger: Tagger) -> None:
