@@ -118,11 +118,11 @@ def _train_split(folder: Path) -> Dataset | None:
 
 
 def parity_clip() -> tuple[np.ndarray, int]:
-    """The clip every export's parity check runs on (package data, 16 kHz mono, 6 s).
+    """The clip every export's parity check runs on (package data, 16 kHz mono, 11 s).
 
-    SYNTHETIC speech-like audio (a source-filter voice, fricatives, a whistle, a tone, a noise
-    floor) written by ``tests/data/make_parity_clip.py``; public domain. Shipped with the
-    package so that an export from a wheel validates on the same input as one from a checkout.
+    A real recording: speech (J. F. Kennedy's inaugural address, 1961; public domain, see
+    ``data/PARITY_CLIP_LICENSE.md``). Shipped with the package so that an export from a
+    wheel validates on real audio, the same input as one from a checkout.
     """
     with resources.as_file(resources.files("dymn_edge") / "data" / PARITY_CLIP) as path:
         x, sr = sf.read(str(path), dtype="float32")
@@ -138,7 +138,7 @@ def validation_waves(window_seconds: float, fc: FrontendConfig, *, lengths: list
     """
     raw, sr = parity_clip()
     x = resample(raw, sr, fc.sample_rate)
-    source = f"{PARITY_CLIP} (synthetic speech-like signal shipped with dymn-edge)"
+    source = f"{PARITY_CLIP} (real speech recording shipped with dymn-edge, public domain)"
     out = []
     for i, sec in enumerate(lengths):
         n = window_samples(sec, fc)
