@@ -16,6 +16,7 @@ from dymn_edge.benchmarks.macs import count_model, table
 from dymn_edge.cliutil import run_guarded, setup_logging
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.frontend import frames_for_seconds
+from dymn_edge.registry import get_spec
 
 log = logging.getLogger("dymn_edge.benchmarks")
 
@@ -176,10 +177,11 @@ def _print_macs(args: argparse.Namespace) -> int:
     for s, model in ((s, m.strip()) for m in args.model.split(",") if m.strip()
                      for s in _csv(float, args.lengths, "lengths")):
         cx = count_model(model, frames=frames_for_seconds(s))
+        published = get_spec(model).published_mAP
         print(f"{model}, {s:g} s ({cx.frames} frames): {cx.macs / 1e9:.4f} GMAC "
               f"({cx.macs_with_aggregation / 1e9:.4f} with kernel aggregation), "
               f"{cx.params / 1e6:.3f} M params ({cx.params_with_bn_stats / 1e6:.3f} M with BN "
-              "statistics)")
+              "statistics)" + (f"; published AudioSet mAP {published:.1f}" if published else ""))
         print(table(cx))
         print()
     return 0

@@ -151,7 +151,11 @@ def _acc_tol(row: dict[str, Any], clips: int) -> float:
 def compare(current: dict[str, Any], baseline: dict[str, Any], *,
             max_regression: float = DEFAULT_MAX_REGRESSION,
             max_ratio_regression: float = DEFAULT_MAX_RATIO_REGRESSION) -> GateResult:
-    """Gate ``current`` against ``baseline`` (both dymn-bench result documents)."""
+    """Gate ``current`` against ``baseline`` (both dymn-bench result documents).
+
+    Per baseline row: it ran, its MACs are unchanged (exact), its latency relative to the
+    reference GEMM did not regress, its accuracy deltas hold; then the DyMN / MN ratios.
+    """
     res = GateResult()
     cur_rows, base_rows = _rows(current), _rows(baseline)
     missing = [m for m in _models(baseline) if m not in _models(current)]
@@ -172,57 +176,69 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], *,
         if c.get("status") == "failed":
             res.fail(f"{name}: failed in this run ({c.get('error', 'no message')})")
             continue
-        # MACs: exact
-        for key in ("macs", "deployed_macs", "graph_macs"):
-            if b.get(key) is not None:
-                res.checked += 1
-                if c.get(key) != b[key]:
-                    res.fail(f"{name}: {key} {c.get(key)} != baseline {b[key]} (MAC counts are "
-                             "deterministic: the model or the export form changed)")
-        # Latency as a ratio to the reference GEMM, for shipped files only: the eager PyTorch
-        # row is a yardstick whose speed swings with torch's own threading, not an artifact.
-        cur_cells = _ratio_cells(c)
-        base_cells = {} if c.get("format") == "pytorch" else _ratio_cells(b)
-        for (t, L), bst in base_cells.items():
-            res.checked += 1
-            cst = cur_cells.get((t, L))
-            if cst is None:
-                res.fail(f"{name}: no latency at {L} s, {t} thread(s) in this run")
-                continue
-            change = cst["ratio_to_gemm"] / bst["ratio_to_gemm"] - 1.0
-            detail = (f"{name} @ {L} s, {t} thread(s): {cst['median_ms']:.2f} ms = "
-                      f"{cst['ratio_to_gemm']:.3f} x GEMM ({cst['gemm_median_ms']:.2f} ms) vs "
-                      f"baseline {bst['median_ms']:.2f} ms = {bst['ratio_to_gemm']:.3f} x GEMM "
-                      f"({bst['gemm_median_ms']:.2f} ms): {change:+.1%}")
-            if change > max_regression:
-                res.fail(f"latency regression {detail} > +{max_regression:.0%} allowed")
-            elif change < -SPEEDUP_NOTE:
-                res.notes.append(f"faster than baseline, consider refreshing it: {detail}")
-            else:
-                log.info("latency ok: %s", detail)
-        # Accuracy deltas vs the same run's reference
-        bs, cs = b.get("scores"), c.get("scores")
-        if bs:
-            if not cs:
-                res.checked += 1
-                res.fail(f"{name}: accuracy in the baseline but not measured in this run "
-                         f"({(current.get('accuracy') or {}).get('reason', 'no scores')})")
-                continue
-            clips = int(cs.get("clips") or bs.get("clips") or 0)
-            tol = _acc_tol(c, clips)
-            for key in ("accuracy", "map") if c.get("format") == "pytorch" else \
-                    ("delta_accuracy", "delta_map"):
-                if bs.get(key) is None:
-                    continue
-                res.checked += 1
-                diff = (cs.get(key) or 0.0) - bs[key]
-                if abs(diff) > tol:
-                    res.fail(f"{name}: {key} {cs.get(key):+.4f} vs baseline {bs[key]:+.4f} "
-                             f"(change {diff:+.4f}, tolerance {tol:.4f})")
+        _check_macs(res, name, c, b)
+        _check_latency(res, name, c, b, max_regression)
+        _check_accuracy(res, name, c, b, current)
     for key in sorted(cur_rows.keys() - base_rows.keys(), key=str):
         res.notes.append(f"{_label(key)}: not in the baseline (not gated)")
     _compare_static_ratios(res, cur_rows, base_rows, max_ratio_regression)
     return res
+
+
+def _check_macs(res: GateResult, name: str, c: dict, b: dict) -> None:
+    """MAC counts are deterministic: any change means the model or the export form changed."""
+    for key in ("macs", "deployed_macs", "graph_macs"):
+        if b.get(key) is not None:
+            res.checked += 1
+            if c.get(key) != b[key]:
+                res.fail(f"{name}: {key} {c.get(key)} != baseline {b[key]} (MAC counts are "
+                         "deterministic: the model or the export form changed)")
+
+
+def _check_latency(res: GateResult, name: str, c: dict, b: dict, max_regression: float) -> None:
+    """Latency as a ratio to the reference GEMM, for shipped files only: the eager PyTorch
+    row is a yardstick whose speed swings with torch's own threading, not an artifact."""
+    cur_cells = _ratio_cells(c)
+    base_cells = {} if c.get("format") == "pytorch" else _ratio_cells(b)
+    for (t, L), bst in base_cells.items():
+        res.checked += 1
+        cst = cur_cells.get((t, L))
+        if cst is None:
+            res.fail(f"{name}: no latency at {L} s, {t} thread(s) in this run")
+            continue
+        change = cst["ratio_to_gemm"] / bst["ratio_to_gemm"] - 1.0
+        detail = (f"{name} @ {L} s, {t} thread(s): {cst['median_ms']:.2f} ms = "
+                  f"{cst['ratio_to_gemm']:.3f} x GEMM ({cst['gemm_median_ms']:.2f} ms) vs "
+                  f"baseline {bst['median_ms']:.2f} ms = {bst['ratio_to_gemm']:.3f} x GEMM "
+                  f"({bst['gemm_median_ms']:.2f} ms): {change:+.1%}")
+        if change > max_regression:
+            res.fail(f"latency regression {detail} > +{max_regression:.0%} allowed")
+        elif change < -SPEEDUP_NOTE:
+            res.notes.append(f"faster than baseline, consider refreshing it: {detail}")
+        else:
+            log.info("latency ok: %s", detail)
+
+
+def _check_accuracy(res: GateResult, name: str, c: dict, b: dict, current: dict) -> None:
+    """Accuracy (PyTorch row) or accuracy deltas to the same run's reference (files)."""
+    bs, cs = b.get("scores"), c.get("scores")
+    if not bs:
+        return
+    if not cs:
+        res.checked += 1
+        res.fail(f"{name}: accuracy in the baseline but not measured in this run "
+                 f"({(current.get('accuracy') or {}).get('reason', 'no scores')})")
+        return
+    clips = int(cs.get("clips") or bs.get("clips") or 0)
+    tol = _acc_tol(c, clips)
+    for key in ("accuracy", "map") if c.get("format") == "pytorch" else ("delta_accuracy", "delta_map"):
+        if bs.get(key) is None:
+            continue
+        res.checked += 1
+        diff = (cs.get(key) or 0.0) - bs[key]
+        if abs(diff) > tol:
+            res.fail(f"{name}: {key} {cs.get(key):+.4f} vs baseline {bs[key]:+.4f} "
+                     f"(change {diff:+.4f}, tolerance {tol:.4f})")
 
 
 def _compare_static_ratios(res: GateResult, cur_rows: dict, base_rows: dict,

@@ -46,24 +46,7 @@ class Label:
 def _parse(text: str, source: str) -> list[Label]:
     """Parse and validate label CSV text; ``source`` names the file in error messages."""
     reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise LabelsError(f"labels file {source} is empty") from None
-    except csv.Error as exc:
-        raise LabelsError(f"labels file {source}: unreadable CSV header: {exc}") from None
-    cols = [h.strip().lstrip("\ufeff").lower() for h in header]
-    missing = [c for c in ("index", "display_name") if c not in cols]
-    if missing:
-        raise LabelsError(
-            f"labels file {source}: header must name columns index,display_name (and "
-            f"optionally mid); got {','.join(header) or '(empty)'}"
-        )
-    if len(set(cols)) != len(cols):
-        raise LabelsError(f"labels file {source}: duplicate column in header {','.join(header)}")
-    i_idx, i_name = cols.index("index"), cols.index("display_name")
-    i_mid = cols.index("mid") if "mid" in cols else None
-
+    i_idx, i_name, i_mid, width = _parse_header(reader, source)
     labels: list[Label] = []
     seen: dict[int, int] = {}
     try:
@@ -71,8 +54,8 @@ def _parse(text: str, source: str) -> list[Label]:
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue  # blank lines (e.g. a trailing newline) carry nothing
-            if len(row) != len(cols):
-                raise LabelsError(f"labels file {source}, line {line}: expected {len(cols)} "
+            if len(row) != width:
+                raise LabelsError(f"labels file {source}, line {line}: expected {width} "
                                   f"fields, got {len(row)}")
             raw = row[i_idx].strip()
             try:
@@ -92,7 +75,32 @@ def _parse(text: str, source: str) -> list[Label]:
             labels.append(Label(index, mid, name))
     except csv.Error as exc:
         raise LabelsError(f"labels file {source}, line {reader.line_num}: {exc}") from None
+    return _checked_order(labels, seen, source)
 
+
+def _parse_header(reader, source: str) -> tuple[int, int, int | None, int]:
+    """(index column, display_name column, mid column or None, column count) of the header."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise LabelsError(f"labels file {source} is empty") from None
+    except csv.Error as exc:
+        raise LabelsError(f"labels file {source}: unreadable CSV header: {exc}") from None
+    cols = [h.strip().lstrip("\ufeff").lower() for h in header]
+    missing = [c for c in ("index", "display_name") if c not in cols]
+    if missing:
+        raise LabelsError(
+            f"labels file {source}: header must name columns index,display_name (and "
+            f"optionally mid); got {','.join(header) or '(empty)'}"
+        )
+    if len(set(cols)) != len(cols):
+        raise LabelsError(f"labels file {source}: duplicate column in header {','.join(header)}")
+    i_mid = cols.index("mid") if "mid" in cols else None
+    return cols.index("index"), cols.index("display_name"), i_mid, len(cols)
+
+
+def _checked_order(labels: list[Label], seen: dict[int, int], source: str) -> list[Label]:
+    """Labels sorted by index, which must run 0..N-1 without gaps (one per output unit)."""
     if not labels:
         raise LabelsError(f"labels file {source} has a header but no rows")
     labels.sort(key=lambda lab: lab.index)

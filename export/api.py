@@ -19,8 +19,15 @@ import numpy as np
 
 from dymn_edge.arch import strategy_supports_dynamic_batch
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
+from dymn_edge.export import quantize
+from dymn_edge.export import validate as v
+from dymn_edge.export.calibration import calibration_mels
 from dymn_edge.export.config import ExportConfig
 from dymn_edge.export.formats import Format, Precision, mel_io
+from dymn_edge.export.mediapipe_metadata import add_mediapipe_metadata
+from dymn_edge.export.onnx_export import onnx_io, write_onnx_metadata
+from dymn_edge.export.tflite_export import tflite_io, write_tflite
+from dymn_edge.export.waveform import DEFAULT_STFT, OUTPUT_NAMES, WaveformModel, mediapipe_info, waveform_io
 from dymn_edge.frontend import frames_for_seconds, samples_for_frames
 from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv
 from dymn_edge.metadata import (
@@ -103,7 +110,6 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     spec = get_spec(cfg.model)
-    prec = cfg.precision
     model = create_model(spec.name, weights=cfg.weights, pretrained=not cfg.random_init,
                          seed=cfg.seed, allow_download=cfg.allow_download)
     num_classes = int(model.num_classes) if hasattr(model, "num_classes") else int(
@@ -122,13 +128,7 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     dyn_time = cfg.format_spec.dynamic_axes
     dyn_batch = dyn_time and strategy_supports_dynamic_batch(strategy)
     out_path = cfg.output_path(spec.name)  # checked again: the folder may have changed since
-    q = cfg.quantization
-    assert q is not None
-    quant_desc = "none"
-    if prec is Precision.FP16:
-        quant_desc = "fp16 weights (float16 constants dequantized at load), float32 compute"
-    elif prec is Precision.INT8:
-        quant_desc = q.describe()
+    quant_desc = _quant_description(cfg)
     timings["load"] = time.perf_counter() - t0
 
     part = _partial_path(out_path)
@@ -149,12 +149,21 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     return result
 
 
+def _quant_description(cfg: ExportConfig) -> str:
+    """What the file's numbers are, in words (the metadata's ``quantization``)."""
+    if cfg.precision is Precision.FP16:
+        return "fp16 weights (float16 constants dequantized at load), float32 compute"
+    if cfg.precision is Precision.INT8:
+        assert cfg.quantization is not None
+        return cfg.quantization.describe()
+    return "none"
+
+
 def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, labels: list,
                activation: str, untrained: bool, weights_path, weights_sha: str | None,
                window: float, frames: int, strategy: str, dyn_batch: bool, dyn_time: bool,
                quant_desc: str, timings: dict[str, float], t0: float, progress: bool):
     """Convert, quantize, describe and validate into ``part``; the result names ``out_path``."""
-    from dymn_edge.export.calibration import calibration_mels  # noqa: PLC0415
     from dymn_edge.models.patcher import make_exportable  # noqa: PLC0415
 
     fmt, prec, fc, q = cfg.format, cfg.precision, spec.frontend, cfg.quantization
@@ -220,7 +229,6 @@ def _graph(exportable, cfg: ExportConfig, fc, activation: str, frames: int, wind
     """(module, GraphIO) to convert: the patched model, or it behind the in-graph frontend."""
     if not cfg.waveform:
         return exportable, mel_io(frames, fc.n_mels)
-    from dymn_edge.export.waveform import DEFAULT_STFT, WaveformModel, waveform_io  # noqa: PLC0415
 
     module = WaveformModel(exportable, fc, activation, DEFAULT_STFT).eval()
     return module, waveform_io(samples_for_frames(frames, fc, window), fc)
@@ -228,15 +236,13 @@ def _graph(exportable, cfg: ExportConfig, fc, activation: str, frames: int, wind
 
 def _same_outputs_after_rewrite(path: Path, frames: int, report, meta: ModelMetadata) -> None:
     """The metadata rewrite must not change the graph: the file still runs, finite outputs."""
-    from dymn_edge.export.validate import make_runner  # noqa: PLC0415
-
     fc = meta.frontend_config
     if meta.takes_waveform:  # a quiet signal: log(mel + 1e-5) stays finite either way
         probe = np.full((1, samples_for_frames(frames, fc, meta.window_seconds)), 1e-3, np.float32)
     else:
         probe = np.full((1, 1, fc.n_mels, frames), -1.0, np.float32)
     try:
-        logits, emb = make_runner(path)(probe)
+        logits, emb = v.make_runner(path)(probe)
         if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
             report.errors.append("final file gives non-finite outputs")
     except Exception as exc:  # noqa: BLE001
@@ -245,8 +251,6 @@ def _same_outputs_after_rewrite(path: Path, frames: int, report, meta: ModelMeta
 
 def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool,
               report_path: Path | None = None) -> None:
-    from dymn_edge.export import quantize  # noqa: PLC0415
-
     if fmt is Format.ONNX:
         src = path.with_name("fp32.onnx")
         path.rename(src)
@@ -263,12 +267,9 @@ def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool
 def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool
              ) -> tuple[list[TensorInfo], list[TensorInfo]]:
     if fmt is Format.ONNX:
-        from dymn_edge.export.onnx_export import onnx_io  # noqa: PLC0415
-
         ins, outs = onnx_io(path)
         return ([TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in ins],
                 [TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in outs])
-    from dymn_edge.export.tflite_export import tflite_io  # noqa: PLC0415
 
     ins, outs = tflite_io(path.read_bytes())
     order = {"logits": 0, "probabilities": 0, "embedding": 1}
@@ -291,23 +292,15 @@ def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
     meta.weights_source = scrub_paths(meta.weights_source)
     meta.validation = scrub_paths(meta.validation)
     if fmt is Format.ONNX:
-        from dymn_edge.export.onnx_export import write_onnx_metadata  # noqa: PLC0415
-
         write_onnx_metadata(path, meta.to_json())
     else:
-        from dymn_edge.export.tflite_export import write_tflite  # noqa: PLC0415
-
         write_tflite(path.read_bytes(), path, meta.to_json())
         if meta.takes_waveform:  # last: repacking the flatbuffer drops the appended labels ZIP
-            from dymn_edge.export.mediapipe_metadata import add_mediapipe_metadata  # noqa: PLC0415
-            from dymn_edge.export.waveform import mediapipe_info  # noqa: PLC0415
 
             path.write_bytes(add_mediapipe_metadata(path.read_bytes(), mediapipe_info(meta)))
 
 
 def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progress: bool):
-    from dymn_edge.export import validate as v  # noqa: PLC0415
-
     t = time.perf_counter()
     fmt, prec, fc = cfg.format, cfg.precision, meta.frontend_config
     report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
@@ -319,7 +312,6 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
     runner, report.engine = engine.run, f"{engine.name} (dymn_edge.runtime)"
     samples, names = None, ("logits", "embedding")
     if cfg.waveform:  # the oracle is the faithful model behind the PyTorch frontend
-        from dymn_edge.export.waveform import DEFAULT_STFT, OUTPUT_NAMES, WaveformModel  # noqa: PLC0415
 
         model = WaveformModel(model, fc, meta.output_activation, DEFAULT_STFT).eval()
         samples = engine.input_spec.samples or samples_for_frames(meta.window_frames, fc, meta.window_seconds)
