@@ -123,8 +123,14 @@ class Engine(abc.ABC):
 
         Waveform files: probabilities (B, C) and embedding for ``mel`` = samples (B, N).
         """
-        if self.input_spec.waveform:
-            return self._run_wave(mel)
+        x = self._checked_wave(mel) if self.input_spec.waveform else self._checked_mel(mel)
+        batch = self.input_spec.batch
+        if batch is None or x.shape[0] == batch:
+            return self._run_batch(x)
+        outs = [self._run_batch(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]))
+
+    def _checked_mel(self, mel: np.ndarray) -> np.ndarray:
         x = np.asarray(mel, dtype=np.float32)
         if x.ndim == 3:
             x = x[:, None]
@@ -137,13 +143,9 @@ class Engine(abc.ABC):
                 f"{self.path.name}: this file was exported for {frames} frames "
                 f"({self.metadata.window_seconds:g} s) and got {x.shape[3]}; pad or cut the "
                 "audio to the model window (the tagger does), or export a dynamic-time ONNX file")
-        batch = self.input_spec.batch
-        if batch is None or x.shape[0] == batch:
-            return self._run_batch(x)
-        outs = [self._run_batch(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]))
+        return x
 
-    def _run_wave(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _checked_wave(self, wave: np.ndarray) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float32)
         if x.ndim == 1:
             x = x[None]
@@ -155,11 +157,7 @@ class Engine(abc.ABC):
                 f"{self.path.name}: this file was exported for {n} samples "
                 f"({self.metadata.window_seconds:g} s) and got {x.shape[1]}; pad or cut the audio "
                 "to the model window (the tagger does), or export a dynamic-length ONNX file")
-        batch = self.input_spec.batch
-        if batch is None or x.shape[0] == batch:
-            return self._run_batch(x)
-        outs = [self._run_batch(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]))
+        return x
 
     @abc.abstractmethod
     def _run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
