@@ -15,7 +15,7 @@ notes and ``tests/export``):
   quantization at all: the QDQ graph run as written scores 0.9667, the deployed file 0.92,
   because MLAS's u8 x s8 kernel on x86 without VNNI (AVX2 ``vpmaddubsw``) adds pairs of
   products in int16 and saturates; ORT's precise kernel (``session.x64quantprecision``) gives
-  0.9667 on the same file. 7-bit weights cannot saturate (2 x 255 x 63 < 2^15): 0.97, the
+  0.9667 on the same file. 7-bit weights cannot saturate (2 x 255 x 64 < 2^15): 0.97, the
   fp32 score. s8 symmetric activations (``activation_type="int8"``) are exact too (0.9733)
   but ORT's CPU EP has no s8 kernel for the depthwise convs and Adds: float ops between Q/DQ
   pairs, 2x slower than u8 (DyMN-M 10 s fp32/int8 0.41 vs 0.89). :func:`_check_kernels`
