@@ -320,7 +320,8 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
     tol = cfg.format_spec.tolerance.get(prec.value)  # None for int8: judged by agreement
     v.check_parity(runner, reference, window_seconds=meta.window_seconds, fc=fc,
                    dynamic_time=meta.dynamic_time, tolerance=tol, report=report,
-                   reference64=v.torch64_runner(model), waveform_samples=samples, names=names)
+                   reference64=v.torch64_runner(model), waveform_samples=samples, names=names,
+                   relative=prec is Precision.FP16)
     eval_dir = cfg.eval_dataset
     if eval_dir is not None:
         acc = v.evaluate_dataset(path, reference, eval_dir, progress=progress)

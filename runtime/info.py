@@ -55,7 +55,8 @@ def _validation_lines(val: dict[str, Any]) -> list[str]:
         if not tols:
             tol = " (no fixed tolerance: judged by agreement)"
         elif isinstance(d32, (int, float)):
-            tol = f" (allowed: tolerance {max(tols):g} + 3 x PyTorch fp32's own distance)"
+            rel = " x max(1, |output|)" if val.get("precision") == "fp16" else ""
+            tol = f" (allowed: tolerance {max(tols):g}{rel} + 3 x PyTorch fp32's own distance)"
         else:
             tol = f" (tolerance {max(tols):g})"
         lines.append(f"largest difference to {ref} over {len(checks)} output checks: {diff:.3g}{tol}")

@@ -171,7 +171,8 @@ def test_waveform_files_describe_themselves(wave_tflite, wave_onnx):
         assert meta.inputs[0].name == "waveform"
         assert result.report["passed"] is True
         assert {c["name"] for c in result.report["checks"]} == {"probabilities", "embedding"}
-        assert result.report["max_abs_diff"] <= FORMAT_TOL
+        assert all(c["max_abs_diff"] <= c["allowed"] for c in result.report["checks"])
+        assert all(c["max_abs_diff"] <= FORMAT_TOL for c in result.report["checks"] if c["scale"] < 100)
     assert read_metadata(wave_tflite.path).inputs[0].shape == [1, 32000]
     assert read_metadata(wave_onnx.path).inputs[0].shape[-1] == "samples"  # any length
     # the frontend adds nothing outside XNNPACK: only the model's runtime-filter depthwise convs stay out
