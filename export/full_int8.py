@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.errors import ExportError
+from dymn_edge.errors import ExportError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray
         except TypeError:  # older AEQ without enable_progress_bar
             result = q.quantize(qsvs, enable_progress_report=False)
     except Exception as exc:  # the quantizer raises many types
-        raise ExportError(f"full int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+        raise ExportError(f"full int8 quantization failed: {one_line(exc)}") from exc
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(bytes(result.quantized_model))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.errors import ExportError
+from dymn_edge.errors import ExportError, one_line
 from dymn_edge.ort import ort_session
 from dymn_edge.export.config import CalibrationMethod, QuantizationConfig, QuantScheme
 
@@ -141,7 +141,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
         except ExportError:
             raise
         except Exception as exc:  # the quantizer raises many types
-            raise ExportError(f"ONNX int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+            raise ExportError(f"ONNX int8 quantization failed: {one_line(exc)}") from exc
     return dst
 
 
@@ -186,7 +186,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
         ortq.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return dst
     except Exception as exc:  # noqa: BLE001 - pre-processing is optional
-        log.debug("quant_pre_process skipped (%s)", str(exc).splitlines()[0][:200])
+        log.debug("quant_pre_process skipped (%s)", one_line(exc, 200))
         return src
 
 
@@ -315,7 +315,7 @@ def tflite_int8(data: bytes, qcfg: QuantizationConfig, mels: np.ndarray | None =
     try:
         return _aeq_quantize(data, configure)
     except Exception as exc:  # the quantizer raises many types
-        raise ExportError(f"TFLite int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+        raise ExportError(f"TFLite int8 quantization failed: {one_line(exc)}") from exc
 
 
 def _tflite_full_int8(data: bytes, mels: np.ndarray | None) -> bytes:
