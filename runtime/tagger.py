@@ -357,7 +357,7 @@ class Tagger:
         def ready() -> Iterator[WindowScores]:
             nonlocal next_start, last_end
             while next_start + win <= total:
-                if track is not None:
+                if track is not None and track.on_grid(next_start):
                     mel = track.window(next_start, frames)
                     if mel is None:  # its last frames need audio past its end
                         return

@@ -94,6 +94,11 @@ def test_file_windows_are_slices_of_the_continuous_log_mel(tagger: Tagger, metro
     assert last.end == len(wave) / 32000 and (len(wave) - 32000) % 320  # off the grid
     own = tagger.score(wave[-32000:], last.start, last.end)
     np.testing.assert_array_equal(last.probabilities, own.probabilities)
+    # a hop off the 10 ms grid (0.5005 s): those windows are the window's own audio, not a slice
+    off = tagger.tag_windows(wave, 1.0, 0.5005)
+    assert off[1].start == 0.5005
+    np.testing.assert_array_equal(off[1].probabilities,
+                                  tagger.score(wave[16016:48016], 0.5005, 1.5005).probabilities)
     path = tmp_path / "metro_32k.wav"
     sf.write(path, wave, 32000, subtype="FLOAT")
     from_file = list(tagger.iter_file(path, 1.0, 0.5))
