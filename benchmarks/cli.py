@@ -1,19 +1,25 @@
 """``dymn-bench``: compute, latency, memory and accuracy of every export of a DyMN, in one table.
 
-Exit codes: 0 done (and gate passed), 1 the regression gate failed, 2 a usage or input error
-(one line on stderr; ``--verbose`` for the traceback).
+Exit codes: 0 done (and gate passed); 1 the regression gate failed, or any requested row
+failed (an export that failed or crashed) unless ``--allow-failures``; 2 a usage or input
+error (one line on stderr; ``--verbose`` for the traceback). Every option is checked before
+the first export, so a typo costs no minutes of exporting or timing.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
+import math
 import sys
 from pathlib import Path
 
 from dymn_edge.benchmarks.macs import count_model, table
-from dymn_edge.cliutil import run_guarded, setup_logging
+from dymn_edge.cliutil import (
+    MAX_THREADS, OneLineErrorParser, check_input_file, check_output_file, positive, run_guarded,
+    setup_logging,
+)
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.registry import get_spec
@@ -61,14 +67,29 @@ identical run only measures. --no-cache exports again.
 
 
 def _csv(kind: type, text: str, what: str) -> list:
+    """Comma-separated finite, positive numbers (``--lengths 1,10``, ``--threads 1,2``)."""
     try:
-        return [kind(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise DymnEdgeError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise DymnEdgeError(f"--{what} takes finite numbers > 0, got '{text}'")
+    if what == "threads" and max(values) > MAX_THREADS:
+        raise DymnEdgeError(f"--threads: at most {MAX_THREADS} (4 x this machine's CPUs, at least "
+                            f"64), got {max(values)}")
+    if what == "lengths" and max(values) > MAX_LENGTH_S:
+        raise DymnEdgeError(f"--lengths: at most {MAX_LENGTH_S:g} s, got {max(values):g}")
+    return values
+
+
+#: Longest input timed (s): 10 minutes of log-mel is already 60000 frames per inference.
+MAX_LENGTH_S = 600.0
+#: What --plot can write (matplotlib picks the format from the suffix).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="dymn-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Benchmark DyMN exports: MACs, load time, latency (1 s / 10 s input, "
                     "1 / 2 threads), peak memory and accuracy against the PyTorch reference, "
@@ -89,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
                    "minus the fp32 row); onnx:static_int8 / tflite:full_int8: calibrated int8 "
                    "(need --calibration DIR)")
-    r.add_argument("--window", type=float, metavar="S", help="export window in seconds "
+    r.add_argument("--window", type=positive, metavar="S", help="export window in seconds "
                    "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
                    "model's, for all: fixed-shape files compare only at one window)")
     r.add_argument("--lengths", default="1,10", metavar="S,S", help="input lengths to time (default 1,10)")
     r.add_argument("--threads", default="1,2", metavar="N,N", help="thread counts (default 1,2)")
-    r.add_argument("--budget", type=float, default=2.0, metavar="SECONDS",
+    r.add_argument("--budget", type=positive, default=2.0, metavar="SECONDS",
                    help="timed seconds per artifact, length and thread count (default 2)")
     r.add_argument("--no-reference", action="store_true", help="leave out the eager PyTorch row")
     r.add_argument("--workdir", metavar="DIR", help="export cache folder (default "
@@ -134,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(DyMN-S and MN-S, 1 s window, 1 thread) instead of the options above; "
                    "--weights / --activation / --data / --split still say which DyMN-S")
     o.add_argument("--write-baseline", metavar="PATH", help="write this run as a gate baseline")
+    o.add_argument("--allow-failures", action="store_true", help="exit 0 even when some rows "
+                   "failed to export (they stay in the table as failed; default: exit 1)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return p
@@ -229,10 +252,65 @@ def _npu(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option problem as one line before any export or timing starts.
+
+    Options that the chosen mode would silently ignore are refused too: a user who typed
+    them expected them to do something.
+    """
+    score = bool(args.score_file)
+    if not score and (args.workers is not None or args.scheduler):
+        raise DymnEdgeError("--workers / --scheduler score one exported file on a Dask cluster: "
+                            "use them with --score-file MODEL --data DIR")
+    if args.workers is not None and args.workers < 1:
+        raise DymnEdgeError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_clips is not None and args.max_clips < 1:
+        raise DymnEdgeError(f"--max-clips must be >= 1, got {args.max_clips}")
+    if (args.max_clips is not None or args.split) and not args.data:
+        raise DymnEdgeError("--max-clips / --split choose clips of --data DIR: add --data")
+    if args.npu_files and not args.npu:
+        raise DymnEdgeError("--npu-files are compiled by --npu ACC: add --npu (e.g. ethos-u55-256)")
+    if args.calibration and not (args.npu or (args.formats and any(
+            v.strip().lower() in ("onnx:static_int8", "tflite:full_int8") for v in args.formats.split(",")))):
+        raise DymnEdgeError("--calibration is used by --npu and the calibrated int8 rows only: add "
+                            "--formats onnx:static_int8,tflite:full_int8 (or --npu), or leave it out")
+    _csv(float, args.lengths, "lengths")
+    _csv(int, args.threads, "threads")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.plot:
+        check_output_file(args.plot, "--plot", PLOT_SUFFIXES)
+    if args.write_baseline:
+        check_output_file(args.write_baseline, "--write-baseline")
+    if args.compare:
+        from dymn_edge.benchmarks.report import read_json  # noqa: PLC0415
+
+        check_input_file(args.compare, "--compare baseline")
+        base = read_json(args.compare)
+        if not isinstance(base, dict) or "config" not in base or "artifacts" not in base:
+            raise DymnEdgeError(f"--compare {args.compare}: not a dymn-bench baseline (no config / "
+                                "artifacts; write one with --write-baseline)")
+    if args.data and not args.macs:
+        from dymn_edge.benchmarks.runner import eval_split  # noqa: PLC0415
+        from dymn_edge.datasets import load_dataset  # noqa: PLC0415
+
+        ds = load_dataset(args.data, split=eval_split(args.data, args.split))
+        if not len(ds):
+            raise DymnEdgeError(f"--data {args.data}: no labelled clips"
+                                + (f" in split {args.split}" if args.split else ""))
+
+
+def _failed_rows(result: dict) -> list[str]:
+    """'model variant: why' of every artifact that failed (an export error or crash)."""
+    return [f"{r.get('model', '')} {r['name']}: {r.get('error', 'failed')}".strip()
+            for r in result["artifacts"] if r["status"] == "failed"]
+
+
 def _main(args: argparse.Namespace) -> int:
     from dymn_edge.benchmarks import report  # noqa: PLC0415
     from dymn_edge.benchmarks.gate import compare, parse_percent  # noqa: PLC0415
 
+    _check_options(args)
     if args.macs:
         return _print_macs(args)
     if args.score_file:
@@ -241,9 +319,6 @@ def _main(args: argparse.Namespace) -> int:
         return _npu(args)
     max_reg = parse_percent(args.max_regression)
     max_ratio = parse_percent(args.max_ratio_regression, "--max-ratio-regression")
-    if args.compare and not Path(args.compare).is_file():
-        raise DymnEdgeError(f"baseline not found: {args.compare} (create it with "
-                            "--write-baseline)")
     cfg = _config_from_args(args)
     from dymn_edge.benchmarks.runner import run_benchmark  # noqa: PLC0415
 
@@ -257,17 +332,24 @@ def _main(args: argparse.Namespace) -> int:
         from dymn_edge.benchmarks.gate import baseline_form  # noqa: PLC0415
 
         print(f"baseline written: {report.write_json(baseline_form(result), args.write_baseline)}")
-        failed = [f"{r.get('model', '')} {r['name']}".strip() for r in result["artifacts"]
-                  if r["status"] == "failed"]
-        if failed:
-            log.warning("baseline holds failed artifacts, which the gate cannot check: %s",
-                        ", ".join(failed))
+    failed = _failed_rows(result)
+    if failed and args.write_baseline:
+        log.warning("baseline holds failed artifacts, which the gate cannot check")
+    code = 0
     if args.compare:
         gate = compare(result, report.read_json(args.compare), max_regression=max_reg,
                        max_ratio_regression=max_ratio)
         print(gate.summary())
-        return 0 if gate.ok else 1
-    return 0
+        code = 0 if gate.ok else 1
+    if failed:
+        for line in failed:
+            log.error("failed: %s", line)
+        print(f"dymn-bench: {len(failed)} of {len(result['artifacts'])} rows failed"
+              + ("" if args.allow_failures else " (exit 1; --allow-failures tolerates them)"),
+              file=sys.stderr)
+        if not args.allow_failures:
+            code = 1
+    return code
 
 
 if __name__ == "__main__":

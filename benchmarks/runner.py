@@ -312,6 +312,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         if cfg.no_accuracy:
             mr.data_dir = None
         mr.num_classes = _num_classes(mr.weights, get_spec(mr.name))
+    _check_runs(cfg, runs)
     # One window for every model of a run: fixed-shape TFLite files of two models are only
     # comparable at the same window. Default: the first model's (10 s AudioSet head, else 1 s).
     window_req = cfg.window_s
@@ -558,6 +559,38 @@ def _gemm_macs() -> int:
     return GEMM_N ** 3
 
 
+def eval_split(data_dir: str | Path, split: str | None) -> str | None:
+    """The split scored when none is asked for: FSDD's test split (never its train clips)."""
+    if split is None and (Path(data_dir) / "split.csv").is_file():
+        return "test"
+    return split
+
+
+def _check_runs(cfg: BenchConfig, runs: list[_ModelRun]) -> None:
+    """Checkpoint, head and dataset problems as one line before minutes of exporting.
+
+    Each would otherwise fail every row of its model (the export refuses a non-AudioSet head
+    without --activation; a checkpoint of another architecture does not load) or end the run
+    after the exports (a dataset whose classes do not match the head).
+    """
+    from dymn_edge.datasets import load_dataset  # noqa: PLC0415
+    from dymn_edge.models import create_model  # noqa: PLC0415
+
+    for mr in runs:
+        if mr.weights is None:
+            continue
+        create_model(mr.name, weights=mr.weights, allow_download=False)  # WeightsError: one line
+        if mr.activation is None and mr.num_classes != 527:
+            raise DymnEdgeError(f"{mr.weights} has a {mr.num_classes}-class head: say how its logits "
+                                "become probabilities with --activation softmax (one class per "
+                                "clip) or --activation sigmoid (multi-label)")
+        if mr.data_dir is not None:
+            ds = load_dataset(mr.data_dir, split=eval_split(mr.data_dir, cfg.split))
+            if len(ds.labels) != mr.num_classes:
+                raise DymnEdgeError(f"dataset {ds.name} has {len(ds.labels)} classes, {mr.name} "
+                                    f"{mr.num_classes}: pass matching --weights and --data")
+
+
 def _accuracy(cfg: BenchConfig, mr: _ModelRun, notes: list[str]) -> dict[str, Any]:
     """Score every artifact of one model; returns dataset info (or why accuracy is missing)."""
     from dymn_edge.benchmarks import accuracy as acc  # noqa: PLC0415
@@ -570,11 +603,7 @@ def _accuracy(cfg: BenchConfig, mr: _ModelRun, notes: list[str]) -> dict[str, An
                   "no labelled data: pass --data DIR (FSDD / ESC-50 / AudioSet CSV / labels.csv)")
         notes.append(f"accuracy not measured ({mr.name}): {reason}")
         return {"measured": False, "reason": reason}
-    split = cfg.split
-    ds_probe = Path(data_dir)
-    if split is None and (ds_probe / "split.csv").is_file():
-        split = "test"
-    ds = load_dataset(data_dir, split=split)
+    ds = load_dataset(data_dir, split=eval_split(data_dir, cfg.split))
     if len(ds.labels) != mr.num_classes:
         raise DymnEdgeError(f"dataset {ds.name} has {len(ds.labels)} classes, {mr.name} "
                             f"{mr.num_classes}: pass matching --weights and --data")

@@ -19,13 +19,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import NoReturn
 
 from dymn_edge.errors import DymnEdgeError, ValidationError
 
-__all__ = ["OneLineErrorParser", "finite", "setup_logging", "run_guarded", "exit_code",
+__all__ = ["OneLineErrorParser", "finite", "positive", "thread_count", "MAX_THREADS",
+           "check_input_file", "check_output_file", "check_writable_folder",
+           "setup_logging", "run_guarded", "exit_code",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 log = logging.getLogger("dymn_edge")
@@ -53,6 +58,78 @@ def finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
     return value
+
+
+def positive(text: str) -> float:
+    """argparse ``type``: a finite float > 0 (seconds, budgets)."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got '{text}'")
+    return value
+
+
+#: More inference threads than this is a typo, not a setting: creating 100000 threads makes an
+#: engine hang for minutes before it fails (measured with ONNX Runtime), so it is refused.
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
+def thread_count(text: str) -> int:
+    """argparse ``type``: an inference thread count in ``1..MAX_THREADS``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid thread count: '{text}'") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS} (4 x this "
+                                         f"machine's CPUs, at least 64), got {value}")
+    return value
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """An existing regular file, or one line saying what is wrong with ``path``.
+
+    A folder where a file is expected is named as such, not reported as "not found".
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise DymnEdgeError(f"{what} {path} is a folder, not a file")
+    if not p.exists():
+        raise DymnEdgeError(f"{what} not found: {path}")
+    if not p.is_file():
+        raise DymnEdgeError(f"{what} {path} is not a regular file")
+    if not os.access(p, os.R_OK):
+        raise DymnEdgeError(f"{what} {path} is not readable")
+    return p
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Create and delete a probe file: permission bits lie (root, ACLs, read-only mounts)."""
+    f = Path(folder)
+    if not f.is_dir():
+        raise DymnEdgeError(f"{what}: folder {f} does not exist (create it first)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dymn-edge-probe-", dir=f)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DymnEdgeError(f"{what}: cannot write in {f} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str | os.PathLike, what: str, suffixes: Iterable[str] = ()) -> Path:
+    """An output file the tool will be able to write, checked before any work starts.
+
+    ``suffixes`` (lower case, with the dot): the ones the writer understands.
+    """
+    p = Path(path).expanduser()
+    allowed = tuple(suffixes)
+    if p.is_dir() or str(path).endswith(os.sep):
+        raise DymnEdgeError(f"{what} {path} is a folder: give a file name")
+    if allowed and p.suffix.lower() not in allowed:
+        raise DymnEdgeError(f"{what} {path}: the file name must end in {' or '.join(allowed)}")
+    check_writable_folder(p.parent, f"{what} {path}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise DymnEdgeError(f"{what} {path}: the file exists and cannot be overwritten")
+    return p
 
 
 def setup_logging(verbose: bool) -> None:
