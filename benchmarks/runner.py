@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dymn_edge.cliutil import check_input_file
 from dymn_edge.errors import DymnEdgeError, WeightsError
 from dymn_edge.registry import Arch, get_spec, list_models
 from dymn_edge.weights import resolve_weights
@@ -78,8 +79,8 @@ class BenchConfig:
         if self.weights and len(self.trained_models) > 1:
             raise DymnEdgeError("--weights names one checkpoint: use it with one --model (several "
                                 "models take --random-init or their released weights)")
-        if self.weights and not Path(self.weights).expanduser().is_file():
-            raise DymnEdgeError(f"weights file not found: {self.weights}")
+        if self.weights:
+            check_input_file(self.weights, "weights file")
         if self.activation is not None and self.activation not in ("sigmoid", "softmax"):
             raise DymnEdgeError(f"--activation must be sigmoid or softmax, got '{self.activation}'")
         if not self.lengths or any(x <= 0 for x in self.lengths):

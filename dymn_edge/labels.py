@@ -49,6 +49,7 @@ def _parse(text: str, source: str) -> list[Label]:
     i_idx, i_name, i_mid, width = _parse_header(reader, source)
     labels: list[Label] = []
     seen: dict[int, int] = {}
+    names: dict[tuple[str, str], int] = {}  # (column, name) -> line
     try:
         for row in reader:
             line = reader.line_num
@@ -72,6 +73,16 @@ def _parse(text: str, source: str) -> list[Label]:
                 raise LabelsError(f"labels file {source}, line {line}: empty display_name "
                                   f"for index {index}")
             mid = (row[i_mid].strip() or None) if i_mid is not None else None
+            # --include / --exclude / thresholds look labels up by name (case-insensitive) or
+            # mid: a repeated one would silently resolve to its first row
+            for what, value in (("display_name", name), ("mid", mid)):
+                if value is None:
+                    continue
+                key = (what, value.casefold())
+                if key in names:
+                    raise LabelsError(f"labels file {source}, line {line}: {what} '{value}' repeats "
+                                      f"line {names[key]} (each class needs its own)")
+                names[key] = line
             labels.append(Label(index, mid, name))
     except csv.Error as exc:
         raise LabelsError(f"labels file {source}, line {reader.line_num}: {exc}") from None

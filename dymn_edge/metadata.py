@@ -16,7 +16,7 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
 
-from dymn_edge.errors import MetadataError
+from dymn_edge.errors import MetadataError, one_line
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.ort import ort_session
 from dymn_edge.registry import FrontendConfig
@@ -220,6 +220,8 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
         return dict(ort_session(path).get_modelmeta().custom_metadata_map)
     except ImportError:
         pass
+    except Exception as exc:  # noqa: BLE001  (ORT raises its own types for a truncated / corrupt file)
+        raise MetadataError(f"{path}: not a readable ONNX file ({one_line(exc)})") from exc
     try:
         import onnx  # noqa: PLC0415
 
@@ -234,6 +236,8 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
 def read_metadata(path: str | Path) -> ModelMetadata:
     """The dymn-edge metadata of an exported ``.onnx`` or ``.tflite`` file."""
     p = Path(path)
+    if p.is_dir():
+        raise MetadataError(f"{p}: is a folder, not a model file")
     if not p.is_file():
         raise MetadataError(f"{p}: model file not found")
     fmt = detect_format(p)

@@ -66,6 +66,8 @@ def resolve_weights(spec: ModelSpec, weights: str | Path | None = None, *,
     """Find the checkpoint: explicit path, then the cache, then the release URL."""
     if weights is not None:
         p = Path(weights).expanduser()
+        if p.is_dir():
+            raise WeightsError(f"weights file {p} is a folder, not a file")
         if not p.is_file():
             raise WeightsError(f"weights file not found: {p}")
         return p

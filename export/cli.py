@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant-report", action="store_true", help="with --static-int8: write a per-node "
                    "error table (SQNR / cosine of every quantized tensor against the float graph "
                    "on calibration clips, worst first) beside the file as .quant-report.json / .md")
+    p.add_argument("--max-int8-drop", type=finite, metavar="POINTS", help="calibrated int8: the "
+                   "largest drop against fp32 allowed on the part of --calibration DIR that "
+                   "calibration does not use (held out by speaker / fold when the clips name one, "
+                   "else a seeded quarter of the files): accuracy points for a labelled 1-of-N "
+                   "set, mAP points for a multi-label one, top-1 disagreement points without "
+                   "labels (default 0.5); over it the next int8 recipe is tried (static QDQ -> "
+                   "dynamic) and the one kept is recorded")
+    p.add_argument("--strict", action="store_true", help="calibrated int8: fail (exit 1) when "
+                   "the held-out drop exceeds --max-int8-drop instead of falling back")
     p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
@@ -137,6 +146,11 @@ def summary_table(result) -> str:
     if rep is not None and rep.get("xnnpack_ops_outside") is not None:
         out = rep["xnnpack_ops_outside"]
         text += "\nXNNPACK: " + ("fully delegated" if not out else f"{len(out)} ops outside ({', '.join(sorted(set(out)))})")
+    held = (meta.calibration or {}).get("heldout")
+    if held:
+        text += "\nint8 on held-out audio: " + next(
+            (c for c in held["checks"] if c["recipe"] == held["kept"]), {}).get("line", "") + meta.quantization.split(
+            "held-out check ")[-1]
     if meta.untrained:
         text += "\nWARNING: untrained random-init model: outputs are meaningless"
     return text
@@ -168,6 +182,26 @@ def _quiet(verbose: bool) -> None:
         os.environ.setdefault("TORCH_LOGS", "-torch,-onnx")  # torch (re)configures its loggers from this
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Option problems the config cannot see, as one line before torch is imported.
+
+    ``--calibration-method`` only means something to a calibrated int8 export, and
+    ``--eval-dataset`` is read after the export: a typo there would cost the whole export.
+    """
+    if args.calibration_method and not args.calibration:
+        raise DymnEdgeError("--calibration-method chooses how calibrated int8 takes its ranges: "
+                            "it needs --calibration DIR (and --int8 / --static-int8 / --full-int8)")
+    if args.eval_dataset:
+        from dymn_edge.datasets import load_dataset  # noqa: PLC0415  (torch-free, light)
+
+        try:
+            ds = load_dataset(args.eval_dataset)
+        except DymnEdgeError as exc:
+            raise DymnEdgeError(f"--eval-dataset: {exc}") from None
+        if not len(ds):
+            raise DymnEdgeError(f"--eval-dataset {args.eval_dataset}: no labelled clips")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet(args.verbose)
@@ -177,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
 
+        _check_options(args)
         quant = None
         if args.precision == "full_int8":
             args.precision = "int8"
@@ -202,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             window_seconds=args.window, calibration=args.calibration,
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,
             validate=not args.no_validate, eval_dataset=args.eval_dataset,
-            output_activation=args.activation, waveform=args.waveform)
+            output_activation=args.activation, waveform=args.waveform,
+            max_int8_drop=args.max_int8_drop, strict_int8=args.strict)
         import torch  # noqa: F401, PLC0415 (options are checked: now the heavy import, once)
 
         _quiet(args.verbose)  # torch's logging setup on import resets the levels of its loggers

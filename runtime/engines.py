@@ -17,8 +17,10 @@ graph's own parameters when the metadata leaves them out).
 from __future__ import annotations
 
 import abc
+import gc
 import logging
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,10 +338,7 @@ class LiteRTEngine(Engine):
             kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         elif d.lower() != "xnnpack":  # XNNPACK is LiteRT's default delegate for CPU
             lib, opts = parse_delegate(d)
-            try:
-                kwargs["experimental_delegates"] = [load_delegate(lib, opts or None)]
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise EngineError(f"cannot load LiteRT delegate '{lib}' ({one_line(exc)})") from exc
+            kwargs["experimental_delegates"] = [_load_delegate(load_delegate, lib, opts)]
         try:
             self.interpreter = Interpreter(**kwargs)
             self.interpreter.allocate_tensors()
@@ -386,6 +385,25 @@ def _no_metadata_message(path: Path, fmt: str) -> str:
             "(files from other tools do not say their labels, frontend and window)")
 
 
+def _load_delegate(load_delegate: Any, lib: str, opts: dict[str, str]) -> Any:
+    """A LiteRT delegate library, or one EngineError line.
+
+    A library that fails to load leaves a half-built ``Delegate`` whose ``__del__`` raises
+    (LiteRT 2.3: no ``_library`` attribute), which Python would print as an "Exception
+    ignored" traceback after our error line: it is collected here with that report muted.
+    """
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _unraisable: None
+    try:
+        return load_delegate(lib, opts or None)
+    except (ValueError, OSError, RuntimeError) as exc:
+        message = f"cannot load LiteRT delegate '{lib}' ({one_line(exc)})"
+        del exc  # the traceback holds the half-built Delegate
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise EngineError(message)
+
+
 def load_engine(path: str | Path, *, threads: int | None = None,
                 delegate: str | None = None) -> Engine:
     """Load a model file with the engine its *content* calls for (not its extension).
@@ -394,13 +412,16 @@ def load_engine(path: str | Path, *, threads: int | None = None,
     EngineError when the engine is not installed (with the pip command) or rejects the file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise MetadataError(f"{p}: is a folder, not a model file")
     if not p.is_file():
         raise MetadataError(f"{p}: model file not found")
     fmt = detect_format(p)
     try:
         if fmt == "onnx":
-            if delegate and delegate.lower() not in ("xnnpack", "none", "cpu"):
-                log.warning("--delegate applies to TFLite files only; ignored for %s", p.name)
+            if delegate:  # accepted and ignored would be a silent surprise
+                raise EngineError(f"--delegate applies to TFLite files; {p.name} is an ONNX file "
+                                  "(run by ONNX Runtime's CPU provider): leave --delegate out")
             engine: Engine = OnnxEngine(p, threads=threads)
         else:
             engine = LiteRTEngine(p, threads=threads, delegate=delegate)

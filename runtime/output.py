@@ -46,6 +46,9 @@ class TagFilter:
             raise DymnEdgeError(f"--top-k must be >= 1, got {top_k}")
         inc = _resolve_all(labels, include)
         exc = _resolve_all(labels, exclude)
+        if both := sorted(set(inc) & set(exc)):
+            names = ", ".join(labels[i].display_name for i in both)
+            raise DymnEdgeError(f"--include and --exclude both name {names}: pick one")
         return cls(top_k, float(threshold), frozenset(inc) if inc else None, frozenset(exc))
 
     def select(self, probabilities: np.ndarray,

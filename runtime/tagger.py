@@ -67,6 +67,11 @@ __all__ = ["WindowScores", "Tagger", "labels_of", "activation", "ranking_key", "
 
 #: Std of the noise floor added before the frontend (see the module docstring).
 DEFAULT_DITHER = 1e-4
+#: Largest --dither: -20 dBFS of noise already buries quiet sounds; above it is a typo.
+MAX_DITHER = 0.1
+#: Longest analysis window (s): 10 minutes of audio is 77 MB of samples and 60000 frames per
+#: inference; --window 1e9 would try to allocate tens of TiB.
+MAX_WINDOW_S = 600.0
 
 
 def _warn_if_not_validated(engine: Engine) -> None:
@@ -132,8 +137,9 @@ class Tagger:
     def __init__(self, engine: Engine, *, dither: float = DEFAULT_DITHER) -> None:
         self.engine = engine
         self.dither = float(dither)
-        if not (math.isfinite(self.dither) and self.dither >= 0):
-            raise DymnEdgeError(f"--dither must be a standard deviation >= 0 (0 = off), got {dither:g}")
+        if not (math.isfinite(self.dither) and 0 <= self.dither <= MAX_DITHER):
+            raise DymnEdgeError(f"--dither is a noise standard deviation between 0 (off) and "
+                                f"{MAX_DITHER:g} (-20 dBFS; the default is 1e-4), got {dither:g}")
         self.metadata = engine.metadata
         self.frontend_config = engine.metadata.frontend_config
         self.sample_rate = self.frontend_config.sample_rate
@@ -164,6 +170,10 @@ class Tagger:
         """Samples of an analysis window; fixed-shape files cannot look further than theirs."""
         if not math.isfinite(window_s) or window_s <= 0:
             raise DymnEdgeError(f"--window must be a positive number of seconds, got {window_s:g}")
+        if window_s > MAX_WINDOW_S:
+            raise DymnEdgeError(f"--window {window_s:g} s is longer than {MAX_WINDOW_S:g} s: one "
+                                "inference would hold the whole window in memory; use windows "
+                                "of the model's length and --hop")
         n = int(round(window_s * self.sample_rate))
         if n < 2 * self.frontend_config.hop_length:
             raise DymnEdgeError(f"window {window_s:g} s is too short (at least "
