@@ -49,6 +49,9 @@ class Clip:
 
     path: Path
     targets: list[int]
+    #: who or what recorded it (FSDD speaker, ESC-50 fold): clips of one group are held out
+    #: together when int8 is checked on audio its calibration did not use
+    group: str | None = None
 
 
 @dataclass
@@ -141,7 +144,8 @@ def _load_fsdd(root: Path, split: str | None) -> Dataset:
     rows = _read_csv_rows(root / "split.csv")
     _need_columns(root / "split.csv", rows, ("path", "label", "split"))
     clips = [
-        Clip(root / r["path"], [_int_label(r["label"], len(labels), root / "split.csv")])
+        Clip(root / r["path"], [_int_label(r["label"], len(labels), root / "split.csv")],
+             r.get("speaker") or None)
         for r in rows if split is None or r["split"] == str(split)
     ]
     _check_split(str(root), split, [r["split"] for r in rows], clips)
@@ -157,7 +161,7 @@ def _load_esc50(root: Path, split: str | None) -> Dataset:
         names.setdefault(int(r["target"]), r["category"].replace("_", " "))
     labels = [Label(i, None, names.get(i, f"class {i}")) for i in range(max(names) + 1)]
     clips = [
-        Clip(root / "audio" / r["filename"], [int(r["target"])])
+        Clip(root / "audio" / r["filename"], [int(r["target"])], f"fold{r['fold']}")
         for r in rows if split is None or r["fold"] == str(split)
     ]
     _check_split(str(root), split, [r["fold"] for r in rows], clips)

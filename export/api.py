@@ -7,6 +7,7 @@ metadata written into the file. Nothing is cached between calls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -181,6 +182,7 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
             cfg.format_spec.write_function()(module, tmp_path, io=io, dynamic_batch=dyn_batch)
         timings["convert"] = time.perf_counter() - t
         t = time.perf_counter()
+        fp32_graph = tmp_path.read_bytes() if calib is not None else b""  # held-out check's reference
         if prec is not Precision.FP32:
             with _step(progress, f"quantizing ({prec.value})"):
                 _quantize(tmp_path, fmt, prec, q, calib, progress,
@@ -209,6 +211,11 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     t = time.perf_counter()
     # validate the file as shipped (metadata already inside), then record the result in it
     _write_metadata(part, fmt, meta)
+    if calib is not None:
+        with _step(progress, f"int8 against fp32 on {calib.heldout.source}"):
+            _int8_on_heldout(part, out_path, fp32_graph, cfg, meta, calib, progress)
+        timings["heldout"] = time.perf_counter() - t
+        t = time.perf_counter()
     if cfg.validate:
         with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
             report = _validate(part, cfg, model, meta, progress)
@@ -262,6 +269,69 @@ def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool
         path.write_bytes(quantize.tflite_fp16(data))
     else:
         path.write_bytes(quantize.tflite_int8(data, q, None if calib is None else calib.mels))
+
+
+def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportConfig,
+                     meta: ModelMetadata, calib, progress: bool) -> None:
+    """Hold the int8 file ``part`` to ``cfg.int8_bound`` on audio calibration did not use.
+
+    fp32 (the same graph before quantization, through the same engine) is the reference.
+    Over the bound: one warning line and the next recipe (:meth:`QuantizationConfig.fallbacks`)
+    replaces ``part``, re-measured; ``--strict``, or no recipe within the bound (the best one
+    named), raises :class:`ValidationError`. Every measured recipe, the split and which file
+    was kept go into ``meta`` (``calibration["heldout"]``, and in words in ``quantization``).
+    """
+    from dymn_edge.export import heldout  # noqa: PLC0415
+    from dymn_edge.export.quant_report import add_heldout  # noqa: PLC0415
+
+    fmt, suffix, bound, held = cfg.format, cfg.format_spec.suffix, cfg.int8_bound, calib.heldout
+    recipes = [cfg.quantization, *cfg.quantization.fallbacks()]
+    checks: list = []
+    with tempfile.TemporaryDirectory(prefix="dymn-edge-heldout-") as tmp:
+        ref = Path(tmp) / f"reference{suffix}"
+        ref.write_bytes(fp32_graph)
+        ins, outs = _io_info(ref, fmt, meta.dynamic_batch, meta.dynamic_time)
+        _write_metadata(ref, fmt, dataclasses.replace(
+            meta, precision="fp32", quantization="none", quantization_scheme="none", inputs=ins,
+            outputs=outs, calibration=None, validation={}))
+        reference = heldout.logits(v.make_runner(ref), held.mels)
+        for i, recipe in enumerate(recipes):
+            if i:  # the next recipe from the same fp32 graph replaces the file
+                src = Path(tmp) / f"model{suffix}"
+                src.write_bytes(fp32_graph)
+                with _step(progress, f"quantizing ({recipe.describe()})"):
+                    _quantize(src, fmt, Precision.INT8, recipe, calib, progress)
+                shutil.copyfile(src, part)
+                meta.inputs, meta.outputs = _io_info(part, fmt, meta.dynamic_batch, meta.dynamic_time)
+                meta.quantization = recipe.describe() + ("; calibrated on " + calib.source
+                                                         if recipe.needs_calibration else "")
+                meta.quantization_scheme = _scheme_id(Precision.INT8, recipe)
+                _write_metadata(part, fmt, meta)
+            checks.append(heldout.measure(v.make_runner(part), reference, held,
+                                          recipe=meta.quantization_scheme, split=calib.split,
+                                          activation=meta.output_activation, bound_points=bound))
+            if checks[-1].passed:
+                break
+            if cfg.strict_int8:
+                raise ValidationError(f"int8 on held-out audio ({calib.split}): {checks[-1].summary()}; "
+                                      "--strict: no fallback")
+            nxt = recipes[i + 1].describe() if i + 1 < len(recipes) else None
+            log.warning("int8 on held-out audio: %s; %s", checks[-1].summary(),
+                        f"falling back to {nxt}" if nxt else "no other recipe to fall back to")
+    if not checks[-1].passed:
+        best = min(checks, key=lambda c: c.drop_points)
+        raise ValidationError(f"int8 misses --max-int8-drop {bound:g} on held-out audio "
+                              f"({calib.split}) with every recipe; best: {best.summary()}")
+    kept = checks[-1]
+    summary = kept.summary() + "".join(f"; kept instead of {c.recipe} ({c.measure} drop "
+                                       f"{c.drop_points:+.2f} points)" for c in checks[:-1])
+    meta.quantization += f"; held-out check ({calib.split}): {summary}"
+    meta.calibration = {**(meta.calibration or {}), "heldout": {
+        "split": calib.split, "clips": kept.clips, "bound_points": bound, "measure": kept.measure,
+        "kept": kept.recipe, "summary": summary, "checks": [c.to_dict() for c in checks]}}
+    if cfg.quantization.report and out_path.with_name(out_path.name + ".quant-report.json").is_file():
+        add_heldout(out_path, meta.calibration["heldout"])
+    _write_metadata(part, fmt, meta)
 
 
 def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool

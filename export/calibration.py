@@ -10,7 +10,8 @@ no default); parity runs on a clip shipped with the package (:func:`parity_clip`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dymn_edge.audio import fit_to_length, read_audio, resample
-from dymn_edge.datasets import AUDIO_SUFFIXES, Dataset, fsdd_eval_wave, load_dataset
+from dymn_edge.datasets import AUDIO_SUFFIXES, Clip, Dataset, fsdd_eval_wave, load_dataset
 from dymn_edge.errors import DymnEdgeError, ExportError
 from dymn_edge.export.config import CalibrationConfig
 from dymn_edge.frontend import LogMelFrontend, frames_for_seconds
@@ -32,10 +33,20 @@ PARITY_CLIP = "parity_clip.flac"
 
 @dataclass
 class MelSet:
-    """Log-mels (N, 1, 128, T) float32 and where they came from (said in reports)."""
+    """Log-mels (N, 1, 128, T) float32 and where they came from (said in reports).
+
+    ``files``: the audio files, one per mel; ``targets``: (N, C) one-hot rows when the folder
+    is a labelled set. A calibration set carries its ``heldout`` part: audio of the same
+    folder that calibration did not use (``split`` says how the folder was divided).
+    """
 
     mels: np.ndarray
     source: str
+    files: list[Path] = field(default_factory=list)
+    targets: np.ndarray | None = None
+    multilabel: bool = False
+    heldout: "MelSet | None" = None
+    split: str = ""
 
 
 def window_samples(window_seconds: float, fc: FrontendConfig) -> int:
@@ -83,30 +94,140 @@ def _spread(items: list, n: int) -> list:
 
 def calibration_mels(cal: CalibrationConfig, window_seconds: float, fc: FrontendConfig, *,
                      progress: bool = False) -> MelSet:
-    """``cal.count`` calibration log-mels at the export window, from ``cal.source``.
+    """``cal.count`` calibration log-mels at the export window, and the held-out part.
 
-    A labelled set with a ``train`` split gives its train clips (spread evenly over the
-    split, each by the set's own evaluation recipe); any other folder gives its audio files
-    (spread evenly), each centre-cropped / zero-padded to the window.
+    The folder is split first (:func:`split_folder`): calibration never sees the held-out
+    clips, on which the int8 file is measured against fp32. A labelled set with a ``train``
+    split gives the train clips of its calibration part (spread evenly, each by the set's own
+    evaluation recipe; never the test split accuracy is measured on); any other folder gives
+    the audio files of its calibration part (spread evenly), each centre-cropped /
+    zero-padded to the window. Held-out clips come from every split, with their labels.
     """
+    sp = split_folder(cal)
+    clips = _spread(sp.calibration, cal.count)
+    held = _spread(sp.heldout, cal.heldout_count)
+    source = f"{len(clips)} {sp.pool} of {cal.source.name}"
+    out = _mel_set(clips, sp.dataset, window_seconds, fc, progress, source)
+    out.split = sp.description
+    out.heldout = _mel_set(held, sp.dataset, window_seconds, fc, progress,
+                           f"{len(held)} held-out clips of {cal.source.name}")
+    log.info("calibration: %s; held out: %s", source, sp.description)
+    return out
+
+
+@dataclass
+class FolderSplit:
+    """A calibration folder divided into the part calibration uses and the part it never sees."""
+
+    calibration: list[Clip]
+    heldout: list[Clip]
+    description: str  # how it was split, said in the report and the file's metadata
+    dataset: Dataset | None  # the labelled set, None for a plain folder of audio
+    pool: str  # what calibration clips are ("fsdd:train clips", "audio files")
+
+
+def split_folder(cal: CalibrationConfig) -> FolderSplit:
+    """The folder ``cal.source`` split into calibration and held-out clips.
+
+    Deterministic, so a file records a split anyone can redo:
+
+    - a set whose clips name a group (FSDD's ``speaker`` column, ESC-50's fold) or whose file
+      names all read ``{label}_{group}_{index}`` (FSDD's recordings as a plain folder): one
+      group is held out, ``cal.holdout`` or else the last by name, so the held-out audio is
+      not from a calibrated speaker; calibration takes the other groups (their ``train`` split
+      when the set has one);
+    - any other folder: a seeded shuffle (seed 0) of its files, a quarter held out.
+
+    Labels come with the clips when :func:`dymn_edge.datasets.load_dataset` recognises the
+    folder; otherwise clips carry no targets and the check is agreement with fp32.
+    """
+    ds = _labelled_set(cal.source)
+    clips = ds.clips if ds is not None else [Clip(f, [], _name_group(f)) for f in audio_files(cal.source)]
+    if ds is not None and all(c.group is None for c in clips):
+        clips = [Clip(c.path, c.targets, _name_group(c.path)) for c in clips]
+    groups = sorted({c.group for c in clips if c.group is not None})
+    if len(groups) >= 2 and all(c.group is not None for c in clips):
+        held = cal.holdout if cal.holdout is not None else groups[-1]
+        if held not in groups:
+            raise ExportError(f"--calibration {cal.source.name}: no group '{held}' to hold out "
+                              f"(groups: {', '.join(groups)})")
+        train = _train_split(cal.source)
+        pool = train.clips if train is not None else clips
+        calib = [c for c in pool if c.group != held]
+        heldout = [c for c in clips if c.group == held]
+        kind = "fold" if ds is not None and ds.layout == "esc50" else "speaker"
+        split = (f"{kind} {held} held out ({len(heldout)} clips; calibration from "
+                 f"{', '.join(g for g in groups if g != held)})")
+        return _checked(FolderSplit(calib, heldout, split, ds, _pool_name(ds, train)), cal)
+    if cal.holdout is not None:
+        raise ExportError(f"--calibration {cal.source.name}: its clips name no groups (speakers), "
+                          f"so there is no group '{cal.holdout}' to hold out")
+    if len(clips) < 2:
+        raise ExportError(f"--calibration {cal.source.name}: {len(clips)} audio file; calibrated int8 "
+                          "needs at least 2 (a part is held out to measure the int8 file on)")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(clips))
+    n_held = max(1, int(round(len(clips) * HOLDOUT_FRACTION)))
+    heldout = [clips[i] for i in sorted(order[:n_held])]
+    calib = [clips[i] for i in sorted(order[n_held:])]
+    train = _train_split(cal.source)
+    if train is not None:  # a labelled set's test split is for accuracy, never for calibration
+        in_train = {c.path for c in train.clips}
+        calib = [c for c in calib if c.path in in_train]
+    split = f"seeded file split (seed {HOLDOUT_SEED}): {n_held} of {len(clips)} files held out"
+    return _checked(FolderSplit(calib, heldout, split, ds, _pool_name(ds, train)), cal)
+
+
+def _checked(sp: FolderSplit, cal: CalibrationConfig) -> FolderSplit:
+    if not sp.calibration:
+        raise ExportError(f"--calibration {cal.source.name}: no calibration clips left after the "
+                          f"held-out part ({sp.description})")
+    return sp
+
+
+def _pool_name(ds: Dataset | None, train: Dataset | None) -> str:
+    if train is not None:
+        return f"{train.name} clips"
+    return "clips" if ds is not None else "audio files"
+
+
+#: the seeded file split (folders whose clips name no group)
+HOLDOUT_SEED = 0
+HOLDOUT_FRACTION = 0.25
+
+#: ``{label}_{group}_{index}`` (FSDD's ``7_theo_12.wav``)
+_GROUPED_NAME = re.compile(r"^[^_]+_(?P<group>[^_]+)_\d+$")
+
+
+def _name_group(path: Path) -> str | None:
+    m = _GROUPED_NAME.match(path.stem)
+    return m.group("group") if m else None
+
+
+def _labelled_set(folder: Path) -> Dataset | None:
+    """Every clip of a recognised labelled set in ``folder``, else None."""
+    try:
+        return load_dataset(folder)
+    except DymnEdgeError:
+        return None
+
+
+def _mel_set(clips: list[Clip], ds: Dataset | None, window_seconds: float, fc: FrontendConfig,
+             progress: bool, source: str) -> MelSet:
+    """Log-mels of ``clips`` at the window (FSDD clips by its evaluation recipe), with targets."""
     frames = mel_frames(window_seconds, fc)
     n_samples = window_samples(window_seconds, fc)
-    waves: list[np.ndarray] = []
-    train = _train_split(cal.source)
-    if train is not None:
-        clips = _spread(train.clips, cal.count)
-        for c in _progress(clips, progress, "calibration audio"):
-            wave = fsdd_eval_wave(c.path) if train.layout == "fsdd" else read_audio(c.path, fc.sample_rate)
-            waves.append(fit_to_length(wave, n_samples))
-        source = f"{len(clips)} {train.name} clips of {cal.source.name}"
-    else:
-        files = _spread(audio_files(cal.source), cal.count)
-        for f in _progress(files, progress, "calibration audio"):
-            waves.append(fit_to_length(read_audio(f, fc.sample_rate), n_samples))
-        source = f"{len(files)} audio files of {cal.source.name}"
+    waves = []
+    for c in _progress(clips, progress, "calibration audio"):
+        wave = (fsdd_eval_wave(c.path) if ds is not None and ds.layout == "fsdd"
+                else read_audio(c.path, fc.sample_rate))
+        waves.append(fit_to_length(wave, n_samples))
     mels = np.concatenate([to_mel(w, fc, frames) for w in waves], axis=0)
-    log.info("calibration: %s", source)
-    return MelSet(mels, source)
+    targets = None
+    if ds is not None:
+        targets = np.zeros((len(clips), ds.num_classes), np.float32)
+        for i, c in enumerate(clips):
+            targets[i, c.targets] = 1.0
+    return MelSet(mels, source, [c.path for c in clips], targets, bool(ds is not None and ds.multilabel))
 
 
 def _train_split(folder: Path) -> Dataset | None:

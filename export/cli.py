@@ -148,9 +148,7 @@ def summary_table(result) -> str:
         text += "\nXNNPACK: " + ("fully delegated" if not out else f"{len(out)} ops outside ({', '.join(sorted(set(out)))})")
     held = (meta.calibration or {}).get("heldout")
     if held:
-        text += "\nint8 on held-out audio: " + next(
-            (c for c in held["checks"] if c["recipe"] == held["kept"]), {}).get("line", "") + meta.quantization.split(
-            "held-out check ")[-1]
+        text += f"\nint8 on held-out audio ({held['split']}): {held['summary']}"
     if meta.untrained:
         text += "\nWARNING: untrained random-init model: outputs are meaningless"
     return text

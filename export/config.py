@@ -39,6 +39,11 @@ AUDIOSET_CLASSES = 527
 ACTIVATIONS = ("sigmoid", "softmax")
 DEFAULT_WINDOW_S = 1.0
 MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
+#: --max-int8-drop default, in points (1 point = 0.01): the README's promise for calibrated
+#: int8, held on audio of the calibration folder that calibration did not use
+DEFAULT_MAX_INT8_DROP = 0.5
+#: held-out clips the int8 check scores at most (250: one clip is 0.4 points)
+HELDOUT_CLIPS = 250
 MAX_WINDOW_S = 60.0
 
 
@@ -70,10 +75,17 @@ class CalibrationConfig:
     default: calibration data is the user's choice and is recorded in the file's metadata.
     """
 
+    Part of the folder is held out: calibration never sees it, and the int8 file is measured
+    against fp32 on it (:mod:`dymn_edge.export.calibration` says how the folder is split).
+    ``holdout`` names the group (speaker, fold) to hold out instead of the default (the last
+    by name); ``heldout_count`` caps the held-out clips (spread evenly over the held-out part).
+
     source: str | Path
     count: int = 64
     method: CalibrationMethod = CalibrationMethod.CLIPWISE
 
+    holdout: str | None = None
+    heldout_count: int = HELDOUT_CLIPS
     def __post_init__(self) -> None:
         self.source = Path(self.source).expanduser()
         if not self.source.is_dir():
@@ -83,6 +95,9 @@ class CalibrationConfig:
             raise ExportError(f"need at least one calibration clip, got {self.count}")
         self.method = _enum(CalibrationMethod, self.method, "calibration method")
 
+        self.heldout_count = int(self.heldout_count)
+        if self.heldout_count < 1:
+            raise ExportError(f"need at least one held-out clip, got {self.heldout_count}")
     def to_dict(self) -> dict:
         """What the file's metadata records (the folder's name, not the machine's path)."""
         return {"source": self.source.name, "count": self.count, "method": self.method.value}
@@ -141,6 +156,19 @@ class QuantizationConfig:
         return cls(scheme=QuantScheme.DYNAMIC, weight_type="uint8", per_channel=False)
 
     def describe(self) -> str:
+    def fallbacks(self) -> list["QuantizationConfig"]:
+        """The recipes tried, in order, when this one misses the held-out bound (--max-int8-drop).
+
+        ONNX static QDQ falls back to dynamic (u8 weights, no calibrated ranges: nothing
+        calibration picked can be off on other audio). Full-integer int8 has no fallback: every
+        other recipe computes in float and takes float input, which an integer-only NPU cannot
+        run; it fails instead. Uncalibrated recipes are not measured (no held-out audio).
+        """
+        if self.scheme is QuantScheme.STATIC_QDQ:
+            return [QuantizationConfig(scheme=QuantScheme.DYNAMIC, weight_type="uint8",
+                                       per_channel=False, num_calibration=self.num_calibration)]
+        return []
+
         """The human-readable scheme written into the metadata."""
         if self.scheme is QuantScheme.STATIC_QDQ:
             cal = (f"percentile {self.percentile:g}"
@@ -208,6 +236,11 @@ class ExportConfig:
     #: (dymn_edge.export.waveform); TFLite files also get MediaPipe metadata. fp32 only.
     waveform: bool = False
 
+    #: Calibrated int8: the largest drop (points) allowed on the calibration folder's held-out
+    #: part (accuracy; mAP for multi-label sets; top-1 disagreement with fp32 when unlabelled);
+    #: None: DEFAULT_MAX_INT8_DROP. Over it the next recipe is tried (QuantizationConfig.fallbacks)
+    max_int8_drop: float | None = None
+    strict_int8: bool = False  # over the bound: fail (exit 1) instead of falling back
     def __post_init__(self) -> None:
         from dymn_edge.registry import get_spec  # noqa: PLC0415 (light, torch-free)
 
@@ -263,8 +296,31 @@ class ExportConfig:
                     else f"int8 {self.quantization.scheme.value}")
             raise ExportError(f"--calibration / --num-calibration are used only by calibrated int8 "
                               f"(--full-int8, static QDQ); {self.format.value} {what} needs no "
+        self._check_int8_bound()
                               "calibration and would ignore them")
         self.output_path(get_spec(self.model).name)  # writable, right suffix: checked before any slow step
+    @property
+    def int8_bound(self) -> float:
+        """The held-out bound in points (--max-int8-drop, else the default)."""
+        return DEFAULT_MAX_INT8_DROP if self.max_int8_drop is None else float(self.max_int8_drop)
+
+    def _check_int8_bound(self) -> None:
+        if self.max_int8_drop is None and not self.strict_int8:
+            return
+        if self.calibration is None:
+            raise ExportError("--max-int8-drop / --strict bound the int8 file on held-out audio of "
+                              "--calibration DIR: use them with calibrated int8 (--int8 --calibration "
+                              "DIR, --static-int8, --full-int8)")
+        if self.max_int8_drop is not None:
+            try:
+                bound = float(self.max_int8_drop)
+            except (TypeError, ValueError):
+                raise ExportError(f"--max-int8-drop must be a number of points, got "
+                                  f"'{self.max_int8_drop}'") from None
+            if not 0.0 <= bound <= 100.0:
+                raise ExportError(f"--max-int8-drop must be between 0 and 100 points, got {bound:g}")
+            self.max_int8_drop = bound
+
 
     def output_path(self, model_name: str) -> Path:
         """Where the file goes, checked: an existing writable folder, and the format's suffix.

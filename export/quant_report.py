@@ -38,7 +38,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeError", "QuantReport", "quant_report", "write_report"]
+__all__ = ["NodeError", "QuantReport", "add_heldout", "quant_report", "sqnr_db", "write_report"]
 
 
 @dataclass
@@ -139,7 +139,8 @@ class QuantReport:
         return "\n".join(lines) + "\n"
 
 
-def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``x`` against ``ref`` in dB (eps-floored both ways)."""
     eps = float(np.finfo(np.float32).eps)
     num = max(float(np.linalg.norm(ref)), eps)
     den = max(float(np.linalg.norm(ref - x)), eps)
@@ -212,9 +213,9 @@ def quant_report(float_path: str | Path, qdq_path: str | Path, mels: np.ndarray)
             f = None if f is None else np.maximum(f, 0.0)
         sq = cos = None
         if f is not None and f.shape == post.shape:
-            sq, cos = _sqnr(f, post), _cosine(f, post)
+            sq, cos = sqnr_db(f, post), _cosine(f, post)
         node, op, order = producer.get(name, ("?", "?", 10 ** 9))
-        rows.append(NodeError(name, node, op, scopes.get(name, ""), order, _sqnr(pre, post), sq, cos))
+        rows.append(NodeError(name, node, op, scopes.get(name, ""), order, sqnr_db(pre, post), sq, cos))
     rows.sort(key=lambda r: r.order)
     quantized = {r.tensor: r for r in rows}
     acc: dict[str, float] = {}  # every tensor both graphs have: int8 (dequantized) vs float
@@ -224,7 +225,7 @@ def quant_report(float_path: str | Path, qdq_path: str | Path, mels: np.ndarray)
         elif name in qdq_acts and len(qdq_acts[name]) == len(ref):
             a, b = _flat(ref), _flat(qdq_acts[name])
             if a.shape == b.shape:
-                acc[name] = _sqnr(a, b)
+                acc[name] = sqnr_db(a, b)
     growth: list[NodeGrowth] = []
     for k, n in enumerate(float_model.graph.node):
         if n.op_type in _MOVES:  # a piece of a tensor can have a lower SQNR than the whole
@@ -255,7 +256,7 @@ def kernel_sqnr(qdq_path: str | Path, mels: np.ndarray) -> dict[str, float]:
         name = sess.get_inputs()[0].name
         outs = [sess.run(None, {name: np.ascontiguousarray(mels[i:i + 1], np.float32)}) for i in range(len(mels))]
         runs.append({o.name: _flat([r[k] for r in outs]) for k, o in enumerate(sess.get_outputs())})
-    return {k: _sqnr(runs[0][k], runs[1][k]) for k in runs[0]}
+    return {k: sqnr_db(runs[0][k], runs[1][k]) for k in runs[0]}
 
 
 #: ops that only move or cut data: they add no error of their own
@@ -288,6 +289,33 @@ def _feeds_relu_only(model) -> set[str]:
             consumers.setdefault(i, []).append(n.op_type)
     outputs = {o.name for o in model.graph.output}
     return {t for t, ops in consumers.items() if t not in outputs and ops and all(o == "Relu" for o in ops)}
+
+
+def add_heldout(model_path: str | Path, record: dict) -> tuple[Path, Path]:
+    """Add the held-out check (``ModelMetadata.calibration["heldout"]``) to the report beside
+    ``model_path``: the per-node table is on calibration clips, this is on clips it never saw."""
+    model_path = Path(model_path)
+    js = model_path.with_name(model_path.name + ".quant-report.json")
+    md = model_path.with_name(model_path.name + ".quant-report.md")
+    data = json.loads(js.read_text())
+    data["heldout"] = record
+    js.write_text(json.dumps(data, indent=1))
+    lines = ["", f"## Held-out audio ({record['split']})", "",
+             f"Bound: {record['measure']} drop <= {record['bound_points']:g} points; kept: "
+             f"`{record['kept']}`.", "",
+             "| recipe | clips | fp32 acc | int8 acc | fp32 mAP | int8 mAP | drop (points) | "
+             "top-1 agreement | logits SQNR dB |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    for c in record["checks"]:
+        lines.append(f"| `{c['recipe']}` | {c['clips']} | {num(c['fp32_accuracy'])} | "
+                     f"{num(c['int8_accuracy'])} | {num(c['fp32_map'])} | {num(c['int8_map'])} | "
+                     f"{c['drop_points']:+.2f} ({c['measure']}) | {100 * c['top1_agreement']:.1f} % | "
+                     f"{c['sqnr_db']:.1f} |")
+    md.write_text(md.read_text() + "\n".join(lines) + "\n")
+    return js, md
 
 
 def write_report(report: QuantReport, model_path: str | Path, top: int = 10) -> tuple[Path, Path]:

@@ -28,7 +28,12 @@ def test_any_folder_of_audio(tmp_path: Path) -> None:
     for i, name in enumerate(("c0.flac", "sub/c1.wav", "sub/c2.wav")):  # any format, any depth
         sf.write(tmp_path / name, (0.1 * rng.standard_normal(16000 + 9000 * i)).astype(np.float32), 16000)
     got = calibration_mels(CalibrationConfig(tmp_path, count=64), 0.5, FrontendConfig())
-    assert got.mels.shape == (3, 1, 128, 50) and got.source == f"3 audio files of {tmp_path.name}"
+    # a seeded quarter of the files (at least one) is held out: calibration takes the rest
+    assert got.mels.shape == (2, 1, 128, 50) and got.source == f"2 audio files of {tmp_path.name}"
+    assert got.heldout.mels.shape == (1, 1, 128, 50) and got.heldout.targets is None
+    assert not set(got.files) & set(got.heldout.files)
+    assert set(got.files) | set(got.heldout.files) == {tmp_path / "c0.flac", tmp_path / "sub/c1.wav",
+                                                       tmp_path / "sub/c2.wav"}
     assert np.all(np.isfinite(got.mels))
 
 
