@@ -110,38 +110,45 @@ def score(logits: np.ndarray, data: EvalSet, *, reference: np.ndarray | None = N
 
 def archive_scores(model_file: str | Path, dataset: Dataset, output: str | Path, *,
                    workers: int | None = None, scheduler: str | None = None,
-                   task_size: int = 50, progress: bool = True) -> tuple[Scores, Any]:
+                   task_size: int = 50, progress: bool = True,
+                   overwrite: bool = False) -> tuple[Scores | None, Any]:
     """Accuracy / mAP of one exported file on a large labelled set, via ``dymn-tag --output``.
 
     :func:`prepare` holds every clip's log-mel in memory (AudioSet's 20k 10 s clips would be
     ~10 GB); this path streams the clips through the runtime's archive job instead (whole
     clip as ``dymn-tag`` scores it, resumable parts beside ``output``, optionally on a Dask
-    cluster), then reads the score vectors back. Unreadable clips are left out and counted
-    (``Scores.clips`` is the number scored). Returns the scores and the job's summary.
+    cluster), then reads the score vectors back. ``output`` holds exactly the rows of these
+    clips (the archive job's contract, checked here), so only this run's clips are counted.
+    ``Scores.clips`` is the number scored; the others are error rows of ``output`` (a
+    failure the caller reports). Returns the scores (None when no clip could be scored) and
+    the job's summary; ``overwrite`` replaces an ``output`` of another model or options.
     """
     import pyarrow.parquet as pq  # noqa: PLC0415  (the cluster extra)
 
     from dymn_edge.runtime.archive import ArchiveOptions, run_archive  # noqa: PLC0415
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     paths = [str(Path(c.path).absolute()) for c in dataset.clips]
     manifest = output.with_name(output.stem + ".clips.txt")
-    manifest.write_text("".join(p + "\n" for p in paths), encoding="utf-8")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("".join(p + "\n" for p in paths), encoding="utf-8")
+    except OSError as exc:
+        raise DymnEdgeError(f"cannot write in {output.parent}: {exc.strerror or exc}") from None
     summary = run_archive(model_file, [manifest], output, task_size=task_size, workers=workers,
-                          scheduler=scheduler, progress=progress,
+                          scheduler=scheduler, progress=progress, overwrite=overwrite,
                           opts=ArchiveOptions(top_k=1, scores=True, fmt="parquet"))
     rows = pq.read_table(output, columns=["file", "scores", "error"]).to_pydict()
+    if sorted(rows["file"]) != sorted(paths):
+        raise DymnEdgeError(f"{output} does not hold exactly the {len(paths)} clips of this run")
     by_file = {f: s for f, s, e in zip(rows["file"], rows["scores"], rows["error"]) if e is None}
     keep = [i for i, p in enumerate(paths) if p in by_file]
     if not keep:
-        raise DymnEdgeError(f"no clip of {dataset.name} could be scored (see the error rows in {output})")
+        return None, summary
     scores = np.asarray([by_file[paths[i]] for i in keep], dtype=np.float32)
     if scores.shape[1] != dataset.num_classes:
         raise DymnEdgeError(f"{Path(model_file).name} has {scores.shape[1]} classes, "
                             f"{dataset.name} has {dataset.num_classes}")
-    if len(keep) < len(paths):
-        log.warning("%d of %d clips could not be read and are left out", len(paths) - len(keep), len(paths))
     targets = dataset.targets_onehot()[keep]
     acc = None if dataset.multilabel else accuracy(scores, targets)
     return Scores(acc, mean_average_precision(scores, targets), clips=len(keep)), summary

@@ -134,11 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("accuracy")
     d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
                    "CSV, or a folder with labels.csv (path,label)")
-    d.add_argument("--split", help="FSDD split (default test) or ESC-50 fold")
+    d.add_argument("--split", help="FSDD split (default test) or ESC-50 fold (default: all folds)")
     d.add_argument("--max-clips", type=int, metavar="N", help="score only the first N clips")
     d.add_argument("--no-accuracy", action="store_true", help="skip accuracy")
     d.add_argument("--score-file", metavar="MODEL", help="only accuracy / mAP of this exported file "
-                   "on --data, streamed through dymn-tag's archive path (large sets, resumable)")
+                   "on --data, streamed through dymn-tag's archive path (large sets, resumable: "
+                   "--workdir/MODEL.DATA.parquet and its .parts/); counts exactly this run's clips; "
+                   "a clip that cannot be scored exits 1 unless --allow-failures")
+    d.add_argument("--overwrite", action="store_true", help="with --score-file: replace a scores "
+                   "file of another model file or options instead of refusing")
     d.add_argument("--workers", type=int, metavar="N", help="with --score-file: a local Dask cluster")
     d.add_argument("--scheduler", metavar="ADDR", help="with --score-file: a running Dask cluster")
     o = p.add_argument_group("output and gate")
@@ -217,22 +221,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score_file(args: argparse.Namespace) -> int:
-    """``--score-file M --data D``: one file's accuracy / mAP via the archive path (archive.py)."""
+    """``--score-file M --data D``: one file's accuracy / mAP via the archive path (archive.py).
+
+    Scores only this run's clips (the archive's output holds exactly them); a clip that
+    could not be scored is a failure: exit 1 unless ``--allow-failures``.
+    """
     from dymn_edge.benchmarks.accuracy import archive_scores  # noqa: PLC0415
+    from dymn_edge.benchmarks.runner import eval_split  # noqa: PLC0415
     from dymn_edge.datasets import load_dataset  # noqa: PLC0415
 
     if not args.data:
         raise DymnEdgeError("--score-file needs --data DIR (the labelled set)")
-    ds = load_dataset(args.data, split=args.split)
+    split = eval_split(args.data, args.split)  # FSDD: its test split unless asked
+    ds = load_dataset(args.data, split=split)
     if args.max_clips:
         ds.clips = ds.clips[:args.max_clips]
     name = "".join(c if c.isalnum() or c in "._-" else "-" for c in ds.name)
     out = Path(args.workdir or ".") / f"{Path(args.score_file).stem}.{name}.parquet"
     s, summary = archive_scores(args.score_file, ds, out, workers=args.workers, scheduler=args.scheduler,
-                                progress=not args.quiet and sys.stderr.isatty())
-    acc = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
-    print(f"{Path(args.score_file).name} on {ds.name}: accuracy {acc}, mAP {s.map:.4f} "
-          f"({s.clips} of {len(ds)} clips; {summary.line()})")
+                                progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite)
+    which = f"split {split}" if split is not None else "all clips"
+    failed = len(ds) - (s.clips if s is not None else 0)
+    if s is not None:
+        acc = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
+        print(f"{Path(args.score_file).name} on {ds.name} ({which}): accuracy {acc}, mAP {s.map:.4f} "
+              f"({s.clips} of {len(ds)} clips; {summary.line()})")
+    if failed:
+        tolerated = args.allow_failures and s is not None
+        print(f"dymn-bench: {failed} of {len(ds)} clips could not be scored (error rows in {out})"
+              + ("" if tolerated else "; exit 1" + ("" if s is None else " (--allow-failures tolerates them)")),
+              file=sys.stderr)
+        return 0 if tolerated else 1
     return 0
 
 
@@ -262,6 +281,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if not score and (args.workers is not None or args.scheduler):
         raise DymnEdgeError("--workers / --scheduler score one exported file on a Dask cluster: "
                             "use them with --score-file MODEL --data DIR")
+    if args.overwrite and not score:
+        raise DymnEdgeError("--overwrite replaces the scores file of --score-file: add --score-file MODEL")
     if args.workers is not None and args.workers < 1:
         raise DymnEdgeError(f"--workers must be >= 1, got {args.workers}")
     if args.max_clips is not None and args.max_clips < 1:

@@ -7,13 +7,25 @@ Why this shape:
   column, else the first one). Relative manifest paths are read relative to the manifest.
   A path listed twice is tagged once (with a warning): every file is in the output once.
 - **Tasks** are consecutive groups of ``task_size`` files in input order. Each task's result
-  is one *part file* in ``OUTPUT.parts/``, named by the task's position and a digest of its
-  files and of everything that changes its rows (model bytes, window, hop, selection,
-  columns). A part is written to a temporary name and renamed, so a part either exists whole
-  or not at all; a re-run with the same output skips every part that exists, and a run with
-  other options or inputs never reuses a stale one. Part files are written by the *client*
-  (workers return the encoded bytes), so a killed worker can never leave half a part, and
-  workers need no access to the output folder, only to the audio.
+  is one *part file* in ``OUTPUT.parts/``, named by the task's position and a digest of what
+  its rows are made of: its files' paths, sizes and mtimes (ns), the model file's sha256 and
+  every option that changes rows (window, hop, selection, columns). A part is written to a
+  temporary name and renamed, so a part either exists whole or not at all. Part files are
+  written by the *client* (workers return the encoded bytes), so a killed worker can never
+  leave half a part, and workers need no access to the output folder, only to the audio.
+- **Resume** (a part is reused only when it provably covers the same inputs): ``OUTPUT.parts/
+  run.json`` (written atomically before any work) records the run's identity (model sha256,
+  options digest, inputs digest) and its parts. A re-run with the same model and options
+  reuses the parts whose names match and redoes the others (new or changed files); parts or
+  an ``OUTPUT`` of another model or options are refused with one line unless ``overwrite``.
+  ``OUTPUT`` is always re-merged from this run's parts (never judged by mtimes), so it holds
+  exactly the rows of this run's inputs; then ``.parts/`` is removed. A run that failed or
+  was interrupted keeps it (and says so). A finished Parquet file carries the identity in
+  its schema metadata: a re-run of the identical job does nothing; one with other inputs
+  re-tags them into a new ``OUTPUT``. An existing ``OUTPUT`` without that record (JSON
+  Lines, another tool's file, another model or options) is refused unless ``overwrite``.
+  The client stats the files: one it cannot see (audio only on the workers) is keyed as
+  missing, so a change to it is not noticed (use ``overwrite``).
 - **Errors**: a file that cannot be read or scored becomes one error row (file, message); a
   task that kills its worker process repeatedly (a decoder crash) is split into one-file
   tasks, and a file that still kills its worker becomes an error row. The job never stops
@@ -21,7 +33,9 @@ Why this shape:
 - **Dask**: the model file's bytes are scattered once to every worker (``broadcast``); each
   worker thread loads the engine once and caches it (LiteRT / ONNX Runtime sessions are not
   shared between threads). At most a few tasks per worker thread are in flight, so memory on
-  the client stays flat for millions of files.
+  the client stays flat for millions of files. A ``scheduler`` address is checked
+  (``tcp://``, ``tls://``, ``inproc://``, ``ucx://`` or ``HOST:PORT``) and contacted before
+  anything is decided, even when every part is done: a wrong address never passes silently.
 - **Output**: the parts are concatenated in task order into ``OUTPUT`` (Parquet via pyarrow,
   or JSON Lines as ``dymn-tag --json`` writes them), atomically. Parquet columns: ``file``,
   ``start``, ``end`` (s), ``labels``, ``indices``, ``probabilities`` (top-k, float32, exact),
@@ -30,6 +44,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import hashlib
@@ -38,6 +53,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -49,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from dymn_edge.cliutil import check_output_file
 from dymn_edge.errors import DymnEdgeError, one_line
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.output import TagFilter, json_line, window_json
@@ -56,8 +73,9 @@ from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUDIO_SUFFIXES", "ArchiveOptions", "ArchiveSummary", "Task", "expand_inputs",
-           "plan_tasks", "run_archive", "PIP_CLUSTER"]
+__all__ = ["AUDIO_SUFFIXES", "ArchiveOptions", "ArchiveSummary", "RunIdentity", "Task",
+           "check_scheduler_address", "expand_inputs", "input_keys", "plan_tasks", "run_archive",
+           "PIP_CLUSTER", "RUN_MANIFEST"]
 
 PIP_CLUSTER = "pip install 'dymn-edge[cluster]'"
 
@@ -73,6 +91,15 @@ _INFLIGHT_PER_THREAD = 3
 _ERRORS_SHOWN = 20
 #: Re-runs of a task whose result or input was lost with a worker (not a failure of its files).
 _LOST_RETRIES = 3
+#: The run manifest in ``OUTPUT.parts/``: the identity of the run its parts belong to.
+RUN_MANIFEST = "run.json"
+_MANIFEST_KIND = "dymn-edge archive run"
+#: Schema metadata key of a finished Parquet output: the identity of the run that wrote it.
+_STAMP_KEY = b"dymn_edge_run"
+#: Address schemes of a Dask scheduler (``distributed.comm`` backends).
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx")
+#: Seconds to wait for a TCP connection to a scheduler before Dask's own (longer) handshake.
+_PROBE_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,11 +193,15 @@ class ArchiveOptions:
     threads: int | None = field(default=None, compare=False)
     delegate: str | None = None
 
-    def fingerprint(self, model_digest: str) -> str:
+    def options_digest(self) -> str:
+        """sha256 of the options that change rows (not the thread count)."""
         d = asdict(self)
         d.pop("threads")
-        d["model"] = model_digest
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def fingerprint(self, model_digest: str) -> str:
+        """What every part name of a run with this model starts from."""
+        return hashlib.sha256(f"{self.options_digest()}\0{model_digest}".encode()).hexdigest()
 
 
 def output_format(output: Path) -> str:
@@ -181,16 +212,38 @@ def output_format(output: Path) -> str:
     return suffix[1:]
 
 
-def plan_tasks(files: Sequence[Path], task_size: int, fingerprint: str, fmt: str) -> list[Task]:
-    """Group files into tasks whose part names change whenever their rows would."""
+def input_keys(files: Sequence[Path]) -> list[bytes]:
+    """Each file as path, size and mtime (ns): a part is reused only for unchanged files.
+
+    A file the client cannot stat (gone, or only on the workers' file system) is keyed as
+    missing: its rows (an error row, or the workers' reading) are redone only when that changes.
+    """
+    keys = []
+    for f in files:
+        path = str(f).encode("utf-8", "surrogateescape")
+        try:
+            st = os.stat(f)
+            keys.append(b"%s\0%d\0%d" % (path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            keys.append(path + b"\0missing")
+    return keys
+
+
+def plan_tasks(files: Sequence[Path], task_size: int, fingerprint: str, fmt: str,
+               keys: Sequence[bytes] | None = None) -> list[Task]:
+    """Group files into tasks whose part names change whenever their rows would.
+
+    ``keys``: :func:`input_keys` of ``files`` (computed when not given).
+    """
     if task_size < 1:
         raise DymnEdgeError(f"--task-size must be >= 1, got {task_size}")
+    keys = input_keys(files) if keys is None else keys
     tasks = []
     for i, a in enumerate(range(0, len(files), task_size)):
         group = tuple(str(f) for f in files[a:a + task_size])
         h = hashlib.sha256(fingerprint.encode())
-        for f in group:
-            h.update(f.encode("utf-8", "surrogateescape") + b"\0")
+        for k in keys[a:a + task_size]:
+            h.update(k + b"\0\0")
         tasks.append(Task(i, f"part-{i:07d}-{h.hexdigest()[:16]}.{fmt}", group))
     return tasks
 
@@ -428,7 +481,7 @@ def _write_atomic(path: Path, data: bytes | Callable[[Path], None]) -> None:
 
 def _remove_orphan_tmp(folder: Path) -> None:
     """Delete half-written parts of runs that died (``.NAME.PID.tmp`` whose PID is gone)."""
-    for tmp in folder.glob(".part-*.tmp"):
+    for tmp in folder.glob(".*.tmp"):
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])
             os.kill(pid, 0)
@@ -439,8 +492,12 @@ def _remove_orphan_tmp(folder: Path) -> None:
             continue
 
 
-def _merge(parts: list[Path], output: Path, opts: ArchiveOptions) -> None:
-    """Concatenate part files in task order into ``output`` (atomically)."""
+def _merge(parts: list[Path], output: Path, opts: ArchiveOptions, ident: RunIdentity) -> None:
+    """Concatenate part files in task order into ``output`` (atomically).
+
+    A Parquet output carries ``ident`` in its schema metadata, so a re-run of the identical
+    job can prove that the file already holds its rows.
+    """
     if opts.fmt == "jsonl":
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as out:
@@ -449,11 +506,188 @@ def _merge(parts: list[Path], output: Path, opts: ArchiveOptions) -> None:
     else:
         import pyarrow.parquet as pq  # noqa: PLC0415
 
+        schema = _schema(opts).with_metadata({_STAMP_KEY: json.dumps(ident.record()).encode()})
+
         def write(tmp: Path) -> None:
-            with pq.ParquetWriter(tmp, _schema(opts)) as writer:
+            with pq.ParquetWriter(tmp, schema) as writer:
                 for p in parts:
-                    writer.write_table(pq.read_table(p))
+                    writer.write_table(pq.read_table(p).replace_schema_metadata(schema.metadata))
     _write_atomic(output, write)
+
+
+# ---------------------------------------------------------------------------------------
+# run identity: which parts and outputs belong to this run
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What decides a run's rows: the model file, the options and the input files."""
+
+    model_sha256: str
+    options_sha256: str
+    inputs_sha256: str
+    files: int
+
+    @classmethod
+    def of(cls, model_digest: str, opts: ArchiveOptions, keys: Sequence[bytes]) -> RunIdentity:
+        h = hashlib.sha256()
+        for k in keys:
+            h.update(k + b"\0\0")
+        return cls(model_digest, opts.options_digest(), h.hexdigest(), len(keys))
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def other_job(self, rec: dict[str, Any]) -> str | None:
+        """What differs from ``rec`` other than the inputs ("model" / "options"), or None."""
+        if rec.get("model_sha256") != self.model_sha256:
+            return "model"
+        if rec.get("options_sha256") != self.options_sha256:
+            return "options"
+        return None
+
+    def same_inputs(self, rec: dict[str, Any]) -> bool:
+        return rec.get("inputs_sha256") == self.inputs_sha256 and rec.get("files") == self.files
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The run manifest in ``path``, or None when it is not one (unreadable, foreign, corrupt)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("kind") == _MANIFEST_KIND else None
+
+
+def _output_stamp(output: Path) -> dict[str, Any] | None:
+    """The run identity a finished Parquet output of this module carries, else None."""
+    if output.suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        meta = pq.read_schema(output).metadata or {}
+        rec = json.loads(meta[_STAMP_KEY])
+    except Exception:  # noqa: BLE001  (not Parquet, truncated, no or a foreign stamp)
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _is_ours(name: str) -> bool:
+    return name == RUN_MANIFEST or name.startswith("part-") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _remove_parts(parts_dir: Path) -> bool:
+    """Delete a run's manifest, parts and temporaries, then the folder; False when other files
+    (not this module's) keep the folder."""
+    if not parts_dir.is_dir():
+        return True
+    for p in parts_dir.iterdir():
+        if _is_ours(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+    try:
+        parts_dir.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+_OTHER = {"model": "another model file", "options": "other options (window, hop, tag selection or columns)"}
+
+
+def _claim(output: Path, parts_dir: Path, ident: RunIdentity, overwrite: bool) -> bool:
+    """Decide whether this run may use ``output`` and ``parts_dir``; one line when it may not.
+
+    Returns True when ``output`` already holds exactly this run's rows (nothing to do).
+    """
+    again = "; --overwrite starts over"
+    if overwrite:
+        if not _remove_parts(parts_dir):
+            raise DymnEdgeError(f"{parts_dir} holds files that are not dymn-tag's; move them away")
+        return False
+    manifest = parts_dir / RUN_MANIFEST
+    if manifest.is_file():
+        rec = _read_record(manifest)
+        if rec is None:
+            raise DymnEdgeError(f"{manifest} is not a run manifest of this dymn-edge{again}")
+        other = ident.other_job(rec)
+        if other:
+            raise DymnEdgeError(f"{parts_dir} holds an unfinished run with {_OTHER[other]} "
+                                f"(the same command as then finishes it){again}")
+        return False
+    if parts_dir.exists():
+        if not parts_dir.is_dir():
+            raise DymnEdgeError(f"{parts_dir} exists and is not a folder (the output's parts go there)")
+        if any(_is_ours(p.name) and not p.name.startswith(".") for p in parts_dir.iterdir()):
+            raise DymnEdgeError(f"{parts_dir} holds parts without a run manifest (an older "
+                                f"dymn-edge or an unknown run){again}")
+    if output.exists():
+        rec = _output_stamp(output)
+        if rec is None:
+            why = ("JSON Lines carry no run record" if output.suffix.lower() == ".jsonl"
+                   else "it was not written by dymn-tag --output")
+            raise DymnEdgeError(f"{output} exists and may belong to another run ({why}); "
+                                "--overwrite replaces it")
+        other = ident.other_job(rec)
+        if other:
+            raise DymnEdgeError(f"{output} holds the rows of a run with {_OTHER[other]}; "
+                                "--overwrite replaces it")
+        if ident.same_inputs(rec):
+            return True
+        log.warning("%s holds the rows of other inputs (%s files): they are replaced by this "
+                    "run's %d files", output, rec.get("files", "?"), ident.files)
+    return False
+
+
+def _write_manifest(parts_dir: Path, output: Path, ident: RunIdentity, opts: ArchiveOptions,
+                    tasks: Sequence[Task], task_size: int) -> None:
+    d = asdict(opts)
+    d.pop("threads")
+    rec = {"kind": _MANIFEST_KIND, "version": 1, "output": output.name, **ident.record(),
+           "options": d, "task_size": task_size, "parts": [t.part for t in tasks]}
+    _write_atomic(parts_dir / RUN_MANIFEST, (json.dumps(rec, indent=1) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------
+# the Dask scheduler address
+
+
+def check_scheduler_address(address: str) -> tuple[str, str | None, int | None]:
+    """``(scheme, host, port)`` of a scheduler address, or one line saying what is wrong.
+
+    ``tcp://`` / ``tls://`` addresses and a bare ``HOST:PORT`` (tcp) need a port;
+    ``inproc://`` and ``ucx://`` are passed to Dask as they are (host and port None).
+    """
+    scheme, sep, rest = address.strip().partition("://")
+    if not sep:
+        scheme, rest = "tcp", address.strip()
+    scheme = scheme.lower()
+    if scheme not in SCHEDULER_SCHEMES:
+        raise DymnEdgeError(f"--scheduler {address}: unknown scheme '{scheme}://' (use "
+                            + ", ".join(f"{s}://" for s in SCHEDULER_SCHEMES) + " or HOST:PORT)")
+    if scheme not in ("tcp", "tls"):
+        if not rest:
+            raise DymnEdgeError(f"--scheduler {address}: no address after {scheme}://")
+        return scheme, None, None
+    host, _, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")  # [::1]:8786
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DymnEdgeError(f"--scheduler {address}: expected {scheme}://HOST:PORT (e.g. tcp://head:8786)")
+    return scheme, host, int(port)
+
+
+def _probe_scheduler(address: str) -> None:
+    """A quick TCP connect: a refused or unroutable address is one line in seconds, not
+    after Dask's 30 s of connection retries."""
+    scheme, host, port = check_scheduler_address(address)
+    if host is None or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise DymnEdgeError(f"cannot connect to the Dask scheduler {address}: "
+                            f"{exc.strerror or one_line(exc, with_type=True)}") from None
 
 
 def count_error_rows(output: Path) -> int:
@@ -489,68 +723,105 @@ def _need_pyarrow(fmt: str) -> None:
 def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: str | Path, *,
                 opts: ArchiveOptions, task_size: int = 50, workers: int | None = None,
                 scheduler: str | None = None, progress: bool = True,
-                client: Any = None) -> ArchiveSummary:
+                client: Any = None, overwrite: bool = False) -> ArchiveSummary:
     """Tag every input file into ``output``; see the module docstring.
 
     ``workers`` starts a ``distributed.LocalCluster`` with that many one-thread worker
     processes, ``scheduler`` connects to a running cluster, ``client`` uses a connected
     ``distributed.Client`` (tests); none of them: the plain loop in this process.
+    ``overwrite`` discards the parts and output of another run instead of refusing.
+    Every option, the output folder and the scheduler are checked before any file is tagged.
     """
     t0 = time.perf_counter()
     output = Path(output)
     if opts.fmt != output_format(output):
         raise DymnEdgeError(f"options say {opts.fmt} but the output is {output.name}")
+    check_output_file(output, "--output", OUTPUT_SUFFIXES)
     _need_pyarrow(opts.fmt)
     model = Path(model)
     if not model.is_file():
         raise DymnEdgeError(f"model file not found: {model}")
     if workers is not None and workers < 1:
         raise DymnEdgeError(f"--workers must be >= 1, got {workers}")
+    if scheduler:
+        _probe_scheduler(scheduler)  # a wrong address before anything is read or written
     files = expand_inputs(inputs)
     if not files:
         raise DymnEdgeError("no audio files in the inputs")
-    model_bytes = model.read_bytes()
+    try:
+        model_bytes = model.read_bytes()
+    except OSError as exc:
+        raise DymnEdgeError(f"cannot read the model file {model}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(model_bytes).hexdigest()
-    tasks = plan_tasks(files, task_size, opts.fingerprint(digest), opts.fmt)
+    keys = input_keys(files)
+    tasks = plan_tasks(files, task_size, opts.fingerprint(digest), opts.fmt, keys)
+    ident = RunIdentity.of(digest, opts, keys)
     parts_dir = output.with_name(output.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    _remove_orphan_tmp(parts_dir)
-    todo = [t for t in tasks if not (parts_dir / t.part).is_file()]
+    finished = _claim(output, parts_dir, ident, overwrite)
+    created = not parts_dir.exists()
+    if finished:
+        todo: list[Task] = []
+    else:
+        try:
+            parts_dir.mkdir(exist_ok=True)
+            _remove_orphan_tmp(parts_dir)
+            _write_manifest(parts_dir, output, ident, opts, tasks, task_size)
+        except OSError as exc:
+            raise DymnEdgeError(f"cannot write in {parts_dir}: {exc.strerror or exc}") from None
+        todo = [t for t in tasks if not (parts_dir / t.part).is_file()]
     skipped = sum(len(t.files) for t in tasks) - sum(len(t.files) for t in todo)
-    stale = {p.name for p in parts_dir.glob("part-*")} - {t.part for t in tasks}
-    if stale:
-        log.info("%d part files in %s belong to other inputs or options and are left out", len(stale), parts_dir)
-    if skipped:
-        log.info("%d of %d files already tagged in %s", skipped, len(files), parts_dir)
+    if finished:
+        log.info("%s already holds the rows of these %d files (same model, options and inputs)",
+                 output, len(files))
+    elif skipped:
+        log.info("%d of %d files already tagged in %s (same model, options and file contents)",
+                 skipped, len(files), parts_dir)
 
     counts = {"done": 0, "failed": 0, "seconds": 0.0}
-    bar = _progress(sum(len(t.files) for t in todo), progress)
-
-    def accept(task: Task, res: TaskResult) -> None:
-        _write_atomic(parts_dir / task.part, res.payload)
-        counts["done"] += res.n_files - res.n_failed
-        counts["failed"] += res.n_failed
-        counts["seconds"] += res.audio_seconds
-        for path, msg in res.errors:  # the first ones on stderr; all of them are error rows
-            shown = counts["failed"] - res.n_failed < _ERRORS_SHOWN
-            log.log(logging.WARNING if shown else logging.DEBUG, "%s: %s", path, msg)
-        bar.update(res.n_files)
-        if counts["failed"]:
-            bar.set_postfix(failed=counts["failed"], refresh=False)
-
+    use_dask = bool(workers or scheduler or client is not None)
     n_workers = 1
+    started = False
     try:
-        if todo and (workers or scheduler or client is not None):
-            n_workers = _run_dask(todo, accept, model, model_bytes, digest, opts, workers, scheduler, client)
-        elif todo:
-            ctx = _TagContext(model, opts)
-            for task in todo:
-                accept(task, _run_task(ctx, task))
-    finally:
-        bar.close()
-    final = [parts_dir / t.part for t in tasks]
-    if todo or not output.is_file() or output.stat().st_mtime < max(p.stat().st_mtime for p in final):
-        _merge(final, output, opts)
+        if todo and use_dask:
+            _check_model_loads(model, opts)  # one line in the client, before a cluster starts
+        # a --scheduler is contacted even with nothing to do: a wrong address is never a success
+        with _cluster(workers if todo else None, scheduler, client) as dclient:
+            bar = _progress(sum(len(t.files) for t in todo), progress)
+
+            def accept(task: Task, res: TaskResult) -> None:
+                _write_atomic(parts_dir / task.part, res.payload)
+                counts["done"] += res.n_files - res.n_failed
+                counts["failed"] += res.n_failed
+                counts["seconds"] += res.audio_seconds
+                for path, msg in res.errors:  # the first ones on stderr; all of them are error rows
+                    shown = counts["failed"] - res.n_failed < _ERRORS_SHOWN
+                    log.log(logging.WARNING if shown else logging.DEBUG, "%s: %s", path, msg)
+                bar.update(res.n_files)
+                if counts["failed"]:
+                    bar.set_postfix(failed=counts["failed"], refresh=False)
+
+            started = bool(todo)
+            try:
+                if todo and dclient is not None:
+                    n_workers = _run_dask(todo, accept, model, model_bytes, digest, opts, dclient)
+                elif todo:
+                    ctx = _TagContext(model, opts)
+                    for task in todo:
+                        accept(task, _run_task(ctx, task))
+            finally:
+                bar.close()
+        if not finished:
+            _merge([parts_dir / t.part for t in tasks], output, opts, ident)
+    except BaseException:
+        if created and not started:  # failed before any work (e.g. the cluster): leave no trace
+            _remove_parts(parts_dir)
+        have = sum((parts_dir / t.part).is_file() for t in tasks) if started else 0
+        if have:
+            log.warning("the run stopped: %d of %d parts are kept in %s; the same command resumes "
+                        "from them", have, len(tasks), parts_dir)
+        raise
+    if not finished and not _remove_parts(parts_dir):
+        log.warning("%s is kept: it holds files that are not dymn-tag's", parts_dir)
     return ArchiveSummary(output, len(files), counts["done"], counts["failed"], skipped,
                           count_error_rows(output), counts["seconds"], time.perf_counter() - t0, n_workers)
 
@@ -560,85 +831,100 @@ def _check_model_loads(model: Path, opts: ArchiveOptions) -> None:
     _TagContext(model, opts)
 
 
-def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], model: Path,
-              model_bytes: bytes, digest: str, opts: ArchiveOptions, workers: int | None,
-              scheduler: str | None, client: Any) -> int:
-    """Run ``todo`` on a Dask cluster; returns the number of worker threads used."""
+@contextlib.contextmanager
+def _cluster(workers: int | None, scheduler: str | None, client: Any) -> Iterator[Any]:
+    """The run's Dask client (None: the plain loop), closed afterwards if this run made it.
+
+    ``client``: the caller's, used as it is. ``scheduler``: probed, then connected to.
+    ``workers``: a local cluster (the caller passes None when there is no work).
+    """
+    if client is not None:
+        yield client
+        return
+    if not scheduler and not workers:
+        yield None
+        return
     try:
-        from distributed import Client, LocalCluster, as_completed  # noqa: PLC0415
+        from distributed import Client, LocalCluster  # noqa: PLC0415
     except ImportError as exc:
         raise DymnEdgeError(f"--workers / --scheduler need Dask: {PIP_CLUSTER}") from exc
     if not logging.getLogger().isEnabledFor(logging.INFO):
         # distributed logs every cluster start and stop at INFO on its own handler
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    _check_model_loads(model, opts)
-    # One-thread engines on workers unless asked: parallelism comes from the workers.
-    wopts = opts if opts.threads else ArchiveOptions(**{**asdict(opts), "threads": 1})
-    cluster = own_client = None
+    cluster = None
     t_start = time.perf_counter()
+    if scheduler:
+        try:
+            own = Client(scheduler, timeout="30s")
+        except Exception as exc:  # noqa: BLE001  (OSError, TimeoutError, a comm's ValueError)
+            raise DymnEdgeError(f"cannot connect to the Dask scheduler {scheduler}: "
+                                f"{one_line(exc, with_type=True)}") from None
+    else:
+        cluster = _local_cluster(workers or 1, LocalCluster)
+        own = Client(cluster)
     try:
-        if client is None:
-            if scheduler:
-                try:
-                    client = own_client = Client(scheduler, timeout="30s")
-                except (OSError, TimeoutError) as exc:
-                    raise DymnEdgeError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from exc
-            else:
-                cluster = _local_cluster(workers or 1, LocalCluster)
-                client = own_client = Client(cluster)
-        threads = max(1, sum(client.nthreads().values()))
-        log.info("Dask: %s, %d worker threads, ready after %.1f s", client.scheduler.address, threads,
-                 time.perf_counter() - t_start)
-        model_ref = [client.scatter(model_bytes, broadcast=True, hash=True)]
-        pending: Iterator[Task] = iter(todo)
-        by_key: dict[str, tuple[Task, int]] = {}
-        lost: dict[str, int] = {}
-        seq = itertools.count()
-        ac = as_completed(loop=client.loop)  # not the default client's loop (tests run two)
-
-        def submit(task: Task, attempt: int = 0) -> None:
-            if model_ref[0].status != "finished":  # every worker holding it died
-                log.warning("the model file was lost with its workers; shipping it again")
-                model_ref[0] = client.scatter(model_bytes, broadcast=True, hash=True)
-            fut = client.submit(dask_task, model_ref[0], model.name, digest, wopts, task,
-                                key=f"dymn-tag-{task.part}-{attempt}-{next(seq)}", pure=False)
-            by_key[fut.key] = (task, attempt)
-            ac.add(fut)
-
-        for task in _take(pending, threads * _INFLIGHT_PER_THREAD):
-            submit(task)
-        splits: dict[int, list[TaskResult | None]] = {}
-        for fut in ac:
-            task, attempt = by_key.pop(fut.key)
-            res, exc = _outcome(fut)
-            fut.release()
-            if res is not None:
-                _collect(task, res, splits, accept, opts)
-            elif isinstance(exc, DymnEdgeError):  # e.g. a worker without the engine: every task would fail
-                raise DymnEdgeError(f"on a Dask worker: {exc}") from exc
-            elif not _is_task_failure(exc) and lost.get(task.part, 0) < _LOST_RETRIES:
-                # the result or an input went with a dead worker, or the future was cancelled:
-                # nothing is known against the files, so the same task runs again
-                lost[task.part] = lost.get(task.part, 0) + 1
-                log.warning("task %s lost (%s); running it again", task.part, one_line(exc, with_type=True))
-                submit(task, attempt)
-            elif len(task.files) > 1 and attempt == 0:
-                log.warning("task of %d files failed on its workers (%s); retrying file by file",
-                            len(task.files), one_line(exc, with_type=True))
-                splits[task.index] = [None] * len(task.files)
-                for k, f in enumerate(task.files):
-                    submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
-            else:
-                res = _crash_result(task, f"worker died or failed on this file: {one_line(exc, with_type=True)}", opts)
-                _collect(task, res, splits, accept, opts)
-            for nxt in _take(pending, 1):
-                submit(nxt)
-        return threads
+        log.info("Dask: %s, ready after %.1f s", own.scheduler.address, time.perf_counter() - t_start)
+        yield own
     finally:
-        if own_client is not None:
-            own_client.close()
+        own.close()
         if cluster is not None:
             cluster.close()
+
+
+def _run_dask(todo: list[Task], accept: Callable[[Task, TaskResult], None], model: Path,
+              model_bytes: bytes, digest: str, opts: ArchiveOptions, client: Any) -> int:
+    """Run ``todo`` on a Dask cluster; returns the number of worker threads used."""
+    from distributed import as_completed  # noqa: PLC0415
+
+    # One-thread engines on workers unless asked: parallelism comes from the workers.
+    wopts = opts if opts.threads else ArchiveOptions(**{**asdict(opts), "threads": 1})
+    threads = max(1, sum(client.nthreads().values()))
+    log.info("Dask: %d worker threads", threads)
+    model_ref = [client.scatter(model_bytes, broadcast=True, hash=True)]
+    pending: Iterator[Task] = iter(todo)
+    by_key: dict[str, tuple[Task, int]] = {}
+    lost: dict[str, int] = {}
+    seq = itertools.count()
+    ac = as_completed(loop=client.loop)  # not the default client's loop (tests run two)
+
+    def submit(task: Task, attempt: int = 0) -> None:
+        if model_ref[0].status != "finished":  # every worker holding it died
+            log.warning("the model file was lost with its workers; shipping it again")
+            model_ref[0] = client.scatter(model_bytes, broadcast=True, hash=True)
+        fut = client.submit(dask_task, model_ref[0], model.name, digest, wopts, task,
+                            key=f"dymn-tag-{task.part}-{attempt}-{next(seq)}", pure=False)
+        by_key[fut.key] = (task, attempt)
+        ac.add(fut)
+
+    for task in _take(pending, threads * _INFLIGHT_PER_THREAD):
+        submit(task)
+    splits: dict[int, list[TaskResult | None]] = {}
+    for fut in ac:
+        task, attempt = by_key.pop(fut.key)
+        res, exc = _outcome(fut)
+        fut.release()
+        if res is not None:
+            _collect(task, res, splits, accept, opts)
+        elif isinstance(exc, DymnEdgeError):  # e.g. a worker without the engine: every task would fail
+            raise DymnEdgeError(f"on a Dask worker: {exc}") from exc
+        elif not _is_task_failure(exc) and lost.get(task.part, 0) < _LOST_RETRIES:
+            # the result or an input went with a dead worker, or the future was cancelled:
+            # nothing is known against the files, so the same task runs again
+            lost[task.part] = lost.get(task.part, 0) + 1
+            log.warning("task %s lost (%s); running it again", task.part, one_line(exc, with_type=True))
+            submit(task, attempt)
+        elif len(task.files) > 1 and attempt == 0:
+            log.warning("task of %d files failed on its workers (%s); retrying file by file",
+                        len(task.files), one_line(exc, with_type=True))
+            splits[task.index] = [None] * len(task.files)
+            for k, f in enumerate(task.files):
+                submit(Task(task.index, f"{task.part}#{k}", (f,)), attempt=1)
+        else:
+            res = _crash_result(task, f"worker died or failed on this file: {one_line(exc, with_type=True)}", opts)
+            _collect(task, res, splits, accept, opts)
+        for nxt in _take(pending, 1):
+            submit(nxt)
+    return threads
 
 
 def _outcome(fut: Any) -> tuple[TaskResult | None, BaseException | None]:

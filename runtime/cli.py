@@ -32,7 +32,7 @@ log = logging.getLogger("dymn_edge.runtime")
 __all__ = ["tag_main", "listen_main"]
 
 EXIT_USER_ERROR = EXIT_USAGE
-EXIT_FILES_FAILED = EXIT_FAILED  # dymn-tag --output --strict: some files became error rows
+EXIT_FILES_FAILED = EXIT_FAILED  # dymn-tag --output: some files became error rows
 
 TAG_EXAMPLES = """\
 examples:
@@ -45,7 +45,7 @@ examples:
                                                        labels by display name or AudioSet mid
   dymn-tag --model m.tflite --output tags.parquet recordings/ more.csv
                                                        an archive: one Parquet row per window,
-                                                       resumable (re-run skips finished parts)
+                                                       resumable (re-run reuses unchanged parts)
   dymn-tag --model m.tflite --output tags.parquet --workers 8 recordings/
   dymn-tag --model m.tflite --output tags.jsonl --scheduler tcp://head:8786 list.txt
                                                        the same on a local / running Dask cluster
@@ -57,7 +57,12 @@ cannot look at more than the window they were exported for.
 JSON Lines: one object per window {"file", "start", "end", "tags": [{"label", "index",
 "mid", "probability"}]}; untrained (random-init) models add "untrained": true.
 With --output, a file that cannot be read is one error row {"file", "error"}; the run goes
-on, ends with a summary line on stderr and exits 0 with a warning (1 with --strict).
+on, ends with a summary line on stderr and exits 1 (0 with a warning: --allow-failures).
+Resume: a run that stops keeps its parts in OUTPUT.parts/ (with run.json, its model, options
+and inputs); the same command reuses the parts of unchanged files and redoes the rest. The
+output always holds exactly this run's files; a finished run removes OUTPUT.parts/. An OUTPUT
+or parts of another model or options (or a .jsonl, which records no run) are refused:
+--overwrite starts over.
 """
 
 LISTEN_EXAMPLES = """\
@@ -132,6 +137,8 @@ def _tag(args: argparse.Namespace) -> int:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
     if args.output or args.workers is not None or args.scheduler:
         return _tag_archive(args)
+    if args.overwrite or args.allow_failures:
+        raise DymnEdgeError("--overwrite / --allow-failures apply to an archive: add --output TAGS.parquet")
     engine, tagger, filt = _load(args)
     untrained = engine.metadata.untrained
     if args.window is not None or args.hop is not None:  # option errors before the first file
@@ -191,13 +198,15 @@ def _tag_archive(args: argparse.Namespace) -> int:
         dither=DEFAULT_DITHER if args.dither is None else args.dither, fmt=output_format(Path(args.output)),
         threads=args.threads, delegate=args.delegate)
     summary = run_archive(args.model, args.files, args.output, opts=opts, task_size=args.task_size,
-                          workers=args.workers, scheduler=args.scheduler, progress=sys.stderr.isatty())
+                          workers=args.workers, scheduler=args.scheduler, progress=sys.stderr.isatty(),
+                          overwrite=args.overwrite)
     print(f"dymn-tag: {summary.line()}", file=sys.stderr)
     if summary.error_rows:
-        print(f"dymn-tag: warning: {summary.error_rows} files could not be tagged (error rows "
-              f"in {summary.output}){'' if args.strict else '; --strict makes this exit 1'}",
-              file=sys.stderr)
-        if args.strict:
+        tolerated = args.allow_failures and not args.strict
+        print(f"dymn-tag: {'warning' if tolerated else 'error'}: {summary.error_rows} files could not "
+              f"be tagged (error rows in {summary.output})"
+              f"{'' if tolerated else '; exit 1 (--allow-failures tolerates them)'}", file=sys.stderr)
+        if not tolerated:
             return EXIT_FILES_FAILED
     return 0
 
@@ -221,8 +230,14 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
                      help="files per task and per part file (default 50)")
     arc.add_argument("--scores", action="store_true", help="also store every class probability")
     arc.add_argument("--embeddings", action="store_true", help="also store the model embedding")
+    arc.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 with a warning when some files could not be tagged (error rows); "
+                          "default: exit 1")
     arc.add_argument("--strict", action="store_true",
-                     help="exit 1 when any file could not be tagged (default: exit 0 with a warning)")
+                     help="exit 1 when any file could not be tagged (the default; overrides "
+                          "--allow-failures)")
+    arc.add_argument("--overwrite", action="store_true",
+                     help="replace an OUTPUT (and OUTPUT.parts/) of another run instead of refusing")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     return _run_guarded(_tag, args, "dymn-tag")
