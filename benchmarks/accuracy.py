@@ -139,7 +139,7 @@ def archive_scores(model_file: str | Path, dataset: Dataset, output: str | Path,
                           scheduler=scheduler, progress=progress, overwrite=overwrite,
                           opts=ArchiveOptions(top_k=1, scores=True, fmt="parquet"))
     rows = pq.read_table(output, columns=["file", "scores", "error"]).to_pydict()
-    if sorted(rows["file"]) != sorted(paths):
+    if len(rows["file"]) != len(set(paths)) or set(rows["file"]) != set(paths):  # a path listed twice is tagged once
         raise DymnEdgeError(f"{output} does not hold exactly the {len(paths)} clips of this run")
     by_file = {f: s for f, s, e in zip(rows["file"], rows["scores"], rows["error"]) if e is None}
     keep = [i for i, p in enumerate(paths) if p in by_file]

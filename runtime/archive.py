@@ -758,7 +758,6 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
     ident = RunIdentity.of(digest, opts, keys)
     parts_dir = output.with_name(output.name + ".parts")
     finished = _claim(output, parts_dir, ident, overwrite)
-    created = not parts_dir.exists()
     if finished:
         todo: list[Task] = []
     else:
@@ -780,7 +779,6 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
     counts = {"done": 0, "failed": 0, "seconds": 0.0}
     use_dask = bool(workers or scheduler or client is not None)
     n_workers = 1
-    started = False
     try:
         if todo and use_dask:
             _check_model_loads(model, opts)  # one line in the client, before a cluster starts
@@ -800,7 +798,6 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
                 if counts["failed"]:
                     bar.set_postfix(failed=counts["failed"], refresh=False)
 
-            started = bool(todo)
             try:
                 if todo and dclient is not None:
                     n_workers = _run_dask(todo, accept, model, model_bytes, digest, opts, dclient)
@@ -813,10 +810,10 @@ def run_archive(model: str | Path, inputs: Sequence[str | os.PathLike], output: 
         if not finished:
             _merge([parts_dir / t.part for t in tasks], output, opts, ident)
     except BaseException:
-        if created and not started:  # failed before any work (e.g. the cluster): leave no trace
+        have = sum((parts_dir / t.part).is_file() for t in tasks)
+        if not have:  # stopped before any part (the cluster, the model): nothing worth keeping
             _remove_parts(parts_dir)
-        have = sum((parts_dir / t.part).is_file() for t in tasks) if started else 0
-        if have:
+        else:
             log.warning("the run stopped: %d of %d parts are kept in %s; the same command resumes "
                         "from them", have, len(tasks), parts_dir)
         raise

@@ -198,6 +198,12 @@ def test_scheduler_and_output_problems_are_one_line_before_any_work(fsdd_dir: Pa
     for argv, msg in cases:
         assert tag_main(["--model", str(fsdd_tflite), *argv, *map(str, rec)]) == 2, argv
         _one_error_line(capsys.readouterr().err, msg)
+    # a model file the engine rejects: found before the first part, nothing left behind
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    assert tag_main(["--model", str(junk), "--output", str(out), *map(str, rec)]) == 2
+    _one_error_line(capsys.readouterr().err, "junk.onnx")
+    junk.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["plain.txt"] + (["ro"] if os.geteuid() else []))
     # a finished output: an unreachable scheduler still fails (it is contacted before "all done")
     assert tag_main(["--model", str(fsdd_tflite), "--output", str(out), *map(str, rec)]) == 0
@@ -228,6 +234,10 @@ def test_bench_score_file_three_runs_on_the_test_split(fsdd_dir: Path, fsdd_tfli
         assert not _parts(out).exists()
     assert bench_main([*base, "--max-clips", "12", "--scheduler", f"tcp://127.0.0.1:{_free_port()}"]) == 2
     _one_error_line(capsys.readouterr().err, "cannot connect to the Dask scheduler")
+    assert bench_main([*base, "--max-clips", "12", "--scheduler", "bogus://x"]) == 2
+    _one_error_line(capsys.readouterr().err, "unknown scheme 'bogus://'")
+    assert bench_main([*base[:-3], "--workdir", "/proc/x", "--quiet"]) == 2
+    _one_error_line(capsys.readouterr().err, "cannot write in /proc/x")
 
 
 def test_bench_score_file_failed_clip_exits_1(fsdd_dir: Path, fsdd_tflite: Path, tmp_path: Path,
