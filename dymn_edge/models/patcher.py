@@ -246,7 +246,11 @@ class LeanDynamicBlock(nn.Module):
         seq = torch.cat([x.mean(3), x.mean(2)], dim=2).transpose(1, 2)  # (B, F+T, C)
         g = self.joint_act(self.joint(seq)).transpose(1, 2)  # (B, H, F+T)
         g_f, g_t = torch.split(g, [f, t], dim=2)
-        return g.mean(2), self.conv_f(g_f.unsqueeze(3)), self.conv_t(g_t.unsqueeze(2))
+        # contiguous: the transposed slices are channels-last-like strided, and a conv on them
+        # makes torch.export guard the batch at 1 (the memory format depends on whether B == 1)
+        a_f = self.conv_f(g_f.contiguous().unsqueeze(3))
+        a_t = self.conv_t(g_t.contiguous().unsqueeze(2))
+        return g.mean(2), a_f, a_t
 
     def _pointwise(self, i: int, x: Tensor, att: Tensor) -> Tensor:
         c_in, c_out = self.pw_shapes[i]
