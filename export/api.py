@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge.arch import strategy_supports_dynamic_batch
+from dymn_edge.atomic import create_partial, remove_dead_partials
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
 from dymn_edge.export import quantize
 from dymn_edge.export import validate as v
@@ -73,11 +74,13 @@ def default_output_path(cfg: ExportConfig, model_name: str) -> Path:
 
 
 def _partial_path(out_path: Path) -> Path:
-    """A hidden temporary file beside the output (same file system: the rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".partial" + out_path.suffix,
-                                dir=out_path.parent)
-    os.close(fd)
-    return Path(name)
+    """A hidden partial file beside the output (same file system: the rename is atomic).
+
+    Partial files of earlier exports of the same output whose process died (SIGKILL, power
+    cut) are removed first; the new one has the umask's mode, which the output keeps.
+    """
+    remove_dead_partials(out_path)
+    return create_partial(out_path)
 
 
 def _labels(cfg: ExportConfig, num_classes: int, spec) -> list:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from dymn_edge.cliutil import OneLineErrorParser, exit_code, finite
@@ -200,7 +202,47 @@ def _check_options(args: argparse.Namespace) -> None:
             raise DymnEdgeError(f"--eval-dataset {args.eval_dataset}: no labelled clips")
 
 
+#: Signals that stop an export cleanly (exit 128 + signal number).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM / SIGINT as an exception, so that every ``finally`` and ``with`` cleans up.
+
+    With the default SIGTERM action the process ends on the spot: the temporary folder and
+    the partial file stay behind. A KeyboardInterrupt subclass passes every ``except
+    Exception`` of the converters.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    # a second signal must not cut the cleanup the first one started
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``dymn-export``; SIGTERM / SIGINT stop it cleanly (see :class:`Interrupted`)."""
+    previous = ({sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
+                if threading.current_thread() is threading.main_thread() else {})  # signals reach the main thread only
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # the partial file and the temporary folder are gone by now
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"dymn-export: interrupted{how}", file=sys.stderr)
+        return 128 + int(signum)  # 130 (Ctrl-C), 143 (SIGTERM), as a shell reports a killed job
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _quiet(args.verbose)
     try:
@@ -245,9 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.exception("export failed")
         print(f"dymn-export: error: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt as exc:
-        print("dymn-export: interrupted", file=sys.stderr)
         return exit_code(exc)
     print(summary_table(result))
     return 0
