@@ -312,7 +312,7 @@ def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportC
                 _write_metadata(part, fmt, meta)
             checks.append(heldout.measure(v.make_runner(part), reference, held,
                                           recipe=meta.quantization_scheme, split=calib.split,
-                                          activation=meta.output_activation, bound_points=bound))
+                                          bound_points=bound))
             if checks[-1].passed:
                 break
             if cfg.strict_int8:

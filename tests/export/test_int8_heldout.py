@@ -103,11 +103,11 @@ def test_measure_drop_and_agreement() -> None:
     def run(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return got[:len(m)], np.zeros((len(m), 2))
 
-    c = measure(run, ref, held, recipe="int8_static_qdq", split="s", activation="softmax", bound_points=0.5)
+    c = measure(run, ref, held, recipe="int8_static_qdq", split="s", bound_points=0.5)
     assert (c.fp32_accuracy, c.int8_accuracy, c.drop_points, c.top1_agreement) == (1.0, 0.75, 25.0, 0.75)
     assert c.measure == "accuracy" and not c.passed and "over 0.5" in c.summary()
     held.targets = None
-    c = measure(run, ref, held, recipe="int8_dynamic", split="s", activation="softmax", bound_points=30)
+    c = measure(run, ref, held, recipe="int8_dynamic", split="s", bound_points=30)
     assert c.measure == "top-1 disagreement" and c.drop_points == 25.0 and c.passed
     assert c.fp32_accuracy is None and c.int8_map is None
 
