@@ -21,7 +21,7 @@ from dymn_edge.runtime import device as dev
 from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive
 from dymn_edge.runtime.device import DEVICE_EXAMPLES, add_device_args
 from dymn_edge.runtime.engines import load_engine
-from dymn_edge.runtime.events import EventConfig, EventTracker
+from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS, EventConfig, EventTracker
 from dymn_edge.runtime.microphone import Listener, list_devices
 from dymn_edge.runtime.output import UNTRAINED_WARNING, TableWriter, TagFilter, json_line, window_json
 from dymn_edge.runtime.stream import StreamingScorer
@@ -250,8 +250,10 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
 class _Printer:
     """Event / hop / status output of dymn-listen, JSON or human, TTY-aware."""
 
-    def __init__(self, args: argparse.Namespace, tagger: Any, filt: Any, out: TextIO) -> None:
+    def __init__(self, args: argparse.Namespace, tagger: Any, filt: Any, out: TextIO,
+                 tracker: Any = None) -> None:
         self.args, self.tagger, self.filt, self.out = args, tagger, filt, out
+        self.tracker = tracker  # its ``gated``: the last window was below the level floor
         self.tty = out.isatty() and not args.json
         self.untrained = tagger.metadata.untrained
         self._status_shown = False
@@ -276,6 +278,8 @@ class _Printer:
         lab = ev.label
         obj = {"type": "event", "event": ev.kind, "label": lab.display_name, "index": lab.index,
                "mid": lab.mid, "start": round(ev.start, 3), "probability": round(ev.probability, 6)}
+        if ev.peak_raw is not None:  # "probability" is the smoothed peak; this the model's own
+            obj["peak_raw_probability"] = round(ev.peak_raw, 6)
         if ev.end is not None:
             obj["end"] = round(ev.end, 3)
         return obj
@@ -285,21 +289,27 @@ class _Printer:
             return
         if ev.label.index in self.filt.exclude:
             return
+        raw = "" if ev.peak_raw is None else f", raw peak {ev.peak_raw:.2f}"
         if self.args.json:
             self.json(self.event_obj(ev))
         elif ev.kind == "start":
-            self.line(f"[{ev.start:8.2f} s] + {ev.label.display_name} ({ev.probability:.2f})")
+            self.line(f"[{ev.start:8.2f} s] + {ev.label.display_name} ({ev.probability:.2f}{raw})")
         else:
             self.line(f"[{ev.end:8.2f} s] - {ev.label.display_name} "
-                      f"({ev.start:.2f}-{ev.end:.2f} s, peak {ev.probability:.2f})")
+                      f"({ev.start:.2f}-{ev.end:.2f} s, peak {ev.probability:.2f}{raw})")
 
     def hop(self, scores: Any, events: list[Any], stats: Any) -> None:
-        sel = self.filt.select(scores.probabilities, scores.logits)
+        gated = bool(getattr(self.tracker, "gated", False))
+        sel = [] if gated else self.filt.select(scores.probabilities, scores.logits)
         if self.args.every_hop:
             if self.args.json:
-                self.json(window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop"))
+                obj = window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop")
+                if gated:
+                    obj["below_level_floor"] = True
+                self.json(obj)
             else:
                 tags = ", ".join(f"{self.tagger.labels[i].display_name} {p:.2f}" for i, p in sel)
+                tags = tags or ("(below the level floor)" if gated else "")
                 self.line(f"[{scores.start:8.2f}-{scores.end:8.2f} s] {tags}")
         for ev in events:
             self.event(ev)
@@ -320,17 +330,33 @@ class _Printer:
             self.line(stats.summary())
 
 
+def _level_floor(text: str) -> float | str:
+    """argparse ``type`` of --min-level-dbfs: a finite dBFS value <= 0, or ``off``."""
+    if text.strip().lower() == "off":
+        return "off"
+    value = finite(text)
+    if value > 0:
+        raise argparse.ArgumentTypeError(f"a level in dBFS is <= 0 (full scale), got '{text}'")
+    return value
+
+
+def _min_level(args: argparse.Namespace, tagger: Any) -> float | None:
+    """The level gate: --min-level-dbfs, else on for softmax heads (no "nothing" class)."""
+    if args.min_level_dbfs is not None:
+        return None if args.min_level_dbfs == "off" else float(args.min_level_dbfs)
+    softmax = getattr(tagger.metadata, "output_activation", "") == "softmax"
+    return SOFTMAX_MIN_LEVEL_DBFS if softmax else None
+
+
 def _listen(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(list_devices())
         return 0
 
+    # everything a start checks, up to opening the microphone, runs before
+    # --print-systemd-unit: a unit that would crash-loop is never printed
     if args.duration is not None and args.duration <= 0:
         raise DymnEdgeError(f"--duration must be positive, got {args.duration:g}")
-
-    if args.print_systemd_unit:
-        print(dev.systemd_unit(args.argv), end="")
-        return 0
     if args.device_rate is not None and args.device_rate <= 0:
         raise DymnEdgeError(f"--device-rate must be a positive rate in Hz, got {args.device_rate}")
     _, tagger, filt = _load(args)
@@ -349,15 +375,20 @@ def _listen(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise DymnEdgeError(f"--smooth takes ema[:ALPHA], median[:HOPS] or none, got '{args.smooth}'") from exc
     cfg = EventConfig(on=args.on, off=args.off if args.off is not None else min(args.on, 0.6 * args.on),
-                      min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median)
+                      min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median,
+                      min_level_dbfs=_min_level(args, tagger))
     tracker = EventTracker(tagger.labels, cfg, hop_s=scorer.hop_s,
                            per_label=dev.per_label_thresholds(args, tagger.labels, cfg))
+    plan = dev.check_device(args, tagger.labels, filt)
+    if args.print_systemd_unit:
+        print(dev.systemd_unit(args.argv, plan), end="")
+        return 0
     listener = Listener(scorer, tracker, device=args.device, device_rate=args.device_rate)
-    sinks = dev.build_sinks(args, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
+    sinks = dev.build_sinks(args, plan, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
     if sinks is not None:
         listener.sinks = sinks
         signal.signal(signal.SIGHUP, lambda signum, frame: listener.reopen.set())
-    printer = _Printer(args, tagger, filt, sys.stdout)
+    printer = _Printer(args, tagger, filt, sys.stdout, tracker)
     stop = threading.Event()
 
     def _on_term(signum: int, frame: Any) -> None:
@@ -391,16 +422,20 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device-rate", type=int, default=None, metavar="HZ",
                    help="capture at this rate (default: 32000 if the device takes it, else the first "
                         "common rate it accepts); audio is resampled to 32 kHz with soxr")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--duration", type=finite, default=None, metavar="SECONDS",
                    help="stop after this much audio (default: until Ctrl-C / SIGTERM)")
     p.add_argument("--every-hop", action="store_true", help="also print every scored hop")
-    p.add_argument("--on", type=float, default=0.5, metavar="P", help="event onset threshold (default 0.5)")
-    p.add_argument("--off", type=float, default=None, metavar="P",
+    p.add_argument("--on", type=finite, default=0.5, metavar="P", help="event onset threshold (default 0.5)")
+    p.add_argument("--off", type=finite, default=None, metavar="P",
                    help="event offset threshold, below --on (default 0.6 x --on)")
-    p.add_argument("--min-duration", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--min-duration", type=finite, default=0.0, metavar="SECONDS",
                    help="shortest reported event (default 0: a single hop counts)")
     p.add_argument("--smooth", default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
                    help="per-label score smoothing over hops (default ema:0.7)")
+    p.add_argument("--min-level-dbfs", type=_level_floor, default=None, metavar="DBFS|off",
+                   help="level gate: a window whose audio RMS is below DBFS scores nothing (no event, "
+                        "no live tag). Default for softmax heads, which have no 'nothing' class and "
+                        f"name a class even for silence: {SOFTMAX_MIN_LEVEL_DBFS:g}; sigmoid heads: off")
 
     add_device_args(p)
     args = p.parse_args(argv)

@@ -36,7 +36,7 @@ from dymn_edge.runtime.rings import AudioRing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipRecorder", "ClipsError", "MAX_CLIP_SECONDS", "apply_retention", "clip_files"]
+__all__ = ["ClipRecorder", "ClipsError", "MAX_CLIP_SECONDS", "apply_retention", "check_clip_options", "clip_files"]
 
 #: Longest clip (without padding); a longer event keeps its last MAX_CLIP_SECONDS.
 MAX_CLIP_SECONDS = 60.0
@@ -128,6 +128,19 @@ def apply_retention(root: Path, *, max_bytes: int | None, max_days: float | None
     return deleted
 
 
+def check_clip_options(root: str | Path, *, pre: float, post: float, max_mb: float | None,
+                       max_days: float | None) -> None:
+    """The recorder's option checks, also run by ``--print-systemd-unit`` (nothing created)."""
+    if not (pre >= 0 and post >= 0):  # nan fails too
+        raise ClipsError(f"clip padding must be >= 0 s (pre {pre:g}, post {post:g})")
+    if max_mb is not None and not max_mb > 0:
+        raise ClipsError(f"--clips-max-mb must be positive, got {max_mb:g}")
+    if max_days is not None and not max_days > 0:
+        raise ClipsError(f"--clips-max-days must be positive, got {max_days:g}")
+    if Path(root).exists() and not Path(root).is_dir():
+        raise ClipsError(f"clips folder {root} is not a folder")
+
+
 class ClipRecorder(EventSink):
     """Sink writing one FLAC clip per closed event, with retention."""
 
@@ -136,12 +149,7 @@ class ClipRecorder(EventSink):
     def __init__(self, root: str | Path, *, pre: float = 1.0, post: float = 1.0,
                  max_mb: float | None = None, max_days: float | None = None,
                  min_free_mb: float = 200.0, sample_rate: int = 32000) -> None:
-        if pre < 0 or post < 0:
-            raise ClipsError(f"clip padding must be >= 0 s (pre {pre:g}, post {post:g})")
-        if max_mb is not None and max_mb <= 0:
-            raise ClipsError(f"--clips-max-mb must be positive, got {max_mb:g}")
-        if max_days is not None and max_days <= 0:
-            raise ClipsError(f"--clips-max-days must be positive, got {max_days:g}")
+        check_clip_options(root, pre=pre, post=post, max_mb=max_mb, max_days=max_days)
         self.root = Path(root)
         self.pre, self.post = float(pre), float(post)
         self.max_bytes = None if max_mb is None else int(max_mb * 1e6)

@@ -1,6 +1,12 @@
 """``dymn-listen`` as a device: the options and wiring of the database, clips, MQTT,
 per-label thresholds and the systemd unit (kept out of cli.py so the terminal tool stays
 small; everything here is off unless its option is given).
+
+A start checks the device options in :func:`check_device` (nothing opened or created) and
+then opens the sinks from its :class:`DevicePlan`; ``--print-systemd-unit`` runs the same
+checks (and everything else a start does before opening the microphone), so a unit that
+would crash-loop is never printed. Secrets never go into the unit: the MQTT password comes
+from ``--env-file`` (mode 0600, the unit's ``EnvironmentFile=``).
 """
 
 from __future__ import annotations
@@ -10,25 +16,30 @@ import getpass
 import logging
 import os
 import shlex
+import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from dymn_edge.cliutil import finite
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
-from dymn_edge.runtime.clips import ClipRecorder
-from dymn_edge.runtime.eventlog import EventLog
-from dymn_edge.runtime.mqtt import MqttPublisher, parse_mqtt_url
+from dymn_edge.runtime.clips import ClipRecorder, check_clip_options
+from dymn_edge.runtime.eventlog import EventLog, check_event_db
+from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, parse_mqtt_url
 from dymn_edge.runtime.thresholds import labels_in, load_thresholds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_device_args", "build_sinks", "per_label_thresholds", "systemd_unit", "DEVICE_EXAMPLES"]
+__all__ = ["add_device_args", "build_sinks", "check_device", "DevicePlan", "per_label_thresholds",
+           "read_env_file", "systemd_unit", "DEVICE_EXAMPLES"]
 
 #: Models with at most this many labels get one Home Assistant binary_sensor per label
 #: when neither --include nor --thresholds names the watched ones.
@@ -38,7 +49,8 @@ DEVICE_EXAMPLES = """\
 as a device (all off by default; see the README "Run it as a device"):
   dymn-listen --model m.tflite --db events.db --clips clips/ --clips-max-mb 500 \\
       --mqtt mqtt://user:pass@broker:1883/dymn-edge?node=garden --thresholds thresholds.toml
-  dymn-listen --model m.tflite --db events.db --print-systemd-unit > dymn-listen.service
+  dymn-listen --model m.tflite --db events.db --mqtt mqtt://user@broker --env-file mqtt.env \
+      --print-systemd-unit > dymn-listen.service      (mqtt.env, mode 0600: DYMN_EDGE_MQTT_PASSWORD=...)
   dymn-events events.db --summary                      detections per label and hour
 SIGHUP re-opens the database and the clips folder (log rotation); --include / --exclude
 apply to the database, clips and MQTT as to the terminal.
@@ -52,23 +64,27 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="write every closed event to this SQLite file (WAL; created if missing)")
     g.add_argument("--clips", metavar="DIR", default=None,
                    help="write each event's audio as FLAC into DIR/YYYY-MM-DD/")
-    g.add_argument("--clips-pre", type=float, default=1.0, metavar="SECONDS",
+    g.add_argument("--clips-pre", type=finite, default=1.0, metavar="SECONDS",
                    help="audio kept before an event's start (default 1)")
-    g.add_argument("--clips-post", type=float, default=1.0, metavar="SECONDS",
+    g.add_argument("--clips-post", type=finite, default=1.0, metavar="SECONDS",
                    help="audio kept after an event's end (default 1)")
-    g.add_argument("--clips-max-mb", type=float, default=None, metavar="MB",
+    g.add_argument("--clips-max-mb", type=finite, default=None, metavar="MB",
                    help="delete the oldest clips beyond this total size")
-    g.add_argument("--clips-max-days", type=float, default=None, metavar="DAYS",
+    g.add_argument("--clips-max-days", type=finite, default=None, metavar="DAYS",
                    help="delete clips older than this")
-    g.add_argument("--clips-min-free-mb", type=float, default=200.0, metavar="MB",
+    g.add_argument("--clips-min-free-mb", type=finite, default=200.0, metavar="MB",
                    help="write no clip while the disk has less free space than this (default 200)")
     g.add_argument("--mqtt", metavar="URL", default=None,
                    help="publish events to an MQTT broker: mqtt[s]://[user:pass@]host[:port][/prefix]"
                         "[?node=NAME&discovery=homeassistant|none&qos=1&queue=1000&ca=FILE]")
     g.add_argument("--thresholds", metavar="FILE", default=None,
                    help="per-label on / off / min_duration (CSV or TOML) over --on / --off / --min-duration")
+    g.add_argument("--env-file", metavar="FILE", default=None,
+                   help=f"KEY=VALUE lines (mode 0600) with secrets, e.g. {PASSWORD_ENV} for a --mqtt URL "
+                        "with a user and no password; the unit reads it as EnvironmentFile=")
     g.add_argument("--print-systemd-unit", action="store_true",
-                   help="print a systemd unit running this command line as a service, and exit")
+                   help="check the command line as a start would (model, options, files), print a "
+                        "systemd unit running it as a service, and exit")
 
 
 def per_label_thresholds(args: argparse.Namespace, labels: Sequence[Any], cfg: EventConfig) -> np.ndarray | None:
@@ -101,7 +117,73 @@ class _Filtered(EventSink):
         return self.inner.close()
 
 
-def build_sinks(args: argparse.Namespace, tagger: Any, filt: Any,
+@dataclass
+class DevicePlan:
+    """The device options, checked: what :func:`build_sinks` opens."""
+
+    mqtt: MqttConfig | None = None
+    watched: tuple[int, ...] = ()
+    env_file: Path | None = None
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (systemd ``EnvironmentFile=`` syntax: ``#`` comments, optional
+    quotes). Refused when group or others may read it: it holds secrets."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DymnEdgeError(f"--env-file {p}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise DymnEdgeError(f"--env-file {p} is not a file")
+    if mode & 0o077:
+        raise DymnEdgeError(f"--env-file {p} has mode {stat.S_IMODE(mode):04o}: group / others can read the "
+                            f"secrets in it; chmod 600 {p}")
+    env: dict[str, str] = {}
+    for k, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, eq, val = line.removeprefix("export ").partition("=")
+        key, val = key.strip(), val.strip()
+        if not eq or not key.replace("_", "").isalnum():
+            raise DymnEdgeError(f"--env-file {p}:{k}: not a KEY=VALUE line")
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "'\"":
+            val = val[1:-1]
+        env[key] = val
+    return env
+
+
+def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> DevicePlan:
+    """Every device option checked without opening or creating anything (a start and
+    ``--print-systemd-unit`` both run this)."""
+    env_vars = read_env_file(args.env_file) if args.env_file else {}
+    if args.clips:
+        check_clip_options(args.clips, pre=args.clips_pre, post=args.clips_post,
+                           max_mb=args.clips_max_mb, max_days=args.clips_max_days)
+    elif args.clips_max_mb is not None or args.clips_max_days is not None:
+        raise DymnEdgeError("--clips-max-mb / --clips-max-days need --clips DIR")
+    if args.db:
+        check_event_db(args.db)
+    plan = DevicePlan(env_file=Path(args.env_file).resolve() if args.env_file else None)
+    if args.mqtt:
+        if args.print_systemd_unit and urlsplit(args.mqtt).password:
+            raise DymnEdgeError(f"the --mqtt URL holds a password, which the unit would show to every "
+                                f"user: use mqtt://USER@HOST and put {PASSWORD_ENV}=... in a file of mode "
+                                "0600 given as --env-file FILE")
+        env: Mapping[str, str] = {**os.environ, **env_vars}
+        plan.mqtt = parse_mqtt_url(args.mqtt, env)
+        if plan.mqtt.username is not None and plan.mqtt.password is None:
+            log.warning("--mqtt: user %s without a password (no %s in the environment%s)",
+                        plan.mqtt.username, PASSWORD_ENV, " or --env-file" if args.env_file else "")
+        plan.watched = tuple(_watched(args, labels, filt))
+    elif args.env_file:
+        raise DymnEdgeError("--env-file holds secrets for --mqtt; it is used only with --mqtt")
+    return plan
+
+
+def build_sinks(args: argparse.Namespace, plan: DevicePlan, tagger: Any, filt: Any,
                 device_name: Callable[[], str], sample_rate: int) -> EventSink | None:
     """Clips, database and MQTT sinks in that order (a clip path is set before the row and
     the message are written), or None when no device option is given."""
@@ -113,18 +195,14 @@ def build_sinks(args: argparse.Namespace, tagger: Any, filt: Any,
                                       max_mb=args.clips_max_mb, max_days=args.clips_max_days,
                                       min_free_mb=args.clips_min_free_mb,
                                       sample_rate=sample_rate))
-        elif args.clips_max_mb is not None or args.clips_max_days is not None:
-            raise DymnEdgeError("--clips-max-mb / --clips-max-days need --clips DIR")
         if args.db:
             sinks.append(EventLog(args.db, model=Path(args.model).resolve(), device=device_name))
-        if args.mqtt:
-            cfg = parse_mqtt_url(args.mqtt)
-            watched = _watched(args, labels, filt)
+        if plan.mqtt is not None:
             try:
                 ver = version("dymn-edge")
             except PackageNotFoundError:
                 ver = ""
-            sinks.append(MqttPublisher(cfg, labels, watched=watched,
+            sinks.append(MqttPublisher(plan.mqtt, labels, watched=plan.watched,
                                        model_name=getattr(tagger.metadata, "model_name", ""),
                                        model_file=Path(args.model).name, version=ver))
     except Exception:
@@ -159,11 +237,13 @@ def _systemd_quote(arg: str) -> str:
 
 
 _PATH_OPTS = ("--model", "-m", "--db", "--clips", "--thresholds")
+_DROPPED_OPTS = ("--env-file",)  # becomes EnvironmentFile=
 
 
-def systemd_unit(argv: Sequence[str]) -> str:
-    """A unit file running ``dymn-listen argv`` (minus --print-systemd-unit) as a service,
-    with paths made absolute and restart on failure; SIGHUP (reload) re-opens files."""
+def systemd_unit(argv: Sequence[str], plan: DevicePlan | None = None) -> str:
+    """A unit file running ``dymn-listen argv`` (minus --print-systemd-unit and --env-file)
+    as a service, with paths made absolute and restart on failure; SIGHUP (reload) re-opens
+    files. The checks are the caller's (:func:`check_device` and the rest of a start)."""
     exe = Path(sys.executable).parent / "dymn-listen"
     exe_s = str(exe) if exe.exists() else "dymn-listen"
     args: list[str] = []
@@ -172,6 +252,10 @@ def systemd_unit(argv: Sequence[str]) -> str:
         if a == "--print-systemd-unit":
             continue
         opt, eq, val = a.partition("=")
+        if opt in _DROPPED_OPTS:
+            if not eq:
+                next(it, None)
+            continue
         if opt in _PATH_OPTS:
             if eq:
                 args.append(f"{opt}={Path(val).resolve()}")
@@ -184,6 +268,8 @@ def systemd_unit(argv: Sequence[str]) -> str:
         args.append(a)
     cmd = " ".join(_systemd_quote(x) for x in [exe_s, *args])
     user = getpass.getuser()
+    env_line = (f"EnvironmentFile={str(plan.env_file).replace('%', '%%')}\n"
+                if plan is not None and plan.env_file is not None else "")
     return f"""\
 # dymn-listen as a service. Install (as root):
 #   dymn-listen {' '.join(shlex.quote(a) for a in args)} --print-systemd-unit \\
@@ -201,7 +287,7 @@ User={user}
 SupplementaryGroups=audio
 WorkingDirectory={os.getcwd()}
 Environment=PYTHONUNBUFFERED=1
-ExecStart={cmd}
+{env_line}ExecStart={cmd}
 ExecReload=/bin/kill -HUP $MAINPID
 KillSignal=SIGTERM
 TimeoutStopSec=30

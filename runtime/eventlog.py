@@ -6,9 +6,16 @@ was closed before it (an event still open is not in the file; on a clean stop it
 and written). A ``schema_version`` table lets later versions migrate old files; a file
 from a newer version is refused rather than misread.
 
-Each row: label, mid, index, start / end as UTC ISO 8601 text and as stream seconds, peak
-and mean smoothed probability, the model file, its sha256, the input device, the clip file
-(if ``--clips``) and the host. ``dymn-events`` (:mod:`dymn_edge.runtime.events_cli`) reads it.
+Each row: label, mid, index, start / end as UTC ISO 8601 text and as stream seconds, the
+peak raw window probability (``peak_raw_prob``: what the model said), the peak and mean
+smoothed probability (``peak_smoothed_prob``, ``mean_prob``: what the thresholds saw), the
+model file, its sha256, the input device, the clip file (if ``--clips``) and the host.
+``dymn-events`` (:mod:`dymn_edge.runtime.events_cli`) reads it.
+
+Schema 1 (before 0.1 stored the raw peak) had one ``peak_prob`` column holding the smoothed
+peak; opening such a file for writing migrates it in one transaction (the column is renamed
+``peak_smoothed_prob``, ``peak_raw_prob`` is added and stays NULL on the old rows: that
+value was never recorded). Reading a schema-1 file maps it the same way without writing.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -30,9 +38,9 @@ from dymn_edge.runtime.sinks import EventSink
 log = logging.getLogger(__name__)
 
 __all__ = ["EventLog", "EventLogError", "EventQuery", "SCHEMA_VERSION", "file_sha256", "utc_iso", "query_events",
-           "open_readonly", "COLUMNS"]
+           "open_readonly", "check_event_db", "COLUMNS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -46,7 +54,8 @@ CREATE TABLE IF NOT EXISTS events (
     start_s REAL NOT NULL,
     end_s REAL NOT NULL,
     duration_s REAL NOT NULL,
-    peak_prob REAL NOT NULL,
+    peak_raw_prob REAL,
+    peak_smoothed_prob REAL NOT NULL,
     mean_prob REAL,
     model TEXT,
     model_sha256 TEXT,
@@ -61,7 +70,7 @@ CREATE INDEX IF NOT EXISTS events_label ON events (label);
 
 #: Columns of ``events`` in table order (what dymn-events exports).
 COLUMNS = ("id", "label", "mid", "label_index", "start_utc", "end_utc", "start_s", "end_s",
-           "duration_s", "peak_prob", "mean_prob", "model", "model_sha256", "device", "host",
+           "duration_s", "peak_raw_prob", "peak_smoothed_prob", "mean_prob", "model", "model_sha256", "device", "host",
            "clip", "recorded_utc")
 
 
@@ -70,8 +79,10 @@ class EventLogError(DymnEdgeError):
 
 
 def utc_iso(epoch: float) -> str:
-    """UTC ISO 8601 with milliseconds and a Z: sorts as text in time order."""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC ISO 8601 with milliseconds and a Z: sorts as text in time order (four-digit
+    years, also before 1000, where strftime's %Y would drop the zeros)."""
+    t = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return t.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -83,14 +94,29 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+#: How each schema stores the columns of :data:`COLUMNS` that later schemas renamed / added.
+_READ_AS = {1: {"peak_raw_prob": "NULL", "peak_smoothed_prob": "peak_prob"}}
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version (EventLogError when it is none or newer than this code)."""
     rows = conn.execute("SELECT version FROM schema_version").fetchall()
     if not rows:
         raise EventLogError(f"{path}: not a dymn-edge event database (empty schema_version table)")
-    version = max(r[0] for r in rows)
+    version = int(max(r[0] for r in rows))
     if version > SCHEMA_VERSION:
         raise EventLogError(f"{path}: event database schema version {version} is newer than this "
                             f"dymn-edge understands ({SCHEMA_VERSION}); upgrade dymn-edge")
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring an older file to :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
+    if version < 2:  # the smoothed peak was stored as peak_prob; the raw peak was not stored
+        conn.execute("ALTER TABLE events RENAME COLUMN peak_prob TO peak_smoothed_prob")
+        conn.execute("ALTER TABLE events ADD COLUMN peak_raw_prob REAL")
+    conn.execute("DELETE FROM schema_version")
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
 class EventLog(EventSink):
@@ -121,13 +147,24 @@ class EventLog(EventSink):
                 log.warning("%s: SQLite refused WAL mode (journal_mode=%s)", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
             conn.execute("BEGIN IMMEDIATE")
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            if not conn.execute("SELECT 1 FROM schema_version").fetchone():
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "events" in tables and "schema_version" in tables:
+                version = _check_version(conn, self.path)
+                if version < SCHEMA_VERSION:
+                    _migrate(conn, version)
+                    log.warning("%s: event database migrated from schema %d to %d", self.path,
+                                version, SCHEMA_VERSION)
+            else:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                if not conn.execute("SELECT 1 FROM schema_version").fetchone():
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
             _check_version(conn, self.path)
+        except EventLogError:
+            conn.close()
+            raise
         except (sqlite3.Error, OSError) as exc:
             raise EventLogError(f"cannot open event database {self.path}: {exc}") from exc
         self.conn = conn
@@ -142,16 +179,16 @@ class EventLog(EventSink):
         end_utc = ev.end_utc if ev.end_utc is not None else start_utc + (ev.duration or 0.0)
         row = (ev.label.display_name, ev.label.mid, ev.label.index, utc_iso(start_utc), utc_iso(end_utc),
                round(ev.start, 3), round(float(ev.end if ev.end is not None else ev.start), 3),
-               round(ev.duration or 0.0, 3), float(ev.probability),
-               None if ev.mean is None else float(ev.mean), self.model, self.model_sha256,
+               round(ev.duration or 0.0, 3), None if ev.peak_raw is None else float(ev.peak_raw),
+               float(ev.probability), None if ev.mean is None else float(ev.mean), self.model, self.model_sha256,
                self.device() if callable(self.device) else self.device, self.host, ev.clip,
                utc_iso(dt.datetime.now(dt.timezone.utc).timestamp()))
         with self.conn:  # one transaction per event (sqlite3 commits on leaving the block)
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute(
                 "INSERT INTO events (label, mid, label_index, start_utc, end_utc, start_s, end_s, "
-                "duration_s, peak_prob, mean_prob, model, model_sha256, device, host, clip, "
-                "recorded_utc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "duration_s, peak_raw_prob, peak_smoothed_prob, mean_prob, model, model_sha256, device, "
+                "host, clip, recorded_utc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         self.written += 1
 
     def reopen(self) -> None:
@@ -170,6 +207,21 @@ class EventLog(EventSink):
     def close(self) -> dict[str, Any]:
         self._close_conn()
         return {"db_events": self.written}
+
+
+def check_event_db(path: str | Path) -> None:
+    """What :meth:`EventLog.open` would refuse, found without writing (``--print-systemd-unit``):
+    an existing file must be an event database this version reads; a new one needs a
+    folder it can be created in."""
+    p = Path(path)
+    if p.exists():
+        if p.is_dir():
+            raise EventLogError(f"event database {p} is a folder")
+        open_readonly(p).close()
+        return
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise EventLogError(f"cannot create event database {p}: {parent} is not a writable folder")
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -200,7 +252,7 @@ class EventQuery:
     labels: Sequence[str] = ()  # display names (case-insensitive) or mids
     since: str | None = None  # UTC ISO text, compared as text
     until: str | None = None
-    min_prob: float | None = None
+    min_prob: float | None = None  # on the raw peak (the smoothed one for schema-1 rows, which lack it)
     limit: int | None = None
     newest_first: bool = False
 
@@ -219,10 +271,12 @@ def query_events(conn: sqlite3.Connection, q: EventQuery) -> Iterator[dict[str, 
     if q.until:
         where.append("start_utc < ?")
         args.append(q.until)
+    version = int(conn.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+    expr = {c: _READ_AS.get(version, {}).get(c, c) for c in COLUMNS}
     if q.min_prob is not None:
-        where.append("peak_prob >= ?")
+        where.append(f"coalesce({expr['peak_raw_prob']}, {expr['peak_smoothed_prob']}) >= ?")
         args.append(q.min_prob)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM events"
+    sql = f"SELECT {', '.join(f'{e} AS {c}' for c, e in expr.items())} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY start_utc " + ("DESC" if q.newest_first else "ASC") + ", id"

@@ -15,11 +15,22 @@ a small state machine over its smoothed score:
 
 Times resolve to the hop: an event starts where the new audio of its first active hop
 starts (window end - hop) and ends at the end of its last active hop's window.
+
+An event carries two peaks: the smoothed one (what crossed the thresholds) and the raw one
+(the highest window score the model gave): smoothing lowers a short, sure detection
+(a single 0.99 window reads 0.70 after an ema of 0.7), so a log keeps both.
+
+Level gate: a softmax head has no "nothing" class, so silence and hum are still some
+class, with confidence. With ``min_level_dbfs`` set, a window whose audio RMS is below that
+floor counts as all-zero scores (no onset; a running event fades out as after silence),
+as keyword spotters gate on energy. The level is measured by the caller on the window's
+own audio (:func:`level_dbfs`); scoring never sees the gate.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +39,20 @@ import numpy as np
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.labels import Label
 
-__all__ = ["EventConfig", "Event", "EventTracker"]
+__all__ = ["EventConfig", "Event", "EventTracker", "level_dbfs", "SOFTMAX_MIN_LEVEL_DBFS"]
+
+#: Default level gate (dBFS, RMS re full scale 1.0) for softmax heads; see the README
+#: "Run it as a device" for how it was measured on FSDD speech, silence and low noise.
+SOFTMAX_MIN_LEVEL_DBFS = -60.0
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    """RMS level in dBFS (20 log10 RMS, full scale 1.0); -inf for digital silence."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return float("-inf")
+    ms = float(np.mean(x * x))
+    return 10.0 * math.log10(ms) if ms > 0 else float("-inf")
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,7 @@ class EventConfig:
     smoothing: str = "ema"  # "ema" | "median" | "none"
     alpha: float = 0.7  # ema weight of the newest hop (1 = no smoothing)
     median: int = 3  # hops in the running median
+    min_level_dbfs: float | None = None  # level gate: windows below it score nothing (None = off)
 
     def validate(self) -> "EventConfig":
         if not 0.0 < self.on <= 1.0:
@@ -55,6 +80,9 @@ class EventConfig:
             raise DymnEdgeError(f"ema alpha must be in (0, 1], got {self.alpha:g}")
         if self.median < 1:
             raise DymnEdgeError(f"median length must be >= 1 hop, got {self.median}")
+        if self.min_level_dbfs is not None and not (math.isfinite(self.min_level_dbfs)
+                                                    and self.min_level_dbfs <= 0):
+            raise DymnEdgeError(f"level floor must be a finite dBFS value <= 0, got {self.min_level_dbfs:g}")
         return self
 
 
@@ -66,8 +94,9 @@ class Event:
     label: Label
     start: float
     end: float | None
-    probability: float  # peak smoothed score so far
+    probability: float  # peak smoothed score so far (what crossed the thresholds)
     mean: float | None = None  # mean smoothed score over the event's hops (set on "end")
+    peak_raw: float | None = None  # peak raw window score so far (the model's own output)
     # set by the listener (it knows the wall clock), for sinks: UTC epoch seconds, clip file
     start_utc: float | None = None
     end_utc: float | None = None
@@ -106,6 +135,8 @@ class EventTracker:
         self._active = np.zeros(n, dtype=bool)  # confirmed (reported) events
         self._start = np.zeros(n, dtype=np.float64)
         self._peak = np.zeros(n, dtype=np.float64)
+        self._peak_raw = np.zeros(n, dtype=np.float64)
+        self.gated = False  # the last window was below the level floor
         self._last_end = np.zeros(n, dtype=np.float64)
         self._sum = np.zeros(n, dtype=np.float64)  # smoothed scores summed over the event
         self._hops = np.zeros(n, dtype=np.int64)
@@ -119,9 +150,18 @@ class EventTracker:
             return c.alpha * p + (1.0 - c.alpha) * self.smoothed
         return p
 
-    def update(self, end: float, probabilities: np.ndarray) -> list[Event]:
-        """Feed the scores of the window ending at ``end`` (s); return the event changes."""
+    def below_floor(self, level: float | None) -> bool:
+        """Whether a window of this level (dBFS) is gated (no floor or no level: never)."""
+        floor = self.config.min_level_dbfs
+        return floor is not None and level is not None and level < floor
+
+    def update(self, end: float, probabilities: np.ndarray, level: float | None = None) -> list[Event]:
+        """Feed the scores of the window ending at ``end`` (s) and the window's audio level
+        (dBFS, for the level gate); return the event changes."""
         p = np.asarray(probabilities, dtype=np.float64)
+        self.gated = self.below_floor(level)
+        if self.gated:
+            p = np.zeros_like(p)
         self.smoothed = self._smooth(p)
         self._first = False
         s = self.smoothed
@@ -133,10 +173,12 @@ class EventTracker:
         starting = above_on & np.isnan(self._pending) & ~self._active
         self._pending[starting] = hop_start
         self._peak[starting] = 0.0
+        self._peak_raw[starting] = 0.0
         self._sum[starting] = 0.0
         self._hops[starting] = 0
         tracking = ~np.isnan(self._pending) | self._active
         self._peak[tracking] = np.maximum(self._peak[tracking], s[tracking])
+        self._peak_raw[tracking] = np.maximum(self._peak_raw[tracking], p[tracking])
         counted = tracking & above_off
         self._sum[counted] += s[counted]
         self._hops[counted] += 1
@@ -151,12 +193,13 @@ class EventTracker:
             self._active[i] = True
             self._start[i] = self._pending[i]
             changes.append(Event("start", self.labels[i], float(self._start[i]), None,
-                                 float(self._peak[i])))
+                                 float(self._peak[i]), peak_raw=float(self._peak_raw[i])))
         # offsets
         ending = self._active & ~above_off
         for i in np.flatnonzero(ending):
             changes.append(Event("end", self.labels[i], float(self._start[i]),
-                                 float(self._last_end[i]), float(self._peak[i]), self._mean(i)))
+                                 float(self._last_end[i]), float(self._peak[i]), self._mean(i),
+                                 peak_raw=float(self._peak_raw[i])))
             self._active[i] = False
             self._pending[i] = np.nan
         return changes
@@ -167,7 +210,7 @@ class EventTracker:
         for i in np.flatnonzero(self._active):
             stop = float(self._last_end[i]) if end is None else float(end)
             changes.append(Event("end", self.labels[i], float(self._start[i]), stop,
-                                 float(self._peak[i]), self._mean(i)))
+                                 float(self._peak[i]), self._mean(i), peak_raw=float(self._peak_raw[i])))
         self._active[:] = False
         self._pending[:] = np.nan
         return changes

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.cliutil import run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, run_guarded, setup_logging
 from dymn_edge.runtime.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
@@ -32,7 +32,8 @@ examples:
   dymn-events events.db --summary --since 7d            events per label and hour (UTC)
 """
 
-SUMMARY_COLUMNS = ("hour_utc", "label", "events", "total_s", "max_peak_prob", "mean_prob")
+SUMMARY_COLUMNS = ("hour_utc", "label", "events", "total_s", "max_peak_raw_prob", "max_peak_smoothed_prob",
+                   "mean_prob")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -42,7 +43,10 @@ def parse_time(text: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
     m = _AGE.match(text)
     if m:
-        t = now - dt.timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+        try:
+            t = now - dt.timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+        except OverflowError:  # timedelta / datetime out of range (before year 1)
+            raise DymnEdgeError(f"time '{text}' reaches before year 1; give a shorter age") from None
     else:
         try:
             t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -55,15 +59,18 @@ def parse_time(text: str, now: dt.datetime | None = None) -> str:
 
 
 def summary_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events per (UTC hour, label): count, total seconds, max peak, mean of means."""
+    """Events per (UTC hour, label): count, total seconds, max raw and smoothed peaks, mean of
+    means (the raw peak is None where no row has one: schema-1 files did not record it)."""
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         key = (r["start_utc"][:13] + ":00Z", r["label"])
         a = acc.setdefault(key, {"hour_utc": key[0], "label": key[1], "events": 0, "total_s": 0.0,
-                                 "max_peak_prob": 0.0, "_means": []})
+                                 "max_peak_raw_prob": None, "max_peak_smoothed_prob": 0.0, "_means": []})
         a["events"] += 1
         a["total_s"] += float(r["duration_s"] or 0.0)
-        a["max_peak_prob"] = max(a["max_peak_prob"], float(r["peak_prob"] or 0.0))
+        if r["peak_raw_prob"] is not None:
+            a["max_peak_raw_prob"] = max(a["max_peak_raw_prob"] or 0.0, float(r["peak_raw_prob"]))
+        a["max_peak_smoothed_prob"] = max(a["max_peak_smoothed_prob"], float(r["peak_smoothed_prob"] or 0.0))
         if r["mean_prob"] is not None:
             a["_means"].append(float(r["mean_prob"]))
     out = []
@@ -71,7 +78,9 @@ def summary_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         a = acc[key]
         means = a.pop("_means")
         a["total_s"] = round(a["total_s"], 3)
-        a["max_peak_prob"] = round(a["max_peak_prob"], 6)
+        if a["max_peak_raw_prob"] is not None:
+            a["max_peak_raw_prob"] = round(a["max_peak_raw_prob"], 6)
+        a["max_peak_smoothed_prob"] = round(a["max_peak_smoothed_prob"], 6)
         a["mean_prob"] = round(sum(means) / len(means), 6) if means else None
         out.append(a)
     return out
@@ -98,12 +107,15 @@ def _write(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, out: Te
             out.write("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() + "\n")
 
 
-TABLE_COLUMNS = ("id", "start_utc", "duration_s", "label", "peak_prob", "mean_prob", "clip")
+TABLE_COLUMNS = ("id", "start_utc", "duration_s", "label", "peak_raw_prob", "peak_smoothed_prob", "mean_prob",
+                 "clip")
 
 
 def _events(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise DymnEdgeError(f"--limit must be >= 1, got {args.limit}")
+    if args.min_prob is not None and not 0.0 <= args.min_prob <= 1.0:  # nan fails this too
+        raise DymnEdgeError(f"--min-prob must be a probability in [0, 1], got {args.min_prob:g}")
     q = EventQuery(labels=[x for item in args.label for x in item.split("|")],
                    since=parse_time(args.since) if args.since else None,
                    until=parse_time(args.until) if args.until else None,
@@ -127,14 +139,16 @@ def _events(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-events``."""
-    p = argparse.ArgumentParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
+    p = OneLineErrorParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("db", metavar="DB", help="SQLite file written by dymn-listen --db")
     p.add_argument("--label", action="append", default=[], metavar="NAME|MID",
                    help="only these labels (display name, case-insensitive, or mid; repeat or use |)")
     p.add_argument("--since", metavar="TIME", help="events starting at or after TIME (ISO, or 30m / 6h / 7d ago)")
     p.add_argument("--until", metavar="TIME", help="events starting before TIME")
-    p.add_argument("--min-prob", type=float, default=None, metavar="P", help="peak probability >= P")
+    p.add_argument("--min-prob", type=float, default=None, metavar="P",
+                   help="raw peak probability >= P (rows of schema-1 files, which have no raw peak: "
+                        "their smoothed peak)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N events")
     p.add_argument("--newest-first", action="store_true", help="newest events first")
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table",

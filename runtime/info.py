@@ -103,6 +103,9 @@ def describe(meta: ModelMetadata, path: Path | None = None) -> str:
         model += "; UNTRAINED random-init structural model: its scores are meaningless"
     rows.append(("model", model))
     rows.append(("task", f"{meta.task} ({meta.output_activation} over {meta.num_classes} classes)"))
+    if meta.output_activation == "softmax":  # closed set: silence and noise still get a class
+        rows.append(("", "softmax head: no 'nothing' class, one label always wins, even on silence or "
+                         "unrelated sound (dymn-listen gates quiet windows: --min-level-dbfs)"))
     rows.append(("labels", f"{len(meta.labels)}: {shown}"))
     shape = "any length (dynamic time)" if meta.dynamic_time else "fixed input"
     if meta.takes_waveform:  # frontend and activation inside the graph

@@ -411,10 +411,10 @@ class Listener:
 
     def _handle(self, update: StreamUpdate, on_hop: HopSink | None) -> None:
         """Scores of one update -> stats, event tracker, sinks, ``on_hop``."""
-        for scores, ms in zip(update.scores, update.inference_ms):
+        for scores, ms, level in zip(update.scores, update.inference_ms, update.levels):
             self.stats.hops_run += 1
             self.stats.add_inference(ms)
-            events = self.tracker.update(scores.end, scores.probabilities)
+            events = self.tracker.update(scores.end, scores.probabilities, level)
             self._dispatch(events)
             if on_hop:
                 on_hop(scores, events, self.stats)

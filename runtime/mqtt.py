@@ -1,10 +1,16 @@
 """MQTT publisher with Home Assistant discovery (``dymn-listen --mqtt URL``).
 
 URL: ``mqtt://[user:pass@]host[:1883][/prefix][?node=NAME&discovery=homeassistant&qos=1&queue=1000&ca=FILE]``
-(``mqtts://`` = TLS, port 8883, system CAs unless ``ca=``). With ``B = prefix/node``
+(``mqtts://`` = TLS, port 8883, system CAs unless ``ca=``, which must be a readable file).
+A password is best kept out of the URL (command lines are visible in ``ps`` and in a unit
+file): with ``user@host`` and no password in the URL, the password is read from the
+environment variable ``DYMN_EDGE_MQTT_PASSWORD`` (a systemd ``EnvironmentFile=`` with mode
+0600; ``dymn-listen --print-systemd-unit --env-file``). With ``B = prefix/node``
 (prefix default ``dymn-edge``, node default the host name):
 
-- ``B/event``: one JSON message per onset and per offset (QoS ``qos``, not retained);
+- ``B/event``: one JSON message per onset and per offset (QoS ``qos``, not retained), with
+  ``peak_raw_prob`` (the highest window score) and ``peak_smoothed_prob`` (what crossed the
+  thresholds);
 - ``B/last_event``: the latest of those, retained (a Home Assistant ``sensor``);
 - ``B/label/<label>/state``: ``ON`` / ``OFF``, retained, for each watched label (one
   Home Assistant ``binary_sensor`` each);
@@ -33,7 +39,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -46,9 +52,11 @@ from dymn_edge.runtime.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttConfig", "MqttPublisher", "MqttError", "parse_mqtt_url", "slug"]
+__all__ = ["MqttConfig", "MqttPublisher", "MqttError", "parse_mqtt_url", "slug", "PASSWORD_ENV"]
 
 CLOSE_GRACE_S = 5.0
+#: Where the broker password comes from when the URL names a user but no password.
+PASSWORD_ENV = "DYMN_EDGE_MQTT_PASSWORD"
 
 
 class MqttError(DymnEdgeError):
@@ -97,8 +105,11 @@ class MqttConfig:
         return f"{self.base}/label/{slug(label.display_name)}/state"
 
 
-def parse_mqtt_url(url: str) -> MqttConfig:
-    """MqttConfig from ``mqtt[s]://user:pass@host:port/prefix?node=..`` (MqttError if bad)."""
+def parse_mqtt_url(url: str, env: Mapping[str, str] | None = None) -> MqttConfig:
+    """MqttConfig from ``mqtt[s]://user:pass@host:port/prefix?node=..`` (MqttError if bad).
+
+    ``env`` (default ``os.environ``) supplies :data:`PASSWORD_ENV` for a user without a
+    password in the URL."""
     u = urlsplit(url)
     if u.scheme not in ("mqtt", "mqtts"):
         raise MqttError(f"--mqtt URL must start with mqtt:// or mqtts://, got '{url}'")
@@ -112,6 +123,9 @@ def parse_mqtt_url(url: str) -> MqttConfig:
     cfg = MqttConfig(host=u.hostname, port=port or (8883 if tls else 1883), tls=tls,
                      username=unquote(u.username) if u.username else None,
                      password=unquote(u.password) if u.password else None)
+    env = os.environ if env is None else env
+    if cfg.username is not None and cfg.password is None and env.get(PASSWORD_ENV):
+        cfg.password = env[PASSWORD_ENV]
     prefix = u.path.strip("/")
     if u.fragment or url.rstrip().endswith("#"):
         raise MqttError(f"--mqtt topic prefix must not hold MQTT wildcards (# or +): '{url}'")
@@ -146,6 +160,11 @@ def parse_mqtt_url(url: str) -> MqttConfig:
     if cfg.keepalive < 5:
         raise MqttError(f"--mqtt keepalive must be >= 5 s, got {cfg.keepalive}")
     cfg.ca = q.get("ca") or None
+    if cfg.ca is not None:
+        if not tls:
+            raise MqttError(f"--mqtt ca={cfg.ca} needs an mqtts:// URL (TLS)")
+        if not os.path.isfile(cfg.ca) or not os.access(cfg.ca, os.R_OK):
+            raise MqttError(f"--mqtt CA file not found or not readable: {cfg.ca}")
     return cfg
 
 
@@ -153,7 +172,8 @@ def event_payload(ev: Event, *, node: str, model: str | None) -> dict[str, Any]:
     """The JSON of one onset / offset message."""
     obj: dict[str, Any] = {"event": ev.kind, "label": ev.label.display_name, "mid": ev.label.mid,
                            "index": ev.label.index, "start_s": round(ev.start, 3),
-                           "peak_prob": round(ev.probability, 6), "node": node}
+                           "peak_raw_prob": None if ev.peak_raw is None else round(ev.peak_raw, 6),
+                           "peak_smoothed_prob": round(ev.probability, 6), "node": node}
     if ev.start_utc is not None:
         obj["start_utc"] = utc_iso(ev.start_utc)
     if ev.kind == "end":
@@ -212,7 +232,10 @@ class MqttPublisher(EventSink):
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca)
+            try:
+                client.tls_set(ca_certs=cfg.ca)
+            except (OSError, ValueError) as exc:  # ssl.SSLError: a CA file that holds no certificate
+                raise MqttError(f"--mqtt TLS setup failed (ca={cfg.ca or 'system CAs'}): {exc}") from exc
         client.will_set(cfg.availability_topic, "offline", qos=1, retain=True)
         client.max_queued_messages_set(cfg.queue)
         client.reconnect_delay_set(min_delay=1, max_delay=60)

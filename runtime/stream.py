@@ -28,8 +28,10 @@ per-window path instead: the tagger's own preparation (centred in zeros when sho
 tagger's noise floor, the frontend on that window alone), equal to the file tagger's window
 ``[t - window, t]``.
 
-Event logic (smoothing, hysteresis) lives in :mod:`dymn_edge.runtime.events`; capture and
-resampling in :mod:`dymn_edge.runtime.microphone`.
+Event logic (smoothing, hysteresis, the level gate) lives in :mod:`dymn_edge.runtime.events`;
+the scorer only measures each scored window's audio level (RMS dBFS of the window's own
+samples, before the noise floor) for it. Capture and resampling live in
+:mod:`dymn_edge.runtime.microphone`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.runtime.events import level_dbfs
 from dymn_edge.runtime.rings import AudioRing, LogMelTrack
 from dymn_edge.runtime.tagger import Tagger, WindowScores
 
@@ -51,11 +54,13 @@ __all__ = ["StreamingScorer", "StreamUpdate", "score_wave"]
 
 @dataclass
 class StreamUpdate:
-    """What one ``push`` produced: scored windows (in order) and hops skipped on request."""
+    """What one ``push`` produced: scored windows (in order), each window's audio level (dBFS,
+    for the event tracker's level gate) and hops skipped on request."""
 
     scores: list[WindowScores] = field(default_factory=list)
     skipped: int = 0
     inference_ms: list[float] = field(default_factory=list)
+    levels: list[float] = field(default_factory=list)
 
 
 class StreamingScorer:
@@ -90,7 +95,8 @@ class StreamingScorer:
     def _new_stretch(self) -> None:
         self._ring.clear()
         self._origin = self.total  # first sample of the current contiguous stretch
-        self._pending: list[int] = []  # ends (stream samples) of full windows awaiting frames
+        # (end in stream samples, audio level) of full windows awaiting their last frames
+        self._pending: list[tuple[int, float]] = []
         if self.sliced:
             self._track.reset(self._origin)
 
@@ -165,10 +171,11 @@ class StreamingScorer:
                 skipped += 1
                 continue
             if self.sliced and n == self.window and self._track.on_grid(self.total - n):
-                self._pending.append(self.total)
+                self._pending.append((self.total, level_dbfs(self._ring.latest(n))))
                 self._score_pending(update)
                 continue
             seg = self._ring.latest(n)
+            update.levels.append(level_dbfs(seg))
             t0 = time.perf_counter()
             scores = self.tagger.score(seg, (self.total - n) / self.sample_rate,
                                        self.total / self.sample_rate)
@@ -182,11 +189,12 @@ class StreamingScorer:
     def _score_pending(self, update: StreamUpdate) -> None:
         """Score the waiting full windows whose frames are all in the ring, oldest first."""
         while self._pending:
-            end = self._pending[0]
+            end, level = self._pending[0]
             mel = self._track.window(end - self.window, self.window_frames)
             if mel is None:
                 return
             self._pending.pop(0)
+            update.levels.append(level)
             t0 = time.perf_counter()
             update.scores.append(self.tagger.score_frames(mel, (end - self.window) / self.sample_rate,
                                                           end / self.sample_rate))

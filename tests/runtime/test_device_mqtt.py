@@ -23,7 +23,7 @@ import pytest
 from conftest import in_ci
 from dymn_edge.labels import Label
 from dymn_edge.runtime.events import Event
-from dymn_edge.runtime.mqtt import MqttError, parse_mqtt_url
+from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttError, MqttPublisher, parse_mqtt_url
 
 LABELS = [Label(i, f"/m/d{i}", name) for i, name in enumerate(["zero", "one", "two", "Dog bark"])]
 HA_BINARY_KEYS = {"name", "unique_id", "state_topic", "payload_on", "payload_off", "availability_topic",
@@ -154,12 +154,10 @@ def broker(tmp_path: Path):
 def _ev(kind: str, i: int, start: float, end: float | None = None) -> Event:
     now = time.time()
     return Event(kind, LABELS[i], start, end, 0.9, 0.8 if end else None, start_utc=now - 1,
-                 end_utc=now if end else None)
+                 end_utc=now if end else None, peak_raw=0.99)
 
 
 def _publisher(url: str, **kw: Any):
-    from dymn_edge.runtime.mqtt import MqttPublisher
-
     return MqttPublisher(parse_mqtt_url(url), LABELS, model_name="dymn-s", model_file="m.onnx", **kw)
 
 
@@ -171,9 +169,14 @@ def test_url_parsing_and_errors() -> None:
     assert parse_mqtt_url("mqtt://h?discovery=none").discovery is None
     for bad, msg in [("http://h", "must start with mqtt://"), ("mqtt://h?color=red", "unknown option"),
                      ("mqtt://h:99999", "bad port"), ("mqtt://h?qos=3", "qos must be"),
-                     ("mqtt://h/a/#", "wildcards"), ("mqtt://h/a/+/b", "wildcards")]:
+                     ("mqtt://h/a/#", "wildcards"), ("mqtt://h/a/+/b", "wildcards"),
+                     ("mqtts://h?ca=/missing/ca.crt", "CA file not found"), ("mqtt://h?ca=/etc/hostname", "needs an mqtts")]:
         with pytest.raises(MqttError, match=msg):
             parse_mqtt_url(bad)
+    # the password of a user without one in the URL comes from the environment (a unit's EnvironmentFile)
+    assert parse_mqtt_url("mqtt://pi@h", {PASSWORD_ENV: "p:w"}).password == "p:w"
+    assert parse_mqtt_url("mqtt://pi:url@h", {PASSWORD_ENV: "p:w"}).password == "url"
+    assert parse_mqtt_url("mqtt://h", {PASSWORD_ENV: "p:w"}).password is None  # no user, no password
 
 
 def test_events_availability_and_discovery(broker: Broker) -> None:
@@ -194,6 +197,7 @@ def test_events_availability_and_discovery(broker: Broker) -> None:
     assert [(e["event"], e["label"]) for e in events] == [("start", "Dog bark"), ("end", "Dog bark"),
                                                           ("start", "one"), ("end", "one")]
     assert events[1]["duration_s"] == 1.5 and events[1]["mid"] == "/m/d3" and "end_utc" in events[1]
+    assert (events[1]["peak_raw_prob"], events[1]["peak_smoothed_prob"]) == (0.99, 0.9)  # named as such
     assert sub.on("t/kitchen/label/dog_bark/state") == [b"OFF", b"ON", b"OFF"]
     assert sub.on("t/kitchen/label/one/state") == []
     assert json.loads(sub.on("t/kitchen/last_event")[-1])["label"] == "one"
@@ -280,8 +284,13 @@ def test_tls_and_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     url = f"mqtts://pi:s3cret%3A%40%2Fx@127.0.0.1:{b.port}/s?node=n&discovery=none&ca={d}/ca.crt"
     pub = _publisher(url)
     bad = _publisher(f"mqtts://pi:wrong@127.0.0.1:{b.port}/s?node=bad&discovery=none&ca={d}/ca.crt")
+    from_env = MqttPublisher(parse_mqtt_url(f"mqtts://pi@127.0.0.1:{b.port}/s?node=env&discovery=none&ca={d}/ca.crt",
+                                            {PASSWORD_ENV: "s3cret:@/x"}), LABELS)
+    (d / "not-a-ca.crt").write_text("no certificate here\n")
+    with pytest.raises(MqttError, match="TLS setup failed"):
+        _publisher(f"mqtts://127.0.0.1:{b.port}?ca={d}/not-a-ca.crt")
     try:
-        assert sub.wait_for(lambda: pub.connected, timeout=20)
+        assert sub.wait_for(lambda: pub.connected and from_env.connected, timeout=20)
         pub.event(_ev("start", 2, 1.0))
         assert sub.wait_for(lambda: len(sub.on("s/n/event")) == 1)
         assert json.loads(sub.on("s/n/event")[0])["label"] == "two"
@@ -291,6 +300,7 @@ def test_tls_and_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     finally:
         counters = pub.close()
         bad_counters = bad.close()
+        from_env.close()
         sub.close()
         b.stop()
     assert counters["mqtt_sent"] == 1 and counters["mqtt_unsent"] == 0

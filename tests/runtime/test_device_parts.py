@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -90,8 +91,10 @@ def test_listen_unknown_threshold_label_is_one_line_error(fsdd_onnx: Path, tmp_p
 # -- event log and dymn-events -----------------------------------------------------------------
 
 
-def _end(i: int, start: float, end: float, t0: float, peak: float = 0.9, clip: str | None = None) -> Event:
-    return Event("end", LABELS[i], start, end, peak, peak - 0.1, start_utc=t0 + start, end_utc=t0 + end, clip=clip)
+def _end(i: int, start: float, end: float, t0: float, peak: float = 0.9, clip: str | None = None,
+         raw: float = 0.99) -> Event:
+    return Event("end", LABELS[i], start, end, peak, peak - 0.1, start_utc=t0 + start, end_utc=t0 + end, clip=clip,
+                 peak_raw=raw)
 
 
 def _filled_db(tmp_path: Path) -> tuple[Path, float]:
@@ -102,7 +105,7 @@ def _filled_db(tmp_path: Path) -> tuple[Path, float]:
     log = EventLog(db, model=model, device="0: USB mic")
     log.event(Event("start", LABELS[0], 1.0, None, 0.7))  # onsets are not rows
     log.event(_end(0, 1.0, 2.5, t0))
-    log.event(_end(1, 3.0, 3.5, t0, peak=0.6))
+    log.event(_end(1, 3.0, 3.5, t0, peak=0.6, raw=0.65))
     log.reopen()  # SIGHUP
     log.event(_end(0, 4000.0, 4001.0, t0, clip="/c/x.flac"))  # an hour later
     assert log.close() == {"db_events": 3}
@@ -121,7 +124,8 @@ def test_event_log_rows_schema_and_wal(tmp_path: Path) -> None:
         ("Dog", "/m/0bt9lr", 4000.0, 4001.0, 1.0)]
     assert rows[0]["start_utc"] == "2026-05-28T20:26:41.000Z" and rows[0]["end_utc"] == "2026-05-28T20:26:42.500Z"
     assert rows[0]["model_sha256"] == file_sha256(tmp_path / "m.onnx") and rows[0]["device"] == "0: USB mic"
-    assert rows[0]["peak_prob"] == pytest.approx(0.9) and rows[0]["mean_prob"] == pytest.approx(0.8)
+    assert rows[0]["peak_raw_prob"] == pytest.approx(0.99) and rows[0]["peak_smoothed_prob"] == pytest.approx(0.9)
+    assert rows[0]["mean_prob"] == pytest.approx(0.8)
     assert rows[2]["clip"] == "/c/x.flac" and rows[0]["clip"] is None
 
 
@@ -143,7 +147,8 @@ def test_dymn_events_list_filter_export_and_summary(tmp_path: Path, capsys: pyte
     db, _ = _filled_db(tmp_path)
     assert events_main([str(db)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["id", "start_utc", "duration_s", "label", "peak_prob", "mean_prob", "clip"]
+    assert table[0].split() == ["id", "start_utc", "duration_s", "label", "peak_raw_prob", "peak_smoothed_prob",
+                                "mean_prob", "clip"]
     assert len(table) == 4
     assert events_main([str(db), "--label", "dog", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -152,15 +157,18 @@ def test_dymn_events_list_filter_export_and_summary(tmp_path: Path, capsys: pyte
                         "2026-05-28T20:30", "--newest-first"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(o["label"], o["start_s"]) for o in objs] == [("Dog", 4000.0)]
+    assert events_main([str(db), "--format", "jsonl", "--min-prob", "0.95"]) == 0  # on the raw peak
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(o["label"], o["peak_raw_prob"]) for o in objs] == [("Dog", 0.99), ("Dog", 0.99)]
     assert events_main([str(db), "--summary", "--format", "jsonl"]) == 0
     summ = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert summ == [
-        {"hour_utc": "2026-05-28T20:00Z", "label": "Dog", "events": 1, "total_s": 1.5, "max_peak_prob": 0.9,
-         "mean_prob": 0.8},
-        {"hour_utc": "2026-05-28T20:00Z", "label": "Siren", "events": 1, "total_s": 0.5, "max_peak_prob": 0.6,
-         "mean_prob": 0.5},
-        {"hour_utc": "2026-05-28T21:00Z", "label": "Dog", "events": 1, "total_s": 1.0, "max_peak_prob": 0.9,
-         "mean_prob": 0.8}]
+        {"hour_utc": "2026-05-28T20:00Z", "label": "Dog", "events": 1, "total_s": 1.5, "max_peak_raw_prob": 0.99,
+         "max_peak_smoothed_prob": 0.9, "mean_prob": 0.8},
+        {"hour_utc": "2026-05-28T20:00Z", "label": "Siren", "events": 1, "total_s": 0.5, "max_peak_raw_prob": 0.65,
+         "max_peak_smoothed_prob": 0.6, "mean_prob": 0.5},
+        {"hour_utc": "2026-05-28T21:00Z", "label": "Dog", "events": 1, "total_s": 1.0, "max_peak_raw_prob": 0.99,
+         "max_peak_smoothed_prob": 0.9, "mean_prob": 0.8}]
 
 
 def test_dymn_events_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -289,20 +297,39 @@ def test_clean_stop_closes_open_event_into_db_and_clip(fsdd_onnx: Path, fsdd_dir
 # -- service unit, imports ---------------------------------------------------------------------
 
 
-def test_print_systemd_unit(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "import sys; from dymn_edge.runtime.cli import listen_main; "
-                           "sys.exit(listen_main())", "--model", "m.tflite", "--db=events.db", "--clips", "c lips",
-                           "--mqtt", "mqtt://u:p%40ss@h/x", "--print-systemd-unit"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    unit = proc.stdout
+def test_print_systemd_unit(fsdd_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture) -> None:
+    """The unit is printed after the checks a start runs, creates nothing, and holds no secret:
+    the MQTT password stays in the 0600 env file the unit names as EnvironmentFile=."""
+    from dymn_edge.runtime.cli import listen_main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(fsdd_onnx, tmp_path / "m.onnx")
+    env = tmp_path / "mqtt.env"
+    env.write_text("# broker secret\nDYMN_EDGE_MQTT_PASSWORD='p@ss%word'\n")
+    env.chmod(0o600)
+    argv = ["--model", "m.onnx", "--db=events.db", "--clips", "c lips", "--mqtt", "mqtt://u@h/x",
+            "--env-file", "mqtt.env", "--print-systemd-unit"]
+    assert listen_main(argv) == 0, capsys.readouterr().err
+    unit = capsys.readouterr().out
     exec_line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
-    assert f"--model {tmp_path / 'm.tflite'}" in exec_line and f"--db={tmp_path / 'events.db'}" in exec_line
-    assert f'"{tmp_path / "c lips"}"' in exec_line and "p%%40ss" in exec_line  # systemd quoting / % escape
-    assert "--print-systemd-unit" not in exec_line
+    assert f"--model {tmp_path / 'm.onnx'}" in exec_line and f"--db={tmp_path / 'events.db'}" in exec_line
+    assert f'"{tmp_path / "c lips"}"' in exec_line and "mqtt://u@h/x" in exec_line  # systemd quoting
+    assert "--print-systemd-unit" not in exec_line and "--env-file" not in exec_line
+    assert f"EnvironmentFile={env}" in unit.splitlines() and "p@ss" not in unit
     for line in ("Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGTERM",
                  "WantedBy=multi-user.target", "[Service]"):
         assert line in unit.splitlines()
+    assert not (tmp_path / "events.db").exists() and not (tmp_path / "c lips").exists()  # checked, not created
+    # a password in the URL would be world-readable in the unit: refused
+    assert listen_main(["--model", "m.onnx", "--mqtt", "mqtt://u:p%40ss@h/x", "--print-systemd-unit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a password" in err[0] and "--env-file" in err[0]
+    # an env file others can read: refused
+    env.chmod(0o644)
+    assert listen_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mode 0644" in err[0] and "chmod 600" in err[0]
 
 
 @pytest.mark.parametrize("module", DEVICE_MODULES)
