@@ -297,6 +297,12 @@ def _check_options(args: argparse.Namespace) -> None:
                             "--formats onnx:static_int8,tflite:full_int8 (or --npu), or leave it out")
     _csv(float, args.lengths, "lengths")
     _csv(int, args.threads, "threads")
+    if args.window is not None and not args.macs:
+        from dymn_edge.export.config import MAX_WINDOW_S, MIN_WINDOW_S  # noqa: PLC0415
+
+        if not MIN_WINDOW_S <= args.window <= MAX_WINDOW_S:
+            raise DymnEdgeError(f"--window must be between {MIN_WINDOW_S} and {MAX_WINDOW_S} s (what "
+                                f"the exporter takes), got {args.window:g}")
     if args.json:
         check_output_file(args.json, "--json")
     if args.plot:
