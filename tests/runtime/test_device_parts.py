@@ -129,6 +129,61 @@ def test_event_log_rows_schema_and_wal(tmp_path: Path) -> None:
     assert rows[2]["clip"] == "/c/x.flac" and rows[0]["clip"] is None
 
 
+def test_raw_099_window_is_stored_as_099_beside_its_smoothed_peak(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """One 0.99 window after silence, ema 0.7: the log says 0.99 raw and 0.693 smoothed, named so."""
+    tracker = EventTracker(LABELS, EventConfig(on=0.5, off=0.3, smoothing="ema", alpha=0.7))
+    db = tmp_path / "e.db"
+    log = EventLog(db, device="test")
+    for k, p in enumerate([0.0, 0.99, 0.0, 0.0], start=1):
+        for ev in tracker.update(float(k), np.array([p, 0.0, 0.0])):
+            ev.start_utc, ev.end_utc = 1_780_000_000.0 + ev.start, 1_780_000_000.0 + (ev.end or ev.start)
+            log.event(ev)
+    log.close()
+    assert events_main([str(db), "--format", "jsonl"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and "peak_prob" not in rows[0]
+    assert rows[0]["peak_raw_prob"] == pytest.approx(0.99) and rows[0]["peak_smoothed_prob"] == pytest.approx(0.693)
+    assert events_main([str(db), "--min-prob", "0.9", "--format", "jsonl"]) == 0  # the raw peak counts
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+#: The events table of schema 1 (dymn-edge before the raw peak), to test the migration.
+_SCHEMA_1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, mid TEXT,
+    label_index INTEGER NOT NULL, start_utc TEXT NOT NULL, end_utc TEXT NOT NULL, start_s REAL NOT NULL,
+    end_s REAL NOT NULL, duration_s REAL NOT NULL, peak_prob REAL NOT NULL, mean_prob REAL, model TEXT,
+    model_sha256 TEXT, device TEXT, host TEXT, clip TEXT, recorded_utc TEXT NOT NULL);
+INSERT INTO events (label, mid, label_index, start_utc, end_utc, start_s, end_s, duration_s, peak_prob,
+    mean_prob, recorded_utc) VALUES ('Dog', '/m/0bt9lr', 0, '2026-05-01T00:00:00.000Z',
+    '2026-05-01T00:00:01.000Z', 0, 1, 1, 0.7, 0.6, '2026-05-01T00:00:01.000Z');
+"""
+
+
+def test_schema_1_file_is_read_then_migrated(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(_SCHEMA_1)
+    assert events_main([str(db), "--format", "jsonl"]) == 0  # read as schema 2, nothing written
+    old = json.loads(capsys.readouterr().out)
+    assert (old["peak_raw_prob"], old["peak_smoothed_prob"], old["mean_prob"]) == (None, 0.7, 0.6)
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    log = EventLog(db)  # the writer migrates
+    log.event(_end(1, 3.0, 3.5, 1_780_000_000.0, peak=0.6, raw=0.97))
+    log.close()
+    assert events_main([str(db), "--format", "jsonl"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["label"], r["peak_raw_prob"], r["peak_smoothed_prob"]) for r in rows] == [
+        ("Dog", None, 0.7), ("Siren", 0.97, 0.6)]
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert events_main([str(db), "--min-prob", "0.65", "--format", "jsonl"]) == 0  # old row: its smoothed peak
+    assert [json.loads(x)["label"] for x in capsys.readouterr().out.splitlines()] == ["Dog", "Siren"]
+
+
 def test_event_log_refuses_newer_schema_and_foreign_files(tmp_path: Path) -> None:
     db, _ = _filled_db(tmp_path)
     with sqlite3.connect(db) as c:

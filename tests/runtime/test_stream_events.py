@@ -240,3 +240,65 @@ def test_bad_event_config(bad: dict) -> None:
 
     with pytest.raises(DymnEdgeError):
         EventTracker(LABELS, EventConfig(**bad))
+
+
+def test_raw_peak_is_kept_beside_the_smoothed_one() -> None:
+    """A single 0.99 window after silence reads 0.693 after an ema of 0.7: both are reported."""
+    tr = EventTracker(LABELS, EventConfig(on=0.5, off=0.3, smoothing="ema", alpha=0.7))
+    events = _feed(tr, [0.0, 0.99, 0.0, 0.0])
+    assert [e.kind for e in events] == ["start", "end"]
+    assert events[1].peak_raw == pytest.approx(0.99) and events[1].probability == pytest.approx(0.693)
+
+
+# -- the level gate, with the softmax FSDD model on real audio ----------------------------------
+
+
+def _listen_events(tagger: Tagger, wave: np.ndarray, min_level: float | None) -> list:
+    """Events of a real Listener fed ``wave`` (as the microphone would, 50 ms at a time)."""
+    from dymn_edge.runtime.microphone import Listener
+
+    lis = Listener(StreamingScorer(tagger, 1.0, 0.25),
+                   EventTracker(tagger.labels, EventConfig(on=0.5, off=0.3, min_level_dbfs=min_level), 0.25))
+    seen: list = []
+    lis._dispatch = seen.extend  # noqa: SLF001 - the events the sinks would get, in order
+    for k in range(0, wave.size, 1600):
+        lis._consume(wave[k:k + 1600], None)  # noqa: SLF001 - the capture thread's consumer
+    return seen + lis.tracker.finish()
+
+
+def test_level_gate_silences_silence_and_low_noise_not_speech(fsdd_onnx: Path, fsdd_dir: Path) -> None:
+    """A softmax head names a class for anything: white noise at -70 dBFS is "five" at 0.98.
+    The default floor for softmax heads keeps silence and that noise out, and the quietest
+    FSDD recording (6_theo_33, a 1 s window at -57.8 dBFS) still becomes its event."""
+    from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS, level_dbfs
+
+    tagger = Tagger(load_engine(fsdd_onnx, threads=1))
+    assert tagger.metadata.output_activation == "softmax"
+    sr = 32000
+    silence = np.zeros(3 * sr, np.float32)
+    noise = (10 ** (-70 / 20) * np.random.default_rng(1).standard_normal(3 * sr)).astype(np.float32)
+    assert level_dbfs(silence) == -np.inf and level_dbfs(noise) == pytest.approx(-70, abs=0.1)
+    ungated = _listen_events(tagger, noise, None)
+    assert [e.label.display_name for e in ungated if e.kind == "start"] == ["five"]  # the problem
+    assert _listen_events(tagger, silence, SOFTMAX_MIN_LEVEL_DBFS) == []
+    assert _listen_events(tagger, noise, SOFTMAX_MIN_LEVEL_DBFS) == []
+    quiet = read_audio(fsdd_dir / "recordings" / "6_theo_33.wav", sr)
+    wave = np.concatenate([silence[:sr], quiet, silence[:sr]])
+    events = _listen_events(tagger, wave, SOFTMAX_MIN_LEVEL_DBFS)
+    assert [(e.kind, e.label.display_name) for e in events] == [("start", "six"), ("end", "six")]
+    assert events[1].peak_raw > 0.9 and 1.0 <= events[0].start <= 1.5
+
+
+def test_listen_level_gate_default_follows_the_head(fsdd_onnx: Path) -> None:
+    """On for softmax heads, off on request (and for sigmoid heads)."""
+    import argparse
+
+    from dymn_edge.runtime.cli import _min_level
+    from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS
+
+    tagger = Tagger(load_engine(fsdd_onnx, threads=1))
+    assert _min_level(argparse.Namespace(min_level_dbfs=None), tagger) == SOFTMAX_MIN_LEVEL_DBFS
+    assert _min_level(argparse.Namespace(min_level_dbfs="off"), tagger) is None
+    assert _min_level(argparse.Namespace(min_level_dbfs=-45.0), tagger) == -45.0
+    sigmoid = argparse.Namespace(metadata=argparse.Namespace(output_activation="sigmoid"))
+    assert _min_level(argparse.Namespace(min_level_dbfs=None), sigmoid) is None
