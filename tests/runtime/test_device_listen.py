@@ -129,7 +129,7 @@ def test_device_run_db_clips_mqtt_with_broker_restart(vmic: dict[str, str], fsdd
         for r, e in zip(rows, ends):
             assert (r["label"], r["start_s"], r["end_s"]) == (e["label"], e["start"], e["end"])
             assert r["model_sha256"] == sha and "pulse" in r["device"] and r["start_utc"] < r["end_utc"]
-            assert 0.4 <= r["mean_prob"] <= r["peak_prob"] <= 1.0 and r["duration_s"] > 0
+            assert 0.4 <= r["mean_prob"] <= r["peak_smoothed_prob"] <= r["peak_raw_prob"] <= 1.0 and r["duration_s"] > 0
         # MQTT: every onset / offset arrived (the broker's outage included), in order
         assert sub.wait_for(lambda: len(set(sub.on("test/pi/event"))) >= 2 * len(rows), timeout=20), \
             (summary, [json.loads(p)["event"] + " " + json.loads(p)["label"] for p in sub.on("test/pi/event")],
