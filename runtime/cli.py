@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -304,6 +305,9 @@ class _Printer:
         if self.args.every_hop:
             if self.args.json:
                 obj = window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop")
+                level = getattr(self.tracker, "level", None)
+                if level is not None:  # to choose --min-level-dbfs (digital silence: null)
+                    obj["level_dbfs"] = round(level, 1) if math.isfinite(level) else None
                 if gated:
                     obj["below_level_floor"] = True
                 self.json(obj)

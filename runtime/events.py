@@ -137,6 +137,7 @@ class EventTracker:
         self._peak = np.zeros(n, dtype=np.float64)
         self._peak_raw = np.zeros(n, dtype=np.float64)
         self.gated = False  # the last window was below the level floor
+        self.level: float | None = None  # the last window's audio level (dBFS), if given
         self._last_end = np.zeros(n, dtype=np.float64)
         self._sum = np.zeros(n, dtype=np.float64)  # smoothed scores summed over the event
         self._hops = np.zeros(n, dtype=np.int64)
@@ -159,6 +160,7 @@ class EventTracker:
         """Feed the scores of the window ending at ``end`` (s) and the window's audio level
         (dBFS, for the level gate); return the event changes."""
         p = np.asarray(probabilities, dtype=np.float64)
+        self.level = level
         self.gated = self.below_floor(level)
         if self.gated:
             p = np.zeros_like(p)

@@ -118,6 +118,12 @@ def test_device_run_db_clips_mqtt_with_broker_restart(vmic: dict[str, str], fsdd
         assert actions == ["stopped", "restarted"], run.lines
         summary = run.lines[-1]
         ends = run.events("end")
+        # the softmax model's level gate (default -60 dBFS): the digital silence between the
+        # digits scores nothing, and every hop line says its window's level
+        hops = [o for o in run.lines if o["type"] == "hop"]
+        assert hops and all("level_dbfs" in o for o in hops)
+        silent = [o for o in hops if o.get("below_level_floor")]
+        assert silent and all(o["tags"] == [] and (o["level_dbfs"] is None or o["level_dbfs"] < -60) for o in silent)
         # the database: every event, in order, with model hash, device, UTC and stream times
         conn = open_readonly(db)
         rows = [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]
