@@ -139,6 +139,8 @@ def check_clip_options(root: str | Path, *, pre: float, post: float, max_mb: flo
         raise ClipsError(f"--clips-max-days must be positive, got {max_days:g}")
     if Path(root).exists() and not Path(root).is_dir():
         raise ClipsError(f"clips folder {root} is not a folder")
+    if Path(root).is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise ClipsError(f"clips folder {root} is not writable")
 
 
 class ClipRecorder(EventSink):

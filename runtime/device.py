@@ -33,7 +33,7 @@ from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
 from dymn_edge.runtime.clips import ClipRecorder, check_clip_options
 from dymn_edge.runtime.eventlog import EventLog, check_event_db
-from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, parse_mqtt_url
+from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, import_paho, parse_mqtt_url
 from dymn_edge.runtime.thresholds import labels_in, load_thresholds
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> 
                                 "0600 given as --env-file FILE")
         env: Mapping[str, str] = {**os.environ, **env_vars}
         plan.mqtt = parse_mqtt_url(args.mqtt, env)
+        import_paho()
         if plan.mqtt.username is not None and plan.mqtt.password is None:
             log.warning("--mqtt: user %s without a password (no %s in the environment%s)",
                         plan.mqtt.username, PASSWORD_ENV, " or --env-file" if args.env_file else "")

@@ -218,6 +218,9 @@ def check_event_db(path: str | Path) -> None:
         if p.is_dir():
             raise EventLogError(f"event database {p} is a folder")
         open_readonly(p).close()
+        if not (os.access(p, os.W_OK) and os.access(p.absolute().parent, os.W_OK | os.X_OK)):
+            raise EventLogError(f"cannot write event database {p} (it and its folder must be writable: "
+                                "WAL mode adds -wal / -shm files beside it)")
         return
     parent = next((a for a in p.absolute().parents if a.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

@@ -52,7 +52,7 @@ from dymn_edge.runtime.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttConfig", "MqttPublisher", "MqttError", "parse_mqtt_url", "slug", "PASSWORD_ENV"]
+__all__ = ["MqttConfig", "MqttPublisher", "MqttError", "import_paho", "parse_mqtt_url", "slug", "PASSWORD_ENV"]
 
 CLOSE_GRACE_S = 5.0
 #: Where the broker password comes from when the URL names a user but no password.
@@ -168,6 +168,15 @@ def parse_mqtt_url(url: str, env: Mapping[str, str] | None = None) -> MqttConfig
     return cfg
 
 
+def import_paho() -> Any:
+    """paho-mqtt's client module, or a one-line MqttError (also a check before a start)."""
+    try:
+        import paho.mqtt.client as paho  # noqa: PLC0415 (optional: the [device] extra)
+    except ImportError as exc:
+        raise MqttError("--mqtt needs paho-mqtt: pip install 'dymn-edge[device]'") from exc
+    return paho
+
+
 def event_payload(ev: Event, *, node: str, model: str | None) -> dict[str, Any]:
     """The JSON of one onset / offset message."""
     obj: dict[str, Any] = {"event": ev.kind, "label": ev.label.display_name, "mid": ev.label.mid,
@@ -207,10 +216,7 @@ class MqttPublisher(EventSink):
 
     def __init__(self, cfg: MqttConfig, labels: Sequence[Label], *, watched: Sequence[int] = (),
                  model_name: str = "", model_file: str | None = None, version: str = "") -> None:
-        try:
-            import paho.mqtt.client as paho  # noqa: PLC0415 (optional: the [device] extra)
-        except ImportError as exc:
-            raise MqttError("--mqtt needs paho-mqtt: pip install 'dymn-edge[device]'") from exc
+        paho = import_paho()
         self.paho = paho
         self.cfg = cfg
         self.labels = list(labels)
