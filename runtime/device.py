@@ -49,7 +49,7 @@ DEVICE_EXAMPLES = """\
 as a device (all off by default; see the README "Run it as a device"):
   dymn-listen --model m.tflite --db events.db --clips clips/ --clips-max-mb 500 \\
       --mqtt mqtt://user:pass@broker:1883/dymn-edge?node=garden --thresholds thresholds.toml
-  dymn-listen --model m.tflite --db events.db --mqtt mqtt://user@broker --env-file mqtt.env \
+  dymn-listen --model m.tflite --db events.db --mqtt mqtt://user@broker --env-file mqtt.env \\
       --print-systemd-unit > dymn-listen.service      (mqtt.env, mode 0600: DYMN_EDGE_MQTT_PASSWORD=...)
   dymn-events events.db --summary                      detections per label and hour
 SIGHUP re-opens the database and the clips folder (log rotation); --include / --exclude

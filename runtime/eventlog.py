@@ -12,7 +12,7 @@ smoothed probability (``peak_smoothed_prob``, ``mean_prob``: what the thresholds
 model file, its sha256, the input device, the clip file (if ``--clips``) and the host.
 ``dymn-events`` (:mod:`dymn_edge.runtime.events_cli`) reads it.
 
-Schema 1 (before 0.1 stored the raw peak) had one ``peak_prob`` column holding the smoothed
+Schema 1 (the first files, without the raw peak) had one ``peak_prob`` column: the smoothed
 peak; opening such a file for writing migrates it in one transaction (the column is renamed
 ``peak_smoothed_prob``, ``peak_raw_prob`` is added and stays NULL on the old rows: that
 value was never recorded). Reading a schema-1 file maps it the same way without writing.
