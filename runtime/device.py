@@ -172,12 +172,14 @@ def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> 
             raise DymnEdgeError(f"the --mqtt URL holds a password, which the unit would show to every "
                                 f"user: use mqtt://USER@HOST and put {PASSWORD_ENV}=... in a file of mode "
                                 "0600 given as --env-file FILE")
-        env: Mapping[str, str] = {**os.environ, **env_vars}
+        # the service sees only its EnvironmentFile, not this shell's environment
+        env: Mapping[str, str] = env_vars if args.print_systemd_unit else {**os.environ, **env_vars}
         plan.mqtt = parse_mqtt_url(args.mqtt, env)
         import_paho()
         if plan.mqtt.username is not None and plan.mqtt.password is None:
-            log.warning("--mqtt: user %s without a password (no %s in the environment%s)",
-                        plan.mqtt.username, PASSWORD_ENV, " or --env-file" if args.env_file else "")
+            where = "--env-file" if args.print_systemd_unit else "the environment or --env-file"
+            log.warning("--mqtt: user %s connects without a password (no %s in %s)",
+                        plan.mqtt.username, PASSWORD_ENV, where)
         plan.watched = tuple(_watched(args, labels, filt))
     elif args.env_file:
         raise DymnEdgeError("--env-file holds secrets for --mqtt; it is used only with --mqtt")

@@ -353,7 +353,7 @@ def test_clean_stop_closes_open_event_into_db_and_clip(fsdd_onnx: Path, fsdd_dir
 
 
 def test_print_systemd_unit(fsdd_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                            capsys: pytest.CaptureFixture) -> None:
+                            capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
     """The unit is printed after the checks a start runs, creates nothing, and holds no secret:
     the MQTT password stays in the 0600 env file the unit names as EnvironmentFile=."""
     from dymn_edge.runtime.cli import listen_main
@@ -380,6 +380,13 @@ def test_print_systemd_unit(fsdd_onnx: Path, tmp_path: Path, monkeypatch: pytest
     assert listen_main(["--model", "m.onnx", "--mqtt", "mqtt://u:p%40ss@h/x", "--print-systemd-unit"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a password" in err[0] and "--env-file" in err[0]
+    # the service sees its EnvironmentFile only: a password in this shell's environment does not count
+    monkeypatch.setenv("DYMN_EDGE_MQTT_PASSWORD", "from-the-shell")
+    env.write_text("OTHER=1\n")
+    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device"):
+        assert listen_main(argv) == 0
+    assert "from-the-shell" not in capsys.readouterr().out
+    assert any("connects without a password" in r.message and "--env-file" in r.message for r in caplog.records)
     # an env file others can read: refused
     env.chmod(0o644)
     assert listen_main(argv) == 2
