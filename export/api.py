@@ -130,7 +130,11 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     frames = frames_for_seconds(window, spec.frontend)
     strategy = cfg.resolved_strategy
     dyn_time = cfg.format_spec.dynamic_axes
-    dyn_batch = dyn_time and strategy_supports_dynamic_batch(strategy)
+    # a waveform graph is batch 1 whatever the strategy: torch.export fixes the batch of the
+    # in-graph frontend (its reflect padding's broadcast matmuls guard it at 1)
+    dyn_batch = dyn_time and strategy_supports_dynamic_batch(strategy) and not cfg.waveform
+    if dyn_time and cfg.waveform and strategy_supports_dynamic_batch(strategy):
+        log.warning("--waveform files take batch 1: %s gives no dynamic batch here", strategy)
     out_path = cfg.output_path(spec.name)  # checked again: the folder may have changed since
     quant_desc = _quant_description(cfg)
     timings["load"] = time.perf_counter() - t0

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--waveform", action="store_true",
                    help="waveform in, probabilities out: the log-mel frontend and the activation "
                    "inside the graph (input float32 mono samples at 32 kHz: tflite [1, N] of the "
-                   "window, onnx [B, N] any N); tflite files also carry MediaPipe metadata "
+                   "window, onnx [1, N] any N); tflite files also carry MediaPipe metadata "
                    "(AudioClassifier). fp32 only")
     p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
                    "layout) to measure the file's accuracy on, against PyTorch's (default: "

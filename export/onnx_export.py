@@ -70,10 +70,27 @@ def export_onnx(module, path: str | Path, *, io: GraphIO | None = None, frames: 
             lg.setLevel(lv)
     program.save(str(path))
     model = onnx.load(str(path))
+    _check_free_axes(model, io, dynamic_batch)
     if simplify:
         model = _simplify(model, io)
     onnx.save(model, str(path))
     return path
+
+
+def _check_free_axes(model, io: GraphIO, dynamic_batch: bool) -> None:
+    """The axes asked to be free must be symbolic in the graph.
+
+    When ``torch.export`` proves a guard on a dynamic size, the ONNX exporter retries with
+    the suggested fix (e.g. ``batch = 1``) and returns a graph with that axis fixed, without
+    an error: a file whose metadata would promise any batch.
+    """
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    wanted = {io.length_axis: io.length_name, **({0: "batch"} if dynamic_batch else {})}
+    fixed = [f"{name} (fixed at {dims[axis].dim_value})" for axis, name in sorted(wanted.items())
+             if not dims[axis].dim_param]
+    if fixed:
+        raise ExportError(f"ONNX export failed: torch.export fixed the {' and '.join(fixed)} axis of "
+                          f"'{io.input_name}', which the file must leave free")
 
 
 def _required(frames: int | None) -> int:
