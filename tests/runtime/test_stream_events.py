@@ -302,3 +302,11 @@ def test_listen_level_gate_default_follows_the_head(fsdd_onnx: Path) -> None:
     assert _min_level(argparse.Namespace(min_level_dbfs=-45.0), tagger) == -45.0
     sigmoid = argparse.Namespace(metadata=argparse.Namespace(output_activation="sigmoid"))
     assert _min_level(argparse.Namespace(min_level_dbfs=None), sigmoid) is None
+
+
+def test_info_says_a_softmax_head_has_no_nothing_class(fsdd_onnx: Path, capsys: pytest.CaptureFixture) -> None:
+    from dymn_edge.runtime.info import main as info_main
+
+    assert info_main([str(fsdd_onnx)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "no 'nothing' class" in x]
+    assert len(lines) == 1 and "softmax head" in lines[0] and "--min-level-dbfs" in lines[0]
