@@ -168,3 +168,25 @@ def test_strict_exits_1_with_one_line(tmp_path, fsdd_weights, fsdd_dir, capsys) 
     assert err[0].startswith("dymn-export: error: int8 on held-out audio (speaker yweweler held out")
     assert "int8_static_qdq" in err[0] and "--strict: no fallback" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_untrained_model_records_the_check_without_enforcing_it(tmp_path, fsdd_dir) -> None:
+    """A random-init model's int8 file is for size / speed / NPU checks: its held-out numbers
+    are recorded, a miss neither falls back nor fails (bound 0: any disagreement misses)."""
+    pytest.importorskip("onnxruntime")
+    from dymn_edge.export.api import export_model
+
+    out = tmp_path / "random.onnx"
+    cfg = ExportConfig(model="dymn-s", random_init=True, format="onnx", precision="int8",
+                       window_seconds=1.0, output_activation="sigmoid", output=out, validate=False,
+                       calibration=CalibrationConfig(fsdd_dir / "recordings", count=8, heldout_count=16),
+                       max_int8_drop=0.0)
+    r = export_model(cfg, progress=False)
+    held = r.metadata.calibration["heldout"]
+    (check,) = held["checks"]
+    assert held["kept"] == "int8_static_qdq" and check["measure"] == "top-1 disagreement"
+    assert check["clips"] == 16 and check["fp32_accuracy"] is None  # a plain folder: no labels
+    assert check["passed"] or not check["enforced"]
+    assert r.metadata.quantization_scheme == "int8_static_qdq"
