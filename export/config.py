@@ -38,12 +38,12 @@ AUDIOSET_WINDOW_S = 10.0
 AUDIOSET_CLASSES = 527
 ACTIVATIONS = ("sigmoid", "softmax")
 DEFAULT_WINDOW_S = 1.0
-MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
 #: --max-int8-drop default, in points (1 point = 0.01): the README's promise for calibrated
 #: int8, held on audio of the calibration folder that calibration did not use
 DEFAULT_MAX_INT8_DROP = 0.5
 #: held-out clips the int8 check scores at most (250: one clip is 0.4 points)
 HELDOUT_CLIPS = 250
+MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
 MAX_WINDOW_S = 60.0
 
 
@@ -73,19 +73,19 @@ class CalibrationConfig:
     recognises with a ``train`` split (its train clips, by the set's own recipe; never the
     test split accuracy is measured on), else every audio file under it. The exporter has no
     default: calibration data is the user's choice and is recorded in the file's metadata.
-    """
 
     Part of the folder is held out: calibration never sees it, and the int8 file is measured
     against fp32 on it (:mod:`dymn_edge.export.calibration` says how the folder is split).
     ``holdout`` names the group (speaker, fold) to hold out instead of the default (the last
     by name); ``heldout_count`` caps the held-out clips (spread evenly over the held-out part).
+    """
 
     source: str | Path
     count: int = 64
     method: CalibrationMethod = CalibrationMethod.CLIPWISE
-
     holdout: str | None = None
     heldout_count: int = HELDOUT_CLIPS
+
     def __post_init__(self) -> None:
         self.source = Path(self.source).expanduser()
         if not self.source.is_dir():
@@ -94,10 +94,10 @@ class CalibrationConfig:
         if self.count < 1:
             raise ExportError(f"need at least one calibration clip, got {self.count}")
         self.method = _enum(CalibrationMethod, self.method, "calibration method")
-
         self.heldout_count = int(self.heldout_count)
         if self.heldout_count < 1:
             raise ExportError(f"need at least one held-out clip, got {self.heldout_count}")
+
     def to_dict(self) -> dict:
         """What the file's metadata records (the folder's name, not the machine's path)."""
         return {"source": self.source.name, "count": self.count, "method": self.method.value}
@@ -155,7 +155,6 @@ class QuantizationConfig:
             return cls(scheme=QuantScheme.STATIC_QDQ)
         return cls(scheme=QuantScheme.DYNAMIC, weight_type="uint8", per_channel=False)
 
-    def describe(self) -> str:
     def fallbacks(self) -> list["QuantizationConfig"]:
         """The recipes tried, in order, when this one misses the held-out bound (--max-int8-drop).
 
@@ -169,6 +168,7 @@ class QuantizationConfig:
                                        per_channel=False, num_calibration=self.num_calibration)]
         return []
 
+    def describe(self) -> str:
         """The human-readable scheme written into the metadata."""
         if self.scheme is QuantScheme.STATIC_QDQ:
             cal = (f"percentile {self.percentile:g}"
@@ -235,12 +235,12 @@ class ExportConfig:
     #: Waveform in, probabilities out: the log-mel frontend and the activation in the graph
     #: (dymn_edge.export.waveform); TFLite files also get MediaPipe metadata. fp32 only.
     waveform: bool = False
-
     #: Calibrated int8: the largest drop (points) allowed on the calibration folder's held-out
     #: part (accuracy; mAP for multi-label sets; top-1 disagreement with fp32 when unlabelled);
     #: None: DEFAULT_MAX_INT8_DROP. Over it the next recipe is tried (QuantizationConfig.fallbacks)
     max_int8_drop: float | None = None
     strict_int8: bool = False  # over the bound: fail (exit 1) instead of falling back
+
     def __post_init__(self) -> None:
         from dymn_edge.registry import get_spec  # noqa: PLC0415 (light, torch-free)
 
@@ -296,9 +296,10 @@ class ExportConfig:
                     else f"int8 {self.quantization.scheme.value}")
             raise ExportError(f"--calibration / --num-calibration are used only by calibrated int8 "
                               f"(--full-int8, static QDQ); {self.format.value} {what} needs no "
-        self._check_int8_bound()
                               "calibration and would ignore them")
+        self._check_int8_bound()
         self.output_path(get_spec(self.model).name)  # writable, right suffix: checked before any slow step
+
     @property
     def int8_bound(self) -> float:
         """The held-out bound in points (--max-int8-drop, else the default)."""
@@ -320,7 +321,6 @@ class ExportConfig:
             if not 0.0 <= bound <= 100.0:
                 raise ExportError(f"--max-int8-drop must be between 0 and 100 points, got {bound:g}")
             self.max_int8_drop = bound
-
 
     def output_path(self, model_name: str) -> Path:
         """Where the file goes, checked: an existing writable folder, and the format's suffix.
