@@ -187,7 +187,7 @@ def _config_from_args(args: argparse.Namespace):
                            threads=tuple(base["threads"]), budget_s=base["budget_s"],
                            weights=args.weights, activation=args.activation, data=args.data,
                            split=args.split, workdir=args.workdir, cache=not args.no_cache,
-                           progress=not args.quiet)
+                           progress=not args.quiet and sys.stderr.isatty())
     return BenchConfig(
         model=args.model, weights=args.weights, random_init=args.random_init,
         activation=args.activation,
@@ -197,7 +197,7 @@ def _config_from_args(args: argparse.Namespace):
         lengths=tuple(_csv(float, args.lengths, "lengths")),
         threads=tuple(_csv(int, args.threads, "threads")), budget_s=args.budget,
         reference=not args.no_reference, workdir=args.workdir, cache=not args.no_cache,
-        calibration=args.calibration, progress=not args.quiet)
+        calibration=args.calibration, progress=not args.quiet and sys.stderr.isatty())
 
 
 def _print_macs(args: argparse.Namespace) -> int:
@@ -314,9 +314,9 @@ def _check_options(args: argparse.Namespace) -> None:
 
         check_input_file(args.compare, "--compare baseline")
         base = read_json(args.compare)
-        if not isinstance(base, dict) or "config" not in base or "artifacts" not in base:
-            raise DymnEdgeError(f"--compare {args.compare}: not a dymn-bench baseline (no config / "
-                                "artifacts; write one with --write-baseline)")
+        if not isinstance(base, dict) or not isinstance(base.get("artifacts"), list):
+            raise DymnEdgeError(f"--compare {args.compare}: not a dymn-bench baseline (no artifacts "
+                                "list; write one with --write-baseline)")
     if args.data and not args.macs:
         from dymn_edge.benchmarks.runner import eval_split  # noqa: PLC0415
         from dymn_edge.datasets import load_dataset  # noqa: PLC0415

@@ -162,10 +162,9 @@ def _resolve_weights(cfg: BenchConfig, model: str,
     try:
         return (str(resolve_weights(get_spec(model), None, progress=cfg.progress)), False, cfg.data,
                 cfg.activation)
-    except WeightsError as exc:
-        notes.append(f"{model}: no weights available ({exc}): random-init model, accuracy not "
-                     "measured")
-        return None, True, None, cfg.activation
+    except WeightsError as exc:  # as dymn-export: never time an untrained model in its place
+        raise WeightsError(f"{model}: {exc}; or pass --random-init to time an "
+                           "untrained model of the same shape") from None
 
 
 def _validation_status(result: Any) -> tuple[str, dict[str, Any]]:

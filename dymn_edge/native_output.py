@@ -1,4 +1,4 @@
-"""Keep the converters' console noise out of the user's terminal.
+"""Keep native libraries' console noise out of the user's terminal (torch-free).
 
 litert-torch, TensorFlow's MLIR converter, absl and torchao write straight to the process's
 file descriptors from C++ ("Estimated count of arithmetic ops", "All log messages before
@@ -7,6 +7,10 @@ FutureWarnings from inside torch. None of it is actionable for someone exporting
 :func:`converter_output` captures all of it for the duration of a conversion: with
 ``--verbose`` (DEBUG) it is replayed to the log afterwards; when the conversion fails, the
 captured tail is logged at ERROR so the cause is never lost.
+
+The runtime uses the same capture on stderr alone around LiteRT's interpreter creation, which
+prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load
+(:func:`quiet_stderr`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,10 @@ TAIL_LINES = 40
 
 
 @contextlib.contextmanager
-def converter_output() -> Iterator[None]:
-    """Capture fd 1/2, converter warnings and noisy loggers; replay on DEBUG or on failure."""
+def converter_output(fds: Sequence[int] = (1, 2), noisy: Sequence[str] = NOISY_LOGGERS) -> Iterator[None]:
+    """Capture ``fds``, Python warnings and ``noisy`` loggers; replay on DEBUG or on failure."""
     debug = logging.getLogger("dymn_edge").isEnabledFor(logging.DEBUG)
-    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
+    loggers = [logging.getLogger(n) for n in noisy]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.level, logging.ERROR))
@@ -39,8 +43,8 @@ def converter_output() -> Iterator[None]:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        saved = [os.dup(fd) for fd in (1, 2)]
-        for fd in (1, 2):
+        saved = [os.dup(fd) for fd in fds]
+        for fd in fds:
             os.dup2(sink.fileno(), fd)
         failed = False
         try:
@@ -52,7 +56,7 @@ def converter_output() -> Iterator[None]:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
-            for fd, old in zip((1, 2), saved):
+            for fd, old in zip(fds, saved):
                 os.dup2(old, fd)
                 os.close(old)
             for lg, lv in zip(loggers, levels):
@@ -64,3 +68,8 @@ def converter_output() -> Iterator[None]:
                 log.error("converter output before the failure (last %d lines):\n%s", TAIL_LINES, tail)
             elif text and debug:
                 log.debug("converter output:\n%s", text)
+
+
+def quiet_stderr() -> contextlib.AbstractContextManager[None]:
+    """Native stderr only (stdout may carry a tool's output), no loggers silenced."""
+    return converter_output(fds=(2,), noisy=())

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dymn_edge.cliutil import check_input_file
 from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import ExportError
 from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
@@ -254,8 +255,8 @@ class ExportConfig:
                               f"(supported: {allowed})")
         if self.random_init and self.weights is not None:
             raise ExportError("--random-init and --weights exclude each other: pick one")
-        if self.weights is not None and not Path(self.weights).expanduser().is_file():
-            raise ExportError(f"weights file not found: {self.weights}")
+        if self.weights is not None:
+            check_input_file(self.weights, "weights file")
         if self.strategy is not None:
             self.strategy = _enum(DynConvStrategy, self.strategy, "dynamic-conv strategy").value
         if self.window_seconds is not None:
@@ -263,10 +264,8 @@ class ExportConfig:
             if not MIN_WINDOW_S <= w <= MAX_WINDOW_S:
                 raise ExportError(f"--window must be between {MIN_WINDOW_S} and {MAX_WINDOW_S} s, got {w:g}")
             self.window_seconds = w
-        if self.labels is not None and not Path(self.labels).expanduser().is_file():
-            from dymn_edge.errors import LabelsError  # noqa: PLC0415
-
-            raise LabelsError(f"labels file not found: {self.labels}")
+        if self.labels is not None:
+            check_input_file(self.labels, "labels file")
         if self.output_activation is not None:
             act = str(self.output_activation).strip().lower()
             if act not in ACTIVATIONS:

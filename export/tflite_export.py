@@ -16,7 +16,7 @@ import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.export.formats import GraphIO, mel_io
-from dymn_edge.export.native_output import converter_output
+from dymn_edge.native_output import converter_output
 from dymn_edge.metadata import METADATA_KEY
 
 log = logging.getLogger(__name__)

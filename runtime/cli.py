@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dymn_edge.cliutil import EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging
+from dymn_edge.cliutil import (
+    EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging, thread_count,
+)
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime import device as dev
 from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive
@@ -94,7 +96,7 @@ def _run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespa
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="PATH",
                    help="exported .onnx or .tflite file (engine chosen from its content)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
                    help="inference threads (default: the engine's choice; 1 on a busy Pi)")
     p.add_argument("--delegate", default=None, metavar="NAME|PATH[:k=v,...]",
                    help="LiteRT delegate: xnnpack (default), none, or a delegate library "
@@ -138,6 +140,11 @@ def _tag(args: argparse.Namespace) -> int:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
     if args.output or args.workers is not None or args.scheduler:
         return _tag_archive(args)
+    archive_only = [flag for flag, on in (("--scores", args.scores), ("--embeddings", args.embeddings),
+                                          ("--task-size", args.task_size != 50)) if on]
+    if archive_only:
+        raise DymnEdgeError(f"{' / '.join(archive_only)} shape the rows of an --output file: add "
+                            "--output TAGS.parquet (or .jsonl), or leave them out")
     if args.overwrite or args.allow_failures:
         raise DymnEdgeError("--overwrite / --allow-failures apply to an archive: add --output TAGS.parquet")
     engine, tagger, filt = _load(args)

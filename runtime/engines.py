@@ -31,6 +31,7 @@ import numpy as np
 from dymn_edge.errors import DymnEdgeError, EngineError, MetadataError, one_line
 from dymn_edge.frontend import frames_of_samples
 from dymn_edge.ort import ort_session
+from dymn_edge.native_output import quiet_stderr
 from dymn_edge.metadata import METADATA_KEY, ModelMetadata, TensorInfo, detect_format, read_metadata
 
 log = logging.getLogger(__name__)
@@ -340,8 +341,9 @@ class LiteRTEngine(Engine):
             lib, opts = parse_delegate(d)
             kwargs["experimental_delegates"] = [_load_delegate(load_delegate, lib, opts)]
         try:
-            self.interpreter = Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with quiet_stderr():  # LiteRT's "INFO: Created ... XNNPACK delegate" (--verbose: logged)
+                self.interpreter = Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"{p}: LiteRT cannot load this file ({one_line(exc)})") from exc
         super().__init__(p, metadata)

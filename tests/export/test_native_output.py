@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from dymn_edge.export.native_output import converter_output
+from dymn_edge.native_output import converter_output
 
 
 def _noisy() -> None:
