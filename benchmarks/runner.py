@@ -236,6 +236,9 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
                           precision=base, waveform=prec == "waveform",
                           quantization=quantization,
                           calibration=calibration if quantization is not None else None,
+                          # a row is the recipe it is named after: over the held-out bound it
+                          # fails with the numbers instead of silently falling back
+                          strict_int8=quantization is not None,
                           window_seconds=window_s, output_activation=activation,
                           output=str(outdir / f"{model}_{fmt}_{prec}"
                                      f"{'.onnx' if fmt == 'onnx' else '.tflite'}"))
