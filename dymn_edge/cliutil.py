@@ -102,17 +102,18 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+def check_writable_folder(folder: str | os.PathLike, what: str,
+                          error: type[DymnEdgeError] = DymnEdgeError) -> None:
     """Create and delete a probe file: permission bits lie (root, ACLs, read-only mounts)."""
     f = Path(folder)
     if not f.is_dir():
-        raise DymnEdgeError(f"{what}: folder {f} does not exist (create it first)")
+        raise error(f"{what}: folder {f} does not exist (create it first)")
     try:
         fd, probe = tempfile.mkstemp(prefix=".dymn-edge-probe-", dir=f)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise DymnEdgeError(f"{what}: cannot write in {f} ({exc.strerror or exc})") from None
+        raise error(f"{what}: cannot write in {f} ({exc.strerror or exc})") from None
 
 
 def check_output_file(path: str | os.PathLike, what: str, suffixes: Iterable[str] = ()) -> Path:

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import enum
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dymn_edge.cliutil import check_input_file
+from dymn_edge.cliutil import check_input_file, check_writable_folder
 from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import ExportError
 from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
@@ -191,16 +190,6 @@ class QuantizationConfig:
         return SCHEME
 
 
-def _check_writable(folder: Path, what: str) -> None:
-    """Create and delete a probe file: permission bits lie (root, ACLs, read-only mounts)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dymn-edge-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ExportError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
-
-
 def _enum(cls: type[enum.Enum], value: object, what: str):
     if isinstance(value, cls):
         return value
@@ -349,7 +338,8 @@ class ExportConfig:
                 folder, path = out.parent, out
                 if not folder.is_dir():
                     raise ExportError(f"--output {text}: folder {folder} does not exist (create it first)")
-        _check_writable(folder, f"--output {self.output if self.output is not None else '(current folder)'}")
+        check_writable_folder(folder, f"--output {self.output if self.output is not None else '(current folder)'}",
+                              ExportError)
         return path
 
     def _resolve_calibration(self) -> None:
