@@ -106,6 +106,8 @@ def check_writable_folder(folder: str | os.PathLike, what: str,
                           error: type[DymnEdgeError] = DymnEdgeError) -> None:
     """Create and delete a probe file: permission bits lie (root, ACLs, read-only mounts)."""
     f = Path(folder)
+    if f.exists() and not f.is_dir():
+        raise error(f"{what}: {f} is a file, not a folder")
     if not f.is_dir():
         raise error(f"{what}: folder {f} does not exist (create it first)")
     try:

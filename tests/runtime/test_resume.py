@@ -189,7 +189,7 @@ def test_scheduler_and_output_problems_are_one_line_before_any_work(fsdd_dir: Pa
               f"cannot connect to the Dask scheduler tcp://127.0.0.1:{port}"),
              (["--output", str(out), "--scheduler", f"127.0.0.1:{port}"], "cannot connect to the Dask scheduler"),
              (["--output", "/proc/x.parquet"], "--output /proc/x.parquet: cannot write in /proc"),
-             (["--output", str(tmp_path / "plain.txt" / "x.parquet")], "does not exist")]
+             (["--output", str(tmp_path / "plain.txt" / "x.parquet")], "is a file, not a folder")]
     if os.geteuid() != 0:  # root writes into a read-only folder anyway
         ro = tmp_path / "ro"
         ro.mkdir()
