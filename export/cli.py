@@ -139,6 +139,8 @@ def summary_table(result) -> str:
         diff = f"{rep.get('max_abs_diff', float('nan')):.2e}"
         if rep.get("fp32_reference_diff") is not None:  # both numbers: the file's, and fp32 PyTorch's own
             diff += f" (PyTorch fp32 {rep['fp32_reference_diff']:.1e})"
+        if rep.get("ill_conditioned"):  # reported, not judged: dymn-info shows their numbers
+            diff += f"; {len({c['case'] for c in rep['ill_conditioned']})} ill-conditioned case(s) not judged"
         a = rep.get("accuracy") or {}
         acc = (f"{a['accuracy']:.4f} (ref {a['reference_accuracy']:.4f}, {a['accuracy_delta']:+.4f})"
                if "accuracy" in a else "-")

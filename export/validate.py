@@ -169,13 +169,19 @@ class ValidationReport:
     def passed(self) -> bool:
         return not self.errors
 
+    def _judged(self) -> list[OutputCheck]:
+        """The checks that decide (well-conditioned); all of them when none is."""
+        judged = [c for c in self.checks if not c.ill_conditioned]
+        return judged or self.checks
+
     @property
     def max_abs_diff(self) -> float:
-        return max((c.max_abs_diff for c in self.checks), default=math.nan)
+        """Largest difference on the judged checks (ill-conditioned ones: ``ill_conditioned``)."""
+        return max((c.max_abs_diff for c in self._judged()), default=math.nan)
 
     @property
     def fp32_reference_diff(self) -> float | None:
-        diffs = [c.fp32_diff for c in self.checks if c.fp32_diff is not None]
+        diffs = [c.fp32_diff for c in self._judged() if c.fp32_diff is not None]
         return max(diffs) if diffs else None
 
     @property
