@@ -85,6 +85,8 @@ def fit_to_length(x: np.ndarray, n: int) -> np.ndarray:
 
 def _existing_file(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or the one-line AudioError a user gets for a missing file or a folder."""
+    if not os.fspath(path).strip():  # Path("") is ".", the current folder
+        raise AudioError("an audio file name is empty")
     p = Path(path)
     if not p.exists():
         raise AudioError(f"audio file not found: {p}")

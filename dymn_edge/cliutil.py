@@ -28,7 +28,7 @@ from typing import NoReturn
 
 from dymn_edge.errors import DymnEdgeError, ValidationError
 
-__all__ = ["OneLineErrorParser", "finite", "positive", "thread_count", "MAX_THREADS",
+__all__ = ["OneLineErrorParser", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
            "check_input_file", "check_output_file", "check_writable_folder",
            "setup_logging", "run_guarded", "exit_code",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -66,6 +66,14 @@ def positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got '{text}'")
     return value
+
+
+def non_empty(text: str) -> str:
+    """argparse ``type`` of a path / URL / name option: ``--db ""`` (an unset shell variable) is
+    refused, where a falsy value would silently mean "option not given"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out instead)")
+    return text
 
 
 #: More inference threads than this is a typo, not a setting: creating 100000 threads makes an
@@ -156,8 +164,13 @@ def run_guarded(body: Callable[[], int], prog: str, *, verbose: bool = False) ->
     ``body`` returns its own code (0, or 1 for a failed check); a
     :class:`~dymn_edge.errors.DymnEdgeError` becomes one ``prog: error:`` line (1 for a
     ValidationError, 2 otherwise), Ctrl-C one ``prog: interrupted`` line and 130, a closed
-    pipe (``| head``) a quiet 0.
+    pipe (``| head``) a quiet 0. A closed standard output (``>&-``) is refused before the
+    work: Python would silently drop ``print`` and fail on the first ``write``.
     """
+    if sys.stdout is None:
+        print(f"{prog}: error: standard output is closed; redirect it to a file or /dev/null",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         return body()
     except DymnEdgeError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dymn_edge.cliutil import (
-    EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, run_guarded, setup_logging, thread_count,
+    EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, non_empty, run_guarded, setup_logging, thread_count,
 )
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime import device as dev
@@ -138,15 +138,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _tag(args: argparse.Namespace) -> int:
     if not args.files:
         raise DymnEdgeError("no audio files given (dymn-tag --model M FILE...)")
-    if args.output or args.workers is not None or args.scheduler:
+    if args.output is not None or args.workers is not None or args.scheduler is not None:
         return _tag_archive(args)
     archive_only = [flag for flag, on in (("--scores", args.scores), ("--embeddings", args.embeddings),
                                           ("--task-size", args.task_size != 50)) if on]
     if archive_only:
         raise DymnEdgeError(f"{' / '.join(archive_only)} shape the rows of an --output file: add "
                             "--output TAGS.parquet (or .jsonl), or leave them out")
-    if args.overwrite or args.allow_failures:
-        raise DymnEdgeError("--overwrite / --allow-failures apply to an archive: add --output TAGS.parquet")
+    if args.overwrite or args.allow_failures or args.strict:
+        raise DymnEdgeError("--overwrite / --allow-failures / --strict apply to an archive: add --output "
+                            "TAGS.parquet (without it, a file that cannot be tagged is already exit 2)")
     engine, tagger, filt = _load(args)
     untrained = engine.metadata.untrained
     if args.window is not None or args.hop is not None:  # option errors before the first file
@@ -197,8 +198,9 @@ def _tag_archive(args: argparse.Namespace) -> int:
         raise DymnEdgeError(f"--top-k must be >= 1, got {args.top_k}")
     if args.threads is not None and args.threads < 1:
         raise DymnEdgeError(f"--threads must be >= 1, got {args.threads}")
-    if args.json:
-        log.warning("--json is ignored with --output (the output suffix chooses the format)")
+    if args.json:  # accepted and ignored would be a silent surprise
+        raise DymnEdgeError("--json prints to the terminal; with --output the file's suffix chooses the "
+                            "format (TAGS.jsonl for JSON Lines): leave --json out")
     opts = ArchiveOptions(
         window=args.window, hop=args.hop, windowed=args.window is not None or args.hop is not None,
         top_k=args.top_k, threshold=args.threshold, include=tuple(args.include),
@@ -227,12 +229,12 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("files", nargs="*", metavar="AUDIO", help="audio files (any rate/format soundfile reads)")
     _common(p)
     arc = p.add_argument_group("archives (resumable; parallel with Dask: pip install 'dymn-edge[cluster]')")
-    arc.add_argument("--output", "-o", default=None, metavar="PATH.parquet|PATH.jsonl",
+    arc.add_argument("--output", "-o", type=non_empty, default=None, metavar="PATH.parquet|PATH.jsonl",
                      help="write one row per window to this file; AUDIO may then also be folders "
                           "(recursive) and .txt/.csv manifests; parts in PATH.parts/ make re-runs resume")
     arc.add_argument("--workers", type=int, default=None, metavar="N",
                      help="tag on a local Dask cluster of N one-thread worker processes")
-    arc.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+    arc.add_argument("--scheduler", type=non_empty, default=None, metavar="tcp://HOST:8786",
                      help="tag on a running Dask cluster (workers need dymn-edge and the audio paths)")
     arc.add_argument("--task-size", type=int, default=50, metavar="FILES",
                      help="files per task and per part file (default 50)")
@@ -378,6 +380,8 @@ def _listen(args: argparse.Namespace) -> int:
     if args.smooth:
         kind, _, val = args.smooth.partition(":")
         smoothing = kind.strip().lower()
+        if smoothing == "none" and val:  # ignored otherwise
+            raise DymnEdgeError(f"--smooth none takes no value, got '{args.smooth}'")
         try:
             if smoothing == "ema" and val:
                 alpha = float(val)
@@ -428,7 +432,7 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    p.add_argument("--device", "-d", default=None, metavar="NAME|INDEX",
+    p.add_argument("--device", "-d", type=non_empty, default=None, metavar="NAME|INDEX",
                    help="input device: index, exact name or unique part of it (default: system default)")
     p.add_argument("--device-rate", type=int, default=None, metavar="HZ",
                    help="capture at this rate (default: 32000 if the device takes it, else the first "
@@ -441,7 +445,7 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
                    help="event offset threshold, below --on (default 0.6 x --on)")
     p.add_argument("--min-duration", type=finite, default=0.0, metavar="SECONDS",
                    help="shortest reported event (default 0: a single hop counts)")
-    p.add_argument("--smooth", default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
+    p.add_argument("--smooth", type=non_empty, default=None, metavar="ema[:ALPHA]|median[:HOPS]|none",
                    help="per-label score smoothing over hops (default ema:0.7)")
     p.add_argument("--min-level-dbfs", type=_level_floor, default=None, metavar="DBFS|off",
                    help="level gate: a window whose audio RMS is below DBFS scores nothing (no event, "
@@ -450,6 +454,11 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
 
     add_device_args(p)
     args = p.parse_args(argv)
+    if args.list_devices:  # every other option would be accepted and ignored
+        ignored = [a.option_strings[0] for a in p._actions
+                   if a.dest not in ("help", "list_devices", "verbose") and getattr(args, a.dest) != a.default]
+        if ignored:
+            p.error(f"--list-devices lists the inputs and exits; leave out {', '.join(ignored)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for --print-systemd-unit
     setup_logging(args.verbose)
     return _run_guarded(_listen, args, "dymn-listen")

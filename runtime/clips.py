@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from dymn_edge.cliutil import check_writable_folder
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event
 from dymn_edge.runtime.sinks import EventSink
@@ -128,11 +129,17 @@ def apply_retention(root: Path, *, max_bytes: int | None, max_days: float | None
     return deleted
 
 
+#: Longest --clips-pre / --clips-post: the audio ring holds both (32 kHz float32, 128 kB a second).
+MAX_PADDING_SECONDS = 600.0
+
+
 def check_clip_options(root: str | Path, *, pre: float, post: float, max_mb: float | None,
                        max_days: float | None) -> None:
     """The recorder's option checks, also run by ``--print-systemd-unit`` (nothing created)."""
     if not (pre >= 0 and post >= 0):  # nan fails too
         raise ClipsError(f"clip padding must be >= 0 s (pre {pre:g}, post {post:g})")
+    if max(pre, post) > MAX_PADDING_SECONDS:  # the ring holds pre + post: 1e9 s is 128 TB of audio
+        raise ClipsError(f"clip padding must be <= {MAX_PADDING_SECONDS:g} s (pre {pre:g}, post {post:g})")
     if max_mb is not None and not max_mb > 0:
         raise ClipsError(f"--clips-max-mb must be positive, got {max_mb:g}")
     if max_days is not None and not max_days > 0:
@@ -141,6 +148,11 @@ def check_clip_options(root: str | Path, *, pre: float, post: float, max_mb: flo
         raise ClipsError(f"clips folder {root} is not a folder")
     if Path(root).is_dir() and not os.access(root, os.W_OK | os.X_OK):
         raise ClipsError(f"clips folder {root} is not writable")
+    parent = next((a for a in Path(root).absolute().parents if a.exists()), None)
+    if not Path(root).exists() and parent is not None:  # it will be created: a probe, not permission bits
+        if not parent.is_dir():
+            raise ClipsError(f"clips folder {root} cannot be created: {parent} is a file")
+        check_writable_folder(parent, f"clips folder {root} cannot be created", ClipsError)
 
 
 class ClipRecorder(EventSink):

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dymn_edge.cliutil import finite
+from dymn_edge.cliutil import finite, non_empty
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
@@ -57,29 +57,33 @@ apply to the database, clips and MQTT as to the terminal.
 """
 
 
+#: --clips options left out: None on the command line (to refuse them without --clips), then these.
+CLIP_DEFAULTS = {"clips_pre": 1.0, "clips_post": 1.0, "clips_min_free_mb": 200.0}
+
+
 def add_device_args(p: argparse.ArgumentParser) -> None:
     """The device options of dymn-listen."""
     g = p.add_argument_group("device (detection log, clips, MQTT, service)")
-    g.add_argument("--db", metavar="PATH", default=None,
+    g.add_argument("--db", type=non_empty, metavar="PATH", default=None,
                    help="write every closed event to this SQLite file (WAL; created if missing)")
-    g.add_argument("--clips", metavar="DIR", default=None,
+    g.add_argument("--clips", type=non_empty, metavar="DIR", default=None,
                    help="write each event's audio as FLAC into DIR/YYYY-MM-DD/")
-    g.add_argument("--clips-pre", type=finite, default=1.0, metavar="SECONDS",
+    g.add_argument("--clips-pre", type=finite, default=None, metavar="SECONDS",
                    help="audio kept before an event's start (default 1)")
-    g.add_argument("--clips-post", type=finite, default=1.0, metavar="SECONDS",
+    g.add_argument("--clips-post", type=finite, default=None, metavar="SECONDS",
                    help="audio kept after an event's end (default 1)")
     g.add_argument("--clips-max-mb", type=finite, default=None, metavar="MB",
                    help="delete the oldest clips beyond this total size")
     g.add_argument("--clips-max-days", type=finite, default=None, metavar="DAYS",
                    help="delete clips older than this")
-    g.add_argument("--clips-min-free-mb", type=finite, default=200.0, metavar="MB",
+    g.add_argument("--clips-min-free-mb", type=finite, default=None, metavar="MB",
                    help="write no clip while the disk has less free space than this (default 200)")
-    g.add_argument("--mqtt", metavar="URL", default=None,
+    g.add_argument("--mqtt", type=non_empty, metavar="URL", default=None,
                    help="publish events to an MQTT broker: mqtt[s]://[user:pass@]host[:port][/prefix]"
                         "[?node=NAME&discovery=homeassistant|none&qos=1&queue=1000&ca=FILE]")
-    g.add_argument("--thresholds", metavar="FILE", default=None,
+    g.add_argument("--thresholds", type=non_empty, metavar="FILE", default=None,
                    help="per-label on / off / min_duration (CSV or TOML) over --on / --off / --min-duration")
-    g.add_argument("--env-file", metavar="FILE", default=None,
+    g.add_argument("--env-file", type=non_empty, metavar="FILE", default=None,
                    help=f"KEY=VALUE lines (mode 0600) with secrets, e.g. {PASSWORD_ENV} for a --mqtt URL "
                         "with a user and no password; the unit reads it as EnvironmentFile=")
     g.add_argument("--print-systemd-unit", action="store_true",
@@ -159,15 +163,24 @@ def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> 
     """Every device option checked without opening or creating anything (a start and
     ``--print-systemd-unit`` both run this)."""
     env_vars = read_env_file(args.env_file) if args.env_file else {}
+    clip_opts = {"--clips-pre": args.clips_pre, "--clips-post": args.clips_post,
+                 "--clips-max-mb": args.clips_max_mb, "--clips-max-days": args.clips_max_days,
+                 "--clips-min-free-mb": args.clips_min_free_mb}
+    if not args.clips and (given := [k for k, v in clip_opts.items() if v is not None]):
+        raise DymnEdgeError(f"{' / '.join(given)}: clip options need --clips DIR")  # ignored otherwise
+    for name, default in CLIP_DEFAULTS.items():  # None: not given on the command line
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.clips:
         check_clip_options(args.clips, pre=args.clips_pre, post=args.clips_post,
                            max_mb=args.clips_max_mb, max_days=args.clips_max_days)
-    elif args.clips_max_mb is not None or args.clips_max_days is not None:
-        raise DymnEdgeError("--clips-max-mb / --clips-max-days need --clips DIR")
+        if args.clips_min_free_mb < 0:
+            raise DymnEdgeError(f"--clips-min-free-mb must be >= 0, got {args.clips_min_free_mb:g}")
     if args.db:
         check_event_db(args.db)
     plan = DevicePlan(env_file=Path(args.env_file).resolve() if args.env_file else None)
     if args.mqtt:
+        parse_mqtt_url(args.mqtt, {})  # a malformed URL is one line before it is taken apart here
         if args.print_systemd_unit and urlsplit(args.mqtt).password:
             raise DymnEdgeError(f"the --mqtt URL holds a password, which the unit would show to every "
                                 f"user: use mqtt://USER@HOST and put {PASSWORD_ENV}=... in a file of mode "

@@ -418,6 +418,8 @@ def load_engine(path: str | Path, *, threads: int | None = None,
         raise MetadataError(f"{p}: is a folder, not a model file")
     if not p.is_file():
         raise MetadataError(f"{p}: model file not found")
+    if delegate is not None and not delegate.strip():  # "" would silently mean the default
+        raise EngineError("--delegate is empty: give xnnpack, none or a delegate library")
     fmt = detect_format(p)
     try:
         if fmt == "onnx":

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dymn_edge.cliutil import check_input_file, check_writable_folder
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event
 from dymn_edge.runtime.sinks import EventSink
@@ -223,8 +224,10 @@ def check_event_db(path: str | Path) -> None:
                                 "WAL mode adds -wal / -shm files beside it)")
         return
     parent = next((a for a in p.absolute().parents if a.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if parent is None or not parent.is_dir():
         raise EventLogError(f"cannot create event database {p}: {parent} is not a writable folder")
+    # a probe file, not permission bits: root may "write" in /proc by os.access
+    check_writable_folder(parent, f"cannot create event database {p}", EventLogError)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -232,9 +235,10 @@ def check_event_db(path: str | Path) -> None:
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
     """Open an event database for reading (EventLogError when missing or not one)."""
-    p = Path(path)
-    if not p.is_file():
-        raise EventLogError(f"event database not found: {p}")
+    try:
+        p = check_input_file(path, "event database")  # a folder is named as such, not "not found"
+    except DymnEdgeError as exc:
+        raise EventLogError(str(exc)) from None
     try:
         conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, timeout=10.0)
         conn.row_factory = sqlite3.Row

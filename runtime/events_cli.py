@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.cliutil import OneLineErrorParser, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, non_empty, run_guarded, setup_logging
 from dymn_edge.runtime.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
@@ -55,7 +55,10 @@ def parse_time(text: str, now: dt.datetime | None = None) -> str:
                                 "30m, 6h, 7d)") from exc
         if t.tzinfo is None:
             t = t.replace(tzinfo=dt.timezone.utc)
-    return utc_iso(t.timestamp())
+    try:
+        return utc_iso(t.timestamp())
+    except (ValueError, OverflowError, OSError):  # in UTC, past year 9999 / before year 1
+        raise DymnEdgeError(f"time '{text}' is outside the years 1-9999 in UTC") from None
 
 
 def summary_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,14 +114,25 @@ TABLE_COLUMNS = ("id", "start_utc", "duration_s", "label", "peak_raw_prob", "pea
                  "clip")
 
 
+#: SQLite's LIMIT is a signed 64-bit integer.
+MAX_LIMIT = 2**63 - 1
+
+
 def _events(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise DymnEdgeError(f"--limit must be >= 1, got {args.limit}")
+    if args.limit is not None and not 1 <= args.limit <= MAX_LIMIT:
+        raise DymnEdgeError(f"--limit must be between 1 and {MAX_LIMIT}, got {args.limit}")
+    if args.summary and (args.limit is not None or args.newest_first):  # accepted and ignored otherwise
+        raise DymnEdgeError("--limit / --newest-first order and cut the event list; --summary counts "
+                            "every matching event per hour: leave them out")
+    if any(not name.strip() for item in args.label for name in item.split("|")):
+        raise DymnEdgeError(f"--label got an empty name in {args.label!r}")
     if args.min_prob is not None and not 0.0 <= args.min_prob <= 1.0:  # nan fails this too
         raise DymnEdgeError(f"--min-prob must be a probability in [0, 1], got {args.min_prob:g}")
-    q = EventQuery(labels=[x for item in args.label for x in item.split("|")],
-                   since=parse_time(args.since) if args.since else None,
-                   until=parse_time(args.until) if args.until else None,
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if since is not None and until is not None and since >= until:  # nothing could match
+        raise DymnEdgeError(f"--since {args.since} ({since}) is not before --until {args.until} ({until})")
+    q = EventQuery(labels=[x for item in args.label for x in item.split("|")], since=since, until=until,
                    min_prob=args.min_prob, limit=None if args.summary else args.limit,
                    newest_first=args.newest_first)
     conn = open_readonly(args.db)
@@ -144,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("db", metavar="DB", help="SQLite file written by dymn-listen --db")
     p.add_argument("--label", action="append", default=[], metavar="NAME|MID",
                    help="only these labels (display name, case-insensitive, or mid; repeat or use |)")
-    p.add_argument("--since", metavar="TIME", help="events starting at or after TIME (ISO, or 30m / 6h / 7d ago)")
-    p.add_argument("--until", metavar="TIME", help="events starting before TIME")
+    p.add_argument("--since", type=non_empty, metavar="TIME", help="events starting at or after TIME (ISO, or 30m / 6h / 7d ago)")
+    p.add_argument("--until", type=non_empty, metavar="TIME", help="events starting before TIME")
     p.add_argument("--min-prob", type=float, default=None, metavar="P",
                    help="raw peak probability >= P (rows of schema-1 files, which have no raw peak: "
                         "their smoothed peak)")

@@ -110,7 +110,10 @@ def parse_mqtt_url(url: str, env: Mapping[str, str] | None = None) -> MqttConfig
 
     ``env`` (default ``os.environ``) supplies :data:`PASSWORD_ENV` for a user without a
     password in the URL."""
-    u = urlsplit(url)
+    try:
+        u = urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for mqtt://[::1
+        raise MqttError(f"--mqtt URL is malformed ({exc}): '{url}'") from None
     if u.scheme not in ("mqtt", "mqtts"):
         raise MqttError(f"--mqtt URL must start with mqtt:// or mqtts://, got '{url}'")
     try:

@@ -86,8 +86,8 @@ def _resolve_all(labels: Sequence[Label], names: Iterable[str]) -> list[int]:
     out: list[int] = []
     for item in names:
         item = item.strip()
-        if not item:
-            continue
+        if not item:  # an empty --include would silently mean "every label"
+            raise LabelsError("--include / --exclude got an empty label name")
         try:
             out.append(resolve_label(labels, item).index)
         except LabelsError:

@@ -79,6 +79,16 @@ CASES = [
     ("export", ["--model", "dymn-s", "--weights", "{tmp}", "--format", "onnx"], "is a folder"),
     ("export", EXPORT + ["--labels", "{tmp}"], "is a folder"),
     ("export", EXPORT + ["--labels", "{tmp}/dup.csv"], "repeats line"),
+    # second pass: empty values, options a mode would ignore
+    ("tag", ["--model", "{onnx}", ""], "an audio file name is empty"),
+    ("tag", ["--model", "{onnx}", "--include", "", "{wav}"], "empty label name"),
+    ("tag", ["--model", "{onnx}", "--delegate", "", "{wav}"], "--delegate is empty"),
+    ("tag", ["--model", "{tflite}", "--delegate", " ", "{wav}"], "--delegate is empty"),
+    ("tag", ["--model", "{onnx}", "--strict", "{wav}"], "--strict apply to an archive"),
+    ("tag", ["--model", "{onnx}", "--output", "", "{wav}"], "--output/-o: must not be empty"),
+    ("tag", ["--model", "{onnx}", "--output", "{tmp}/o.parquet", "--scheduler", "", "{wav}"],
+     "--scheduler: must not be empty"),
+    ("tag", ["--model", "{onnx}", "--output", "{tmp}/o.jsonl", "--json", "{wav}"], "leave --json out"),
 ]
 
 
