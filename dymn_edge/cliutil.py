@@ -29,7 +29,7 @@ from typing import NoReturn
 from dymn_edge.errors import DymnEdgeError, ValidationError
 
 __all__ = ["OneLineErrorParser", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
-           "check_input_file", "check_output_file", "check_writable_folder",
+           "check_input_file", "check_output_file", "check_writable_folder", "check_stdout",
            "setup_logging", "run_guarded", "exit_code",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -143,6 +143,13 @@ def check_output_file(path: str | os.PathLike, what: str, suffixes: Iterable[str
     return p
 
 
+def check_stdout() -> None:
+    """A closed standard output (``prog >&-``) is refused before the work: Python sets
+    ``sys.stdout`` to None, silently drops ``print`` and fails on the first ``write``."""
+    if sys.stdout is None:
+        raise DymnEdgeError("standard output is closed; redirect it to a file or /dev/null")
+
+
 def setup_logging(verbose: bool) -> None:
     """WARNING (DEBUG with ``--verbose``) to stderr; the tools' own lines stay on stdout."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
@@ -167,11 +174,8 @@ def run_guarded(body: Callable[[], int], prog: str, *, verbose: bool = False) ->
     pipe (``| head``) a quiet 0. A closed standard output (``>&-``) is refused before the
     work: Python would silently drop ``print`` and fail on the first ``write``.
     """
-    if sys.stdout is None:
-        print(f"{prog}: error: standard output is closed; redirect it to a file or /dev/null",
-              file=sys.stderr)
-        return EXIT_USAGE
     try:
+        check_stdout()
         return body()
     except DymnEdgeError as exc:
         if verbose:

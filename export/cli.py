@@ -10,7 +10,7 @@ import sys
 import threading
 import warnings
 
-from dymn_edge.cliutil import OneLineErrorParser, exit_code, finite
+from dymn_edge.cliutil import OneLineErrorParser, check_stdout, exit_code, finite, non_empty
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.registry import list_models
 
@@ -53,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="NAME",
                    help=f"registry name or alias ({', '.join(list_models())})")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", metavar="PATH", help="checkpoint (.pt, official state-dict "
+    src.add_argument("--weights", type=non_empty, metavar="PATH", help="checkpoint (.pt, official state-dict "
                      "layout, any class count); default: the released AudioSet weights")
     src.add_argument("--random-init", action="store_true",
                      help="seeded random weights, no download (untrained: size/speed only)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --random-init (default 0)")
     p.add_argument("--format", required=True, metavar="FORMAT", help="onnx or tflite")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default) or static_k (K static convs weighted by the attention; any batch; "
                    "one XNNPACK partition; the --full-int8 default). Defaults are measured per "
                    "engine (export/formats.py)")
-    p.add_argument("--calibration", metavar="DIR", help="audio for calibrated int8 (--full-int8, "
+    p.add_argument("--calibration", type=non_empty, metavar="DIR", help="audio for calibrated int8 (--full-int8, "
                    "static QDQ; required there): a labelled set with a train split (its train "
                    "clips) or any folder of audio files; recorded in the file's metadata")
     p.add_argument("--num-calibration", type=int, metavar="N", help="calibration clips (default 64)")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dynamic) and the one kept is recorded")
     p.add_argument("--strict", action="store_true", help="calibrated int8: fail (exit 1) when "
                    "the held-out drop exceeds --max-int8-drop instead of falling back")
-    p.add_argument("--labels", metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
+    p.add_argument("--labels", type=non_empty, metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
     p.add_argument("--activation", metavar="sigmoid|softmax",
@@ -109,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "inside the graph (input float32 mono samples at 32 kHz: tflite [1, N] of the "
                    "window, onnx [1, N] any N); tflite files also carry MediaPipe metadata "
                    "(AudioClassifier). fp32 only")
-    p.add_argument("--eval-dataset", metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
+    p.add_argument("--eval-dataset", type=non_empty, metavar="DIR", help="labelled folder (FSDD/ESC-50/generic "
                    "layout) to measure the file's accuracy on, against PyTorch's (default: "
                    "not measured)")
-    p.add_argument("--output", "-o", metavar="PATH", help="output file or existing folder "
+    p.add_argument("--output", "-o", type=non_empty, metavar="PATH", help="output file or existing folder "
                    "(default: ./<model>-<precision>.<format>)")
     p.add_argument("--no-validate", action="store_true", help="skip validation (not recommended)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the step lines "
@@ -190,6 +190,10 @@ def _check_options(args: argparse.Namespace) -> None:
     ``--calibration-method`` only means something to a calibrated int8 export, and
     ``--eval-dataset`` is read after the export: a typo there would cost the whole export.
     """
+    check_stdout()  # the summary table goes there
+    if args.seed is not None and not args.random_init:  # accepted and ignored otherwise
+        raise DymnEdgeError("--seed seeds --random-init weights: leave it out with --weights or the "
+                            "released weights")
     if args.calibration_method and not args.calibration:
         raise DymnEdgeError("--calibration-method chooses how calibrated int8 takes its ranges: "
                             "it needs --calibration DIR (and --int8 / --static-int8 / --full-int8)")
@@ -274,7 +278,8 @@ def _main(argv: list[str] | None) -> int:
                 quant.__post_init__()
             quant.report = args.quant_report
         cfg = ExportConfig(
-            quantization=quant, model=args.model, weights=args.weights, random_init=args.random_init, seed=args.seed,
+            quantization=quant, model=args.model, weights=args.weights, random_init=args.random_init,
+            seed=0 if args.seed is None else args.seed,
             format=args.format, precision=args.precision or "fp32", strategy=args.strategy,
             window_seconds=args.window, calibration=args.calibration,
             num_calibration=args.num_calibration, labels=args.labels, output=args.output,

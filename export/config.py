@@ -45,6 +45,8 @@ DEFAULT_MAX_INT8_DROP = 0.5
 HELDOUT_CLIPS = 250
 MIN_WINDOW_S = 0.32  # 32 frames: the network's total time stride
 MAX_WINDOW_S = 60.0
+#: Largest --seed: NumPy seeds are 32-bit; a larger one overflowed in the random-init model (a traceback).
+MAX_SEED = 2**32 - 1
 
 
 class QuantScheme(str, enum.Enum):
@@ -244,6 +246,10 @@ class ExportConfig:
                               f"(supported: {allowed})")
         if self.random_init and self.weights is not None:
             raise ExportError("--random-init and --weights exclude each other: pick one")
+        if not 0 <= int(self.seed) <= MAX_SEED:  # torch / NumPy overflow past it (a traceback)
+            raise ExportError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.eval_dataset is not None and not self.validate:  # measured by the validation
+            raise ExportError("--eval-dataset is measured during validation: leave out --no-validate")
         if self.weights is not None:
             check_input_file(self.weights, "weights file")
         if self.strategy is not None:

@@ -9,6 +9,9 @@ stderr is captured whole, so an "Exception ignored" report or a traceback fails 
 from __future__ import annotations
 
 import importlib
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,14 @@ CASES = [
     ("tag", ["--model", "{onnx}", "--output", "{tmp}/o.parquet", "--scheduler", "", "{wav}"],
      "--scheduler: must not be empty"),
     ("tag", ["--model", "{onnx}", "--output", "{tmp}/o.jsonl", "--json", "{wav}"], "leave --json out"),
+    ("export", EXPORT + ["--seed", "99999999999999999999999"], "--seed must be between 0 and"),
+    ("export", EXPORT + ["--seed", "-1"], "--seed must be between 0 and"),
+    ("export", ["--model", "dymn-s", "--weights", "{weights}", "--seed", "3", "--format", "onnx"],
+     "--seed seeds --random-init"),
+    ("export", EXPORT + ["--no-validate", "--eval-dataset", "{fsdd}"], "leave out --no-validate"),
+    ("export", EXPORT + ["--output", ""], "--output/-o: must not be empty"),
+    ("export", EXPORT + ["--labels", ""], "--labels: must not be empty"),
+    ("export", EXPORT + ["--static-int8", "--calibration", ""], "--calibration: must not be empty"),
 ]
 
 
@@ -173,3 +184,16 @@ def test_labels_with_repeated_names_are_refused(tmp_path: Path) -> None:
         bad.write_text("index,display_name,mid\n" + body)
         with pytest.raises(LabelsError, match=words):
             read_labels_csv(bad)
+
+
+@pytest.mark.parametrize("module", ["dymn_edge.runtime.info", "dymn_edge.runtime.events_cli"])
+def test_closed_stdout_is_one_line(module: str, tmp_path: Path) -> None:
+    """``tool >&-``: Python sets sys.stdout to None, so print() dropped the output silently
+    (exit 0) and a write was a traceback; now one line and exit 2, before any work."""
+    code = f"import sys; from {module} import main; sys.exit(main())"
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {tmp_path / 'x'} >&-",
+                          shell=True, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    prog = "dymn-info" if module.endswith("info") else "dymn-events"
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"{prog}: error: standard output is closed; redirect it to a file or /dev/null"], proc.stderr
