@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dymn_edge.benchmarks.macs import count_model, table
 from dymn_edge.cliutil import (
-    MAX_THREADS, OneLineErrorParser, check_input_file, check_output_file, positive, run_guarded,
+    MAX_THREADS, OneLineErrorParser, check_input_file, check_output_file, non_empty, positive, run_guarded,
     setup_logging,
 )
 from dymn_edge.errors import DymnEdgeError
@@ -99,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="dymn-s", metavar="NAME[,NAME]",
                    help="registry name or comma list (dymn-s/m/l, mn-s/m; default dymn-s); "
                         "e.g. dymn-m,mn-m times both in one run and reports the /MN ratio")
-    m.add_argument("--weights", metavar="PATH", help="checkpoint of the one model that is not "
+    m.add_argument("--weights", type=non_empty, metavar="PATH", help="checkpoint of the one model that is not "
                    "random-init (default: the released AudioSet weights)")
     m.add_argument("--random-init", action="store_true", help="untrained model(s): speed only")
     m.add_argument("--activation", choices=("sigmoid", "softmax"), help="head of the exported "
                    "files for a non-AudioSet --weights (the FSDD reference: softmax)")
     r = p.add_argument_group("what to run")
-    r.add_argument("--formats", metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
+    r.add_argument("--formats", type=non_empty, metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
                    "format:precision pairs of the exporter's table); tflite:waveform / "
                    "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
                    "minus the fp32 row); onnx:static_int8 / tflite:full_int8: calibrated int8 "
@@ -118,47 +118,47 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=positive, default=2.0, metavar="SECONDS",
                    help="timed seconds per artifact, length and thread count (default 2)")
     r.add_argument("--no-reference", action="store_true", help="leave out the eager PyTorch row")
-    r.add_argument("--workdir", metavar="DIR", help="export cache folder (default "
+    r.add_argument("--workdir", type=non_empty, metavar="DIR", help="export cache folder (default "
                    "$DYMN_EDGE_CACHE/bench)")
     r.add_argument("--no-cache", action="store_true", help="export every file again (and "
                    "overwrite its cache entry)")
     r.add_argument("--macs", action="store_true", help="print the analytic per-block MACs and exit")
-    r.add_argument("--npu", metavar="ACC[,ACC]", help="compile the --full-int8 TFLite of each --model "
+    r.add_argument("--npu", type=non_empty, metavar="ACC[,ACC]", help="compile the --full-int8 TFLite of each --model "
                    "(exported with --calibration DIR) or the --npu-files with Arm's Vela for these "
                    "Ethos-U configurations (e.g. ethos-u55-256,ethos-u65-512; pip install "
                    "'dymn-edge[npu]'): NPU operator share, SRAM / flash use, Vela's estimated time")
-    r.add_argument("--npu-files", metavar="F[,F]", help="with --npu: existing full-int8 .tflite files")
-    r.add_argument("--calibration", metavar="DIR", help="calibration audio of the full-int8 exports "
+    r.add_argument("--npu-files", type=non_empty, metavar="F[,F]", help="with --npu: existing full-int8 .tflite files")
+    r.add_argument("--calibration", type=non_empty, metavar="DIR", help="calibration audio of the full-int8 exports "
                    "(--npu) and of the calibrated int8 rows (--formats onnx:static_int8, "
                    "tflite:full_int8)")
     d = p.add_argument_group("accuracy")
-    d.add_argument("--data", metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
+    d.add_argument("--data", type=non_empty, metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
                    "CSV, or a folder with labels.csv (path,label)")
-    d.add_argument("--split", help="FSDD split (default test) or ESC-50 fold (default: all folds)")
+    d.add_argument("--split", type=non_empty, help="FSDD split (default test) or ESC-50 fold (default: all folds)")
     d.add_argument("--max-clips", type=int, metavar="N", help="score only the first N clips")
     d.add_argument("--no-accuracy", action="store_true", help="skip accuracy")
-    d.add_argument("--score-file", metavar="MODEL", help="only accuracy / mAP of this exported file "
+    d.add_argument("--score-file", type=non_empty, metavar="MODEL", help="only accuracy / mAP of this exported file "
                    "on --data, streamed through dymn-tag's archive path (large sets, resumable: "
                    "--workdir/MODEL.DATA.parquet and its .parts/); counts exactly this run's clips; "
                    "a clip that cannot be scored exits 1 unless --allow-failures")
     d.add_argument("--overwrite", action="store_true", help="with --score-file: replace a scores "
                    "file of another model file or options instead of refusing")
     d.add_argument("--workers", type=int, metavar="N", help="with --score-file: a local Dask cluster")
-    d.add_argument("--scheduler", metavar="ADDR", help="with --score-file: a running Dask cluster")
+    d.add_argument("--scheduler", type=non_empty, metavar="ADDR", help="with --score-file: a running Dask cluster")
     o = p.add_argument_group("output and gate")
-    o.add_argument("--json", metavar="OUT", help="write everything (machine, tools, per-block MACs)")
-    o.add_argument("--plot", metavar="OUT.png", help="accuracy vs latency and vs MACs")
-    o.add_argument("--compare", metavar="BASELINE.json", help="gate this run against a baseline")
-    o.add_argument("--max-regression", default="15%", metavar="PCT",
+    o.add_argument("--json", type=non_empty, metavar="OUT", help="write everything (machine, tools, per-block MACs)")
+    o.add_argument("--plot", type=non_empty, metavar="OUT.png", help="accuracy vs latency and vs MACs")
+    o.add_argument("--compare", type=non_empty, metavar="BASELINE.json", help="gate this run against a baseline")
+    o.add_argument("--max-regression", default=None, metavar="PCT",
                    help="allowed latency regression vs the baseline, relative to the reference "
                         "GEMM (default 15%%)")
-    o.add_argument("--max-ratio-regression", default="25%", metavar="PCT",
+    o.add_argument("--max-ratio-regression", default=None, metavar="PCT",
                    help="allowed growth of a DyMN file's latency ratio to its MN partner vs the "
                         "baseline's ratio (default 25%%)")
     o.add_argument("--ci-gate", action="store_true", help="run the baseline's configuration "
                    "(DyMN-S and MN-S, 1 s window, 1 thread) instead of the options above; "
                    "--weights / --activation / --data / --split still say which DyMN-S")
-    o.add_argument("--write-baseline", metavar="PATH", help="write this run as a gate baseline")
+    o.add_argument("--write-baseline", type=non_empty, metavar="PATH", help="write this run as a gate baseline")
     o.add_argument("--allow-failures", action="store_true", help="exit 0 even when some rows "
                    "failed to export (they stay in the table as failed; default: exit 1)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -271,6 +271,11 @@ def _npu(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
+#: The gate's default bounds (--max-regression / --max-ratio-regression left out).
+DEFAULT_MAX_REGRESSION = "15%"
+DEFAULT_MAX_RATIO_REGRESSION = "25%"
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Every option problem as one line before any export or timing starts.
 
@@ -281,6 +286,20 @@ def _check_options(args: argparse.Namespace) -> None:
     if not score and (args.workers is not None or args.scheduler):
         raise DymnEdgeError("--workers / --scheduler score one exported file on a Dask cluster: "
                             "use them with --score-file MODEL --data DIR")
+    if score:  # a folder is named as such, not "model file not found"
+        check_input_file(args.score_file, "--score-file model")
+    from dymn_edge.benchmarks.gate import parse_percent  # noqa: PLC0415
+
+    for flag, value in (("--max-regression", args.max_regression),
+                        ("--max-ratio-regression", args.max_ratio_regression)):
+        if value is not None:
+            parse_percent(value, flag)
+    if (args.max_regression or args.max_ratio_regression) and not args.compare:  # ignored otherwise
+        raise DymnEdgeError("--max-regression / --max-ratio-regression bound the gate of --compare "
+                            "BASELINE.json: add --compare, or leave them out")
+    if args.no_accuracy and (args.data or score):  # contradictory: --data is only read for accuracy
+        raise DymnEdgeError("--no-accuracy skips accuracy, which is all --data / --score-file are read "
+                            "for: leave one out")
     if args.overwrite and not score:
         raise DymnEdgeError("--overwrite replaces the scores file of --score-file: add --score-file MODEL")
     if args.workers is not None and args.workers < 1:
@@ -344,8 +363,8 @@ def _main(args: argparse.Namespace) -> int:
         return _score_file(args)
     if args.npu:
         return _npu(args)
-    max_reg = parse_percent(args.max_regression)
-    max_ratio = parse_percent(args.max_ratio_regression, "--max-ratio-regression")
+    max_reg = parse_percent(args.max_regression or DEFAULT_MAX_REGRESSION)
+    max_ratio = parse_percent(args.max_ratio_regression or DEFAULT_MAX_RATIO_REGRESSION, "--max-ratio-regression")
     cfg = _config_from_args(args)
     from dymn_edge.benchmarks.runner import run_benchmark  # noqa: PLC0415
 

@@ -100,6 +100,13 @@ CASES = [
     ("export", EXPORT + ["--output", ""], "--output/-o: must not be empty"),
     ("export", EXPORT + ["--labels", ""], "--labels: must not be empty"),
     ("export", EXPORT + ["--static-int8", "--calibration", ""], "--calibration: must not be empty"),
+    ("bench", ["--formats", ""], "--formats: must not be empty"),
+    ("bench", ["--workdir", ""], "--workdir: must not be empty"),
+    ("bench", ["--json", ""], "--json: must not be empty"),
+    ("bench", ["--score-file", "{tmp}", "--data", "{fsdd}"], "is a folder"),
+    ("bench", ["--max-regression", "5"], "add --compare"),
+    ("bench", ["--max-regression", "lots"], "must look like 15%"),
+    ("bench", ["--no-accuracy", "--data", "{fsdd}"], "--no-accuracy skips accuracy"),
 ]
 
 
