@@ -72,7 +72,7 @@ def non_empty(text: str) -> str:
     """argparse ``type`` of a path / URL / name option: ``--db ""`` (an unset shell variable) is
     refused, where a falsy value would silently mean "option not given"."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (leave the option out instead)")
+        raise argparse.ArgumentTypeError("must not be empty")
     return text
 
 

@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-events``."""
     p = OneLineErrorParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("db", metavar="DB", help="SQLite file written by dymn-listen --db")
+    p.add_argument("db", type=non_empty, metavar="DB", help="SQLite file written by dymn-listen --db")
     p.add_argument("--label", action="append", default=[], metavar="NAME|MID",
                    help="only these labels (display name, case-insensitive, or mid; repeat or use |)")
     p.add_argument("--since", type=non_empty, metavar="TIME", help="events starting at or after TIME (ISO, or 30m / 6h / 7d ago)")

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.cliutil import OneLineErrorParser, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, non_empty, run_guarded, setup_logging
 from dymn_edge.metadata import ModelMetadata, read_metadata
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-info``."""
     p = OneLineErrorParser(prog="dymn-info", epilog=EPILOG,
                            description="Describe an exported DyMN/MN model file from its metadata.")
-    p.add_argument("file", metavar="MODEL", help="an .onnx or .tflite file written by dymn-export")
+    p.add_argument("file", type=non_empty, metavar="MODEL", help="an .onnx or .tflite file written by dymn-export")
     p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
     args = p.parse_args(argv)

@@ -100,6 +100,7 @@ CASES = [
     ("export", EXPORT + ["--output", ""], "--output/-o: must not be empty"),
     ("export", EXPORT + ["--labels", ""], "--labels: must not be empty"),
     ("export", EXPORT + ["--static-int8", "--calibration", ""], "--calibration: must not be empty"),
+    ("info", [""], "MODEL: must not be empty"),
     ("bench", ["--formats", ""], "--formats: must not be empty"),
     ("bench", ["--workdir", ""], "--workdir: must not be empty"),
     ("bench", ["--json", ""], "--json: must not be empty"),

@@ -60,6 +60,7 @@ CASES = [
     ("listen", ["--model", "{model}", "--mqtt", "mqtt://[::1", UNIT], "--mqtt URL is malformed"),
     ("listen", ["--list-devices", "--db", "{tmp}/e.db"], "leave out --db"),
     ("events", ["{tmp}"], "is a folder"),
+    ("events", [""], "DB: must not be empty"),
     ("events", ["{db}", "--label", ""], "--label got an empty name"),
     ("events", ["{db}", "--label", "Dog|"], "--label got an empty name"),
     ("events", ["{db}", "--since", ""], "--since: must not be empty"),
