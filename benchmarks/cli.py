@@ -68,10 +68,15 @@ identical run only measures. --no-cache exports again.
 
 def _csv(kind: type, text: str, what: str) -> list:
     """Comma-separated finite, positive numbers (``--lengths 1,10``, ``--threads 1,2``)."""
+    items = text.split(",")
+    if any(not x.strip() for x in items):  # "1,,2" or "1,": a lost value, not a style
+        raise DymnEdgeError(f"--{what} has an empty entry in '{text}'")
     try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in items]
     except ValueError:
         raise DymnEdgeError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+    if len(set(values)) < len(values):  # each would be timed twice in one table
+        raise DymnEdgeError(f"--{what} repeats a value in '{text}'")
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise DymnEdgeError(f"--{what} takes finite numbers > 0, got '{text}'")
     if what == "threads" and max(values) > MAX_THREADS:
@@ -84,6 +89,8 @@ def _csv(kind: type, text: str, what: str) -> list:
 
 #: Longest input timed (s): 10 minutes of log-mel is already 60000 frames per inference.
 MAX_LENGTH_S = 600.0
+#: Longest --budget (s): one hour per cell is a typo, not a benchmark.
+MAX_BUDGET_S = 3600.0
 #: What --plot can write (matplotlib picks the format from the suffix).
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
@@ -316,6 +323,16 @@ def _check_options(args: argparse.Namespace) -> None:
                             "--formats onnx:static_int8,tflite:full_int8 (or --npu), or leave it out")
     _csv(float, args.lengths, "lengths")
     _csv(int, args.threads, "threads")
+    if args.budget > MAX_BUDGET_S:
+        raise DymnEdgeError(f"--budget is seconds per artifact, length and thread count: at most "
+                            f"{MAX_BUDGET_S:g}, got {args.budget:g}")
+    if args.formats:
+        names = [v.strip().lower() for v in args.formats.split(",")]
+        if any(not n for n in names) or len(set(names)) < len(names):
+            raise DymnEdgeError(f"--formats has an empty or repeated entry in '{args.formats}'")
+    models = [m.strip().lower() for m in args.model.split(",")]
+    if any(not m for m in models) or len(set(models)) < len(models):
+        raise DymnEdgeError(f"--model has an empty or repeated entry in '{args.model}'")
     if args.window is not None and not args.macs:
         from dymn_edge.export.config import MAX_WINDOW_S, MIN_WINDOW_S  # noqa: PLC0415
 

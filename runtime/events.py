@@ -44,6 +44,8 @@ __all__ = ["EventConfig", "Event", "EventTracker", "level_dbfs", "SOFTMAX_MIN_LE
 #: Default level gate (dBFS, RMS re full scale 1.0) for softmax heads; see the README
 #: "Run it as a device" for how it was measured on FSDD speech, silence and low noise.
 SOFTMAX_MIN_LEVEL_DBFS = -60.0
+#: Longest --min-duration (s): an onset that must last more than a day is a typo.
+MAX_MIN_DURATION_S = 86400.0
 
 
 def level_dbfs(samples: np.ndarray) -> float:
@@ -72,8 +74,9 @@ class EventConfig:
             raise DymnEdgeError(f"onset threshold must be in (0, 1], got {self.on:g}")
         if not 0.0 <= self.off <= self.on:
             raise DymnEdgeError(f"offset threshold must be in [0, on={self.on:g}], got {self.off:g}")
-        if self.min_duration < 0:
-            raise DymnEdgeError(f"minimum duration must be >= 0, got {self.min_duration:g}")
+        if not 0 <= self.min_duration <= MAX_MIN_DURATION_S:
+            raise DymnEdgeError(f"--min-duration must be between 0 and {MAX_MIN_DURATION_S:g} s (a "
+                                f"day), got {self.min_duration:g}")
         if self.smoothing not in ("ema", "median", "none"):
             raise DymnEdgeError(f"smoothing must be ema, median or none, got '{self.smoothing}'")
         if not 0.0 < self.alpha <= 1.0:

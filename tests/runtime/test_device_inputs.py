@@ -23,6 +23,7 @@ CASES = [
     ("listen", ["--model", "{model}", "--duration", "inf"], "--duration: must be a finite number"),
     ("listen", ["--model", "{model}", "--duration", "-1"], "--duration must be positive"),
     ("listen", ["--model", "{model}", "--min-duration", "nan"], "--min-duration: must be a finite number"),
+    ("listen", ["--model", "{model}", "--min-duration", "1e308"], "--min-duration must be between 0 and 86400"),
     ("listen", ["--model", "{model}", "--min-level-dbfs", "6"], "dBFS is <= 0"),
     ("listen", ["--model", "{model}", "--min-level-dbfs", "quiet"], "invalid number: 'quiet'"),
     ("listen", ["--model", "{model}", "--clips", "{tmp}/c", "--clips-pre", "nan"], "must be a finite number"),
