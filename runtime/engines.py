@@ -314,6 +314,9 @@ def parse_delegate(spec: str) -> tuple[str, dict[str, str]]:
             if not eq or not k.strip():
                 raise EngineError(f"delegate options must be key=value pairs, got '{item}'")
             opts[k.strip()] = v.strip()
+    if opts and lib.strip().lower() in ("xnnpack", "none", "cpu", "builtin"):
+        raise EngineError(f"the built-in '{lib}' delegate takes no options (threads: --threads); "
+                          "options are for a delegate library, e.g. libvx_delegate.so:key=value")
     return lib, opts
 
 

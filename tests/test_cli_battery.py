@@ -40,6 +40,7 @@ CASES = [
     ("tag", ["--model", "{onnx}", "--delegate", "xnnpack", "{wav}"], "--delegate applies to TFLite"),
     ("tag", ["--model", "{tflite}", "--delegate", "{tmp}/missing_delegate.so", "{wav}"],
      "cannot load LiteRT delegate"),
+    ("tag", ["--model", "{tflite}", "--delegate", "xnnpack:threads=2", "{wav}"], "takes no options"),
     ("tag", ["--model", "{onnx}", "--scores", "{wav}"], "--scores"),
     ("tag", ["--model", "{onnx}", "--embeddings", "{wav}"], "--embeddings"),
     ("tag", ["--model", "{onnx}", "--include", "one", "--exclude", "one", "{wav}"], "both name one"),
