@@ -20,9 +20,9 @@ from dymn_edge.cliutil import (
     EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, non_empty, run_guarded, setup_logging, thread_count,
 )
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.runtime import device as dev
+from dymn_edge.runtime.device import options as dev
 from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive
-from dymn_edge.runtime.device import DEVICE_EXAMPLES, add_device_args
+from dymn_edge.runtime.device.options import DEVICE_EXAMPLES, add_device_args
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS, EventConfig, EventTracker
 from dymn_edge.runtime.microphone import Listener, list_devices

@@ -116,7 +116,7 @@ class EventTracker:
     def __init__(self, labels: Sequence[Label], config: EventConfig = EventConfig(),
                  hop_s: float = 1.0, per_label: "np.ndarray | None" = None) -> None:
         """``per_label``: optional (n_labels, 3) array of on / off / min_duration per label
-        (from :mod:`dymn_edge.runtime.thresholds`) replacing the global thresholds."""
+        (from :mod:`dymn_edge.runtime.device.thresholds`) replacing the global thresholds."""
         self.labels = list(labels)
         self.config = config.validate()
         self.hop_s = float(hop_s)

@@ -201,7 +201,7 @@ def test_labels_with_repeated_names_are_refused(tmp_path: Path) -> None:
             read_labels_csv(bad)
 
 
-@pytest.mark.parametrize("module", ["dymn_edge.runtime.info", "dymn_edge.runtime.events_cli"])
+@pytest.mark.parametrize("module", ["dymn_edge.runtime.info", "dymn_edge.runtime.device.events_cli"])
 def test_closed_stdout_is_one_line(module: str, tmp_path: Path) -> None:
     """``tool >&-``: Python sets sys.stdout to None, so print() dropped the output silently
     (exit 0) and a write was a traceback; now one line and exit 2, before any work."""

@@ -107,7 +107,7 @@ TOOLS = {
     "tag": ("dymn_edge.runtime.cli", "tag_main", ["--model", "{tmp}/missing.onnx", "{tmp}/a.wav"]),
     "listen": ("dymn_edge.runtime.cli", "listen_main", ["--model", "{tmp}/missing.onnx"]),
     "bench": ("dymn_edge.benchmarks.cli", "main", ["--compare", "{tmp}/missing.json"]),
-    "events": ("dymn_edge.runtime.events_cli", "main", ["{tmp}/missing.db"]),
+    "events": ("dymn_edge.runtime.device.events_cli", "main", ["{tmp}/missing.db"]),
     "info": ("dymn_edge.runtime.info", "main", ["{tmp}/missing.onnx"]),
 }
 

@@ -23,7 +23,7 @@ TORCH_FREE = [
     "dymn_edge.datasets", "dymn_edge.metrics", "dymn_edge.cliutil",
     "dymn_edge.runtime.engines", "dymn_edge.runtime.tagger", "dymn_edge.runtime.stream",
     "dymn_edge.runtime.events", "dymn_edge.runtime.cli", "dymn_edge.runtime.info",
-    "dymn_edge.runtime.events_cli", "dymn_edge.runtime.archive",
+    "dymn_edge.runtime.device.events_cli", "dymn_edge.runtime.archive",
     "dymn_edge.export.config", "dymn_edge.export.calibration", "dymn_edge.export.validate",
     "dymn_edge.benchmarks.macs", "dymn_edge.benchmarks.gate",
 ]

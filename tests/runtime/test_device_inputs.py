@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dymn_edge.runtime.cli import listen_main
-from dymn_edge.runtime.eventlog import EventLog
-from dymn_edge.runtime.events_cli import main as events_main
+from dymn_edge.runtime.device.eventlog import EventLog
+from dymn_edge.runtime.device.events_cli import main as events_main
 
 UNIT = "--print-systemd-unit"
 

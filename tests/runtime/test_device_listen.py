@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dymn_edge.runtime.eventlog import file_sha256, open_readonly
+from dymn_edge.runtime.device.eventlog import file_sha256, open_readonly
 
 from .conftest import spoken_digits
 from .test_device_mqtt import HA_BINARY_KEYS, HA_SENSOR_KEYS, Broker, Subscriber

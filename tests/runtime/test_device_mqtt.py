@@ -23,7 +23,7 @@ import pytest
 from conftest import in_ci
 from dymn_edge.labels import Label
 from dymn_edge.runtime.events import Event
-from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttError, MqttPublisher, parse_mqtt_url
+from dymn_edge.runtime.device.mqtt import PASSWORD_ENV, MqttError, MqttPublisher, parse_mqtt_url
 
 LABELS = [Label(i, f"/m/d{i}", name) for i, name in enumerate(["zero", "one", "two", "Dog bark"])]
 HA_BINARY_KEYS = {"name", "unique_id", "state_topic", "payload_on", "payload_off", "availability_topic",
@@ -294,7 +294,7 @@ def test_tls_and_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         pub.event(_ev("start", 2, 1.0))
         assert sub.wait_for(lambda: len(sub.on("s/n/event")) == 1)
         assert json.loads(sub.on("s/n/event")[0])["label"] == "two"
-        with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device.mqtt"):
             time.sleep(2.5)  # a few refused attempts (backoff 1 s, 2 s)
             bad.event(_ev("start", 0, 0.0))
     finally:

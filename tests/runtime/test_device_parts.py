@@ -19,19 +19,19 @@ import pytest
 import soundfile as sf
 
 from dymn_edge.labels import Label
-from dymn_edge.runtime.clips import ClipRecorder, apply_retention, clip_files
-from dymn_edge.runtime.eventlog import SCHEMA_VERSION, EventLog, EventLogError, file_sha256, open_readonly
+from dymn_edge.runtime.device.clips import ClipRecorder, apply_retention, clip_files
+from dymn_edge.runtime.device.eventlog import SCHEMA_VERSION, EventLog, EventLogError, file_sha256, open_readonly
 from dymn_edge.runtime.events import Event, EventConfig, EventTracker
-from dymn_edge.runtime.events_cli import main as events_main
-from dymn_edge.runtime.events_cli import parse_time
-from dymn_edge.runtime.thresholds import ThresholdsError, load_thresholds
+from dymn_edge.runtime.device.events_cli import main as events_main
+from dymn_edge.runtime.device.events_cli import parse_time
+from dymn_edge.runtime.device.thresholds import ThresholdsError, load_thresholds
 
 LABELS = [Label(0, "/m/0bt9lr", "Dog"), Label(1, "/m/03kmc9", "Siren"), Label(2, "/m/09x0r", "Speech")]
 SR = 32000
 
-DEVICE_MODULES = ["dymn_edge.runtime.eventlog", "dymn_edge.runtime.clips", "dymn_edge.runtime.mqtt",
-                  "dymn_edge.runtime.thresholds", "dymn_edge.runtime.sinks", "dymn_edge.runtime.device",
-                  "dymn_edge.runtime.events_cli"]
+DEVICE_MODULES = ["dymn_edge.runtime.device.eventlog", "dymn_edge.runtime.device.clips", "dymn_edge.runtime.device.mqtt",
+                  "dymn_edge.runtime.device.thresholds", "dymn_edge.runtime.sinks", "dymn_edge.runtime.device.options",
+                  "dymn_edge.runtime.device.events_cli"]
 
 
 # -- thresholds ------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_recorder_applies_retention_under_tiny_limit(tmp_path: Path) -> None:
 def test_free_space_floor_stops_clips_and_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rec = ClipRecorder(tmp_path, min_free_mb=1e12)  # more than any disk
     _feed(rec, np.zeros(3 * SR, np.float32))
-    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.clips"):
+    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device.clips"):
         for k in range(3):
             ev = _end(0, 0.5, 1.0, 1_780_000_000.0 + k)
             rec.event(ev)
@@ -383,7 +383,7 @@ def test_print_systemd_unit(fsdd_onnx: Path, tmp_path: Path, monkeypatch: pytest
     # the service sees its EnvironmentFile only: a password in this shell's environment does not count
     monkeypatch.setenv("DYMN_EDGE_MQTT_PASSWORD", "from-the-shell")
     env.write_text("OTHER=1\n")
-    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device"):
+    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device.options"):
         assert listen_main(argv) == 0
     assert "from-the-shell" not in capsys.readouterr().out
     assert any("connects without a password" in r.message and "--env-file" in r.message for r in caplog.records)
@@ -407,7 +407,7 @@ def test_home_assistant_watched_labels(tmp_path: Path) -> None:
     import argparse
 
     from dymn_edge.labels import audioset_labels
-    from dymn_edge.runtime.device import _watched
+    from dymn_edge.runtime.device.options import _watched
     from dymn_edge.runtime.output import TagFilter
 
     audioset = audioset_labels()

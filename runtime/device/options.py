@@ -31,10 +31,10 @@ from dymn_edge.cliutil import finite, non_empty
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.events import Event, EventConfig
 from dymn_edge.runtime.sinks import EventSink, SinkSet
-from dymn_edge.runtime.clips import ClipRecorder, check_clip_options
-from dymn_edge.runtime.eventlog import EventLog, check_event_db
-from dymn_edge.runtime.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, import_paho, parse_mqtt_url
-from dymn_edge.runtime.thresholds import labels_in, load_thresholds
+from dymn_edge.runtime.device.clips import ClipRecorder, check_clip_options
+from dymn_edge.runtime.device.eventlog import EventLog, check_event_db
+from dymn_edge.runtime.device.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, import_paho, parse_mqtt_url
+from dymn_edge.runtime.device.thresholds import labels_in, load_thresholds
 
 log = logging.getLogger(__name__)
 

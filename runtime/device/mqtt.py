@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.labels import Label
-from dymn_edge.runtime.eventlog import utc_iso
+from dymn_edge.runtime.device.eventlog import utc_iso
 from dymn_edge.runtime.events import Event
 from dymn_edge.runtime.sinks import EventSink
 

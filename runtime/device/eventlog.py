@@ -10,7 +10,7 @@ Each row: label, mid, index, start / end as UTC ISO 8601 text and as stream seco
 peak raw window probability (``peak_raw_prob``: what the model said), the peak and mean
 smoothed probability (``peak_smoothed_prob``, ``mean_prob``: what the thresholds saw), the
 model file, its sha256, the input device, the clip file (if ``--clips``) and the host.
-``dymn-events`` (:mod:`dymn_edge.runtime.events_cli`) reads it.
+``dymn-events`` (:mod:`dymn_edge.runtime.device.events_cli`) reads it.
 
 Schema 1 (the first files, without the raw peak) had one ``peak_prob`` column: the smoothed
 peak; opening such a file for writing migrates it in one transaction (the column is renamed

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.cliutil import OneLineErrorParser, non_empty, run_guarded, setup_logging
-from dymn_edge.runtime.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
+from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
 
