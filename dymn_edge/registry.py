@@ -82,9 +82,19 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("dymn-m-replace-se", Arch.DYMN_REPLACE_SE, 1.0),
     ModelSpec("dymn-l-replace-se", Arch.DYMN_REPLACE_SE, 2.0),
     ModelSpec("mn-s", Arch.MN, 0.4, filename="mn04_as_mAP_432.pt", published_mAP=43.2,
-              aliases=("mn04_as",)),
+              aliases=("mn04_as", "mn-04")),
     ModelSpec("mn-m", Arch.MN, 1.0, filename="mn10_as_mAP_471.pt", published_mAP=47.1,
-              published_gmacs=0.54, aliases=("mn10_as",)),
+              published_gmacs=0.54, aliases=("mn10_as", "mn-10")),
+    # The other official MobileNetV3 widths: the accuracy / latency front (dymn-bench --front)
+    # compares every DyMN with the whole static family. File names as EfficientAT releases them.
+    ModelSpec("mn-05", Arch.MN, 0.5, filename="mn05_as_mAP_443.pt", published_mAP=44.3,
+              aliases=("mn05_as",)),
+    ModelSpec("mn-20", Arch.MN, 2.0, filename="mn20_as_mAP_478.pt", published_mAP=47.8,
+              aliases=("mn20_as",)),
+    ModelSpec("mn-30", Arch.MN, 3.0, filename="mn30_as_mAP_482.pt", published_mAP=48.2,
+              aliases=("mn30_as",)),
+    ModelSpec("mn-40", Arch.MN, 4.0, filename="mn40_as_mAP_484.pt", published_mAP=48.4,
+              aliases=("mn40_as",)),
 )
 
 

@@ -152,3 +152,34 @@ def test_download_to_cache_with_progress(tmp_path: Path, monkeypatch) -> None:
         assert create_model("mn04_as").weights_path == model.weights_path
     finally:
         server.shutdown()
+
+
+# The other official MobileNetV3 widths (the front of dymn-bench --front): width, published
+# mAP and embedding size (6 x the last block's 160 channels at that width).
+OTHER_MN = {"mn05_as": ("mn-05", 0.5, 44.3, 480), "mn20_as": ("mn-20", 2.0, 47.8, 1920),
+            "mn30_as": ("mn-30", 3.0, 48.2, 2880), "mn40_as": ("mn-40", 4.0, 48.4, 3840)}
+
+
+@pytest.mark.parametrize("official", sorted(OTHER_MN))
+def test_other_mn_widths_build_and_run(official: str) -> None:
+    from dymn_edge.registry import RELEASE_URL, Arch
+
+    name, width, mAP, embed = OTHER_MN[official]
+    spec = get_spec(official)
+    assert (spec.name, spec.arch, spec.width, spec.published_mAP) == (name, Arch.MN, width, mAP)
+    assert spec.url == f"{RELEASE_URL}{official}_mAP_{round(mAP * 10)}.pt"
+    model = create_model(name, pretrained=False)
+    with torch.no_grad():
+        logits, emb = model(torch.randn(2, 1, 128, 64))
+    assert logits.shape == (2, 527) and emb.shape == (2, embed)
+    assert torch.isfinite(logits).all()
+
+
+def test_released_mn_file_names_carry_their_mAP() -> None:
+    """EfficientAT names its MN releases ``mnXX_as_mAP_NNN.pt``: the registry's mAP must match."""
+    from dymn_edge.registry import Arch
+
+    mns = [get_spec(n) for n in list_models() if get_spec(n).arch is Arch.MN]
+    assert len(mns) == 6
+    for spec in mns:
+        assert spec.filename == f"mn{round(spec.width * 10):02d}_as_mAP_{round(spec.published_mAP * 10)}.pt"
