@@ -11,7 +11,9 @@ One scaffold for ``dymn-export``, ``dymn-tag``, ``dymn-listen``, ``dymn-bench``,
 - **Errors**: one line on stderr, ``prog: error: ...``, never a traceback; ``--verbose``
   adds the traceback through the logger (the exit code stays the same). A mistyped option
   gets the same one line (:class:`OneLineErrorParser`), not argparse's usage block.
-- **Logging**: :func:`setup_logging` (WARNING, DEBUG with ``--verbose``), to stderr.
+- **Logging**: :func:`setup_logging` (WARNING, DEBUG with ``--verbose``), to stderr; it also
+  pins the NumPy frontend's BLAS pool to one thread (:mod:`dymn_edge.threads`).
+- **Version**: :func:`add_version` gives a parser ``--version`` (``prog 0.2.0``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
+import dymn_edge
 from dymn_edge.errors import DymnEdgeError, ValidationError
+from dymn_edge.threads import pin_blas_threads
 
-__all__ = ["OneLineErrorParser", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
+__all__ = ["OneLineErrorParser", "add_version", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
            "check_input_file", "check_output_file", "check_writable_folder", "check_stdout",
            "setup_logging", "run_guarded", "exit_code",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -47,6 +51,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(EXIT_USAGE)
+
+
+def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--version``: ``prog X.Y.Z`` from the one version source (``dymn_edge.__version__``)."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {dymn_edge.__version__}")
+    return parser
 
 
 def finite(text: str) -> float:
@@ -151,9 +161,14 @@ def check_stdout() -> None:
 
 
 def setup_logging(verbose: bool) -> None:
-    """WARNING (DEBUG with ``--verbose``) to stderr; the tools' own lines stay on stdout."""
+    """WARNING (DEBUG with ``--verbose``) to stderr; the tools' own lines stay on stdout.
+
+    The first call of every tool: it also pins the NumPy frontend's BLAS pool to one thread
+    unless the user set a thread variable (:func:`dymn_edge.threads.pin_blas_threads`).
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    pin_blas_threads()
 
 
 def exit_code(exc: BaseException) -> int:

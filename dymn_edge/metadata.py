@@ -16,6 +16,7 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
 
+import dymn_edge
 from dymn_edge.errors import MetadataError, one_line
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.ort import ort_session
@@ -264,6 +265,9 @@ def installed_versions(dists: Iterable[str]) -> dict[str, str]:
     """
     out = {}
     for dist in dists:
+        if dist == "dymn-edge":  # one version source, also in a never-installed source tree
+            out[dist] = dymn_edge.__version__
+            continue
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

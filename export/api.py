@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +186,7 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         if prec is Precision.INT8 and q.needs_calibration:
             calib = calibration_mels(cfg.calibration, window, fc, progress=progress)
             quant_desc += f"; calibrated on {calib.source}"
-        with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})"):
+        with _step(progress, f"converting {spec.name} to {fmt.value} ({strategy})", ticker=True):
             module, io = _graph(exportable, cfg, fc, activation, frames, window)
             cfg.format_spec.write_function()(module, tmp_path, io=io, dynamic_batch=dyn_batch)
         timings["convert"] = time.perf_counter() - t
@@ -427,19 +429,72 @@ class _step:
 
     Step lines are logged whatever ``progress`` says (that flag is for bars only): a
     redirected log still shows what the export is doing; the caller's logging level
-    decides whether they appear.
+    decides whether they appear. ``ticker=True`` (the 40-110 s conversion) adds the elapsed
+    time while the step runs: a status line rewritten every second on a terminal
+    (``progress``), a "still ..." log line every :data:`TICK_LOG_S` seconds otherwise.
     """
 
-    def __init__(self, progress: bool, what: str) -> None:
+    def __init__(self, progress: bool, what: str, *, ticker: bool = False) -> None:
         self.enabled, self.what = True, what
+        self.ticker = ElapsedTicker(what, tty=progress) if ticker else None
 
     def __enter__(self) -> "_step":
         self.t = time.perf_counter()
         if self.enabled:
             log.info("%s ...", self.what)
+        if self.ticker is not None:
+            self.ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.ticker is not None:
+            self.ticker.stop()
         if self.enabled and exc[0] is None:
             log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.t)
 
+
+#: Seconds between "still converting" log lines when stderr is not a terminal.
+TICK_LOG_S = 30.0
+
+
+class ElapsedTicker:
+    """Elapsed time of a step that reports nothing itself (a converter), from a thread.
+
+    On a terminal (``tty``) one status line on stderr, rewritten every ``tty_every`` s and
+    cleared at the end; elsewhere ``still <what>, N s`` logged every ``log_every`` s, so a
+    redirected log gets a line per half minute, not a carriage-return stream.
+    """
+
+    def __init__(self, what: str, *, tty: bool, tty_every: float = 1.0,
+                 log_every: float = TICK_LOG_S, stream=None) -> None:
+        self.what, self.tty = what, tty
+        self.every = tty_every if tty else log_every
+        self.stream = stream
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="dymn-edge-ticker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            elapsed = time.perf_counter() - self._t0
+            self.ticks += 1
+            if self.tty:
+                out = self.stream or sys.stderr
+                out.write(f"\r{self.what}: {elapsed:.0f} s")
+                out.flush()
+            else:
+                log.info("still %s, %.0f s", self.what, elapsed)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.tty and self.ticks:
+            out = self.stream or sys.stderr
+            out.write("\r\033[K")  # clear the status line
+            out.flush()
