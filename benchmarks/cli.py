@@ -15,9 +15,10 @@ import math
 import sys
 from pathlib import Path
 
+from dymn_edge.benchmarks.machine import default_threads
 from dymn_edge.benchmarks.macs import count_model, table
 from dymn_edge.cliutil import (
-    MAX_THREADS, OneLineErrorParser, check_input_file, check_output_file, non_empty, positive, run_guarded,
+    MAX_THREADS, OneLineErrorParser, add_version, check_input_file, check_output_file, non_empty, positive, run_guarded,
     setup_logging,
 )
 from dymn_edge.errors import DymnEdgeError
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
                    "model's, for all: fixed-shape files compare only at one window)")
     r.add_argument("--lengths", default="1,10", metavar="S,S", help="input lengths to time (default 1,10)")
-    r.add_argument("--threads", default="1,2", metavar="N,N", help="thread counts (default 1,2)")
+    r.add_argument("--threads", default=None, metavar="N,N", help="thread counts (default: 1, plus "
+                   "the physical core count when those cores are idle; the table header says which)")
     r.add_argument("--budget", type=positive, default=2.0, metavar="SECONDS",
                    help="timed seconds per artifact, length and thread count (default 2)")
     r.add_argument("--no-reference", action="store_true", help="leave out the eager PyTorch row")
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "failed to export (they stay in the table as failed; default: exit 1)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    add_version(p)
     return p
 
 
@@ -202,9 +205,17 @@ def _config_from_args(args: argparse.Namespace):
         data=args.data, split=args.split, no_accuracy=args.no_accuracy,
         max_clips=args.max_clips, window_s=args.window,
         lengths=tuple(_csv(float, args.lengths, "lengths")),
-        threads=tuple(_csv(int, args.threads, "threads")), budget_s=args.budget,
+        threads=_threads(args), budget_s=args.budget,
         reference=not args.no_reference, workdir=args.workdir, cache=not args.no_cache,
         calibration=args.calibration, progress=not args.quiet and sys.stderr.isatty())
+
+
+def _threads(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--threads``, or what the machine can give (machine.default_threads; noted on args)."""
+    if args.threads is not None:
+        return tuple(_csv(int, args.threads, "threads"))
+    threads, args.threads_default = default_threads()
+    return threads
 
 
 def _print_macs(args: argparse.Namespace) -> int:
@@ -322,7 +333,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise DymnEdgeError("--calibration is used by --npu and the calibrated int8 rows only: add "
                             "--formats onnx:static_int8,tflite:full_int8 (or --npu), or leave it out")
     _csv(float, args.lengths, "lengths")
-    _csv(int, args.threads, "threads")
+    if args.threads is not None:
+        _csv(int, args.threads, "threads")
     if args.budget > MAX_BUDGET_S:
         raise DymnEdgeError(f"--budget is seconds per artifact, length and thread count: at most "
                             f"{MAX_BUDGET_S:g}, got {args.budget:g}")
@@ -386,6 +398,7 @@ def _main(args: argparse.Namespace) -> int:
     from dymn_edge.benchmarks.runner import run_benchmark  # noqa: PLC0415
 
     result = run_benchmark(cfg)
+    result["config"]["threads_default"] = getattr(args, "threads_default", None)  # header line
     print(report.format_report(result))
     if args.json:
         print(f"JSON: {report.write_json(result, args.json)}")

@@ -83,6 +83,8 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
     names = list(result.get("models") or [result["model"]["name"]])
     out = [f"DyMN benchmark: {', '.join(names)} ({_weights_label(result)}), "
            f"{t} thread(s), window {window:g} s, {result['machine'].get('cpu')}"]
+    if result["config"].get("threads_default"):  # --threads left out: what was chosen and why
+        out[0] += f" ({result['config']['threads_default']})"
     for i, row in enumerate(table):
         out.append("  ".join(str(c).rjust(w) if j >= 4 else str(c).ljust(w)
                              for j, (c, w) in enumerate(zip(row, widths))))

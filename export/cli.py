@@ -10,7 +10,8 @@ import sys
 import threading
 import warnings
 
-from dymn_edge.cliutil import OneLineErrorParser, check_stdout, exit_code, finite, non_empty
+from dymn_edge.cliutil import OneLineErrorParser, add_version, check_stdout, exit_code, finite, non_empty
+from dymn_edge.threads import pin_blas_threads
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.registry import list_models
 
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "stay; bars are drawn only on a terminal anyway)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging, converters' own "
                    "messages and warnings, tracebacks")
+    add_version(p)
     return p
 
 
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _quiet(args.verbose)
+    pin_blas_threads()  # the calibration / validation frontend (dymn_edge.threads)
     try:
         from dymn_edge.export.api import export_model  # noqa: PLC0415
         from dymn_edge.export.config import ExportConfig  # noqa: PLC0415

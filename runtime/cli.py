@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dymn_edge.cliutil import (
-    EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, finite, non_empty, run_guarded, setup_logging, thread_count,
+    EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, add_version, finite, non_empty, run_guarded, setup_logging, thread_count,
 )
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.device import options as dev
@@ -221,8 +221,8 @@ def _tag_archive(args: argparse.Namespace) -> int:
     return 0
 
 
-def tag_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dymn-tag``."""
+def build_tag_parser() -> argparse.ArgumentParser:
+    """The ``dymn-tag`` parser (tests check the documented command lines against it)."""
     p = OneLineErrorParser(
         prog="dymn-tag", description="Tag audio files with an exported DyMN/MN model (no torch).",
         epilog=TAG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,7 +248,13 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
                           "--allow-failures)")
     arc.add_argument("--overwrite", action="store_true",
                      help="replace an OUTPUT (and OUTPUT.parts/) of another run instead of refusing")
-    args = p.parse_args(argv)
+    add_version(p)
+    return p
+
+
+def tag_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-tag``."""
+    args = build_tag_parser().parse_args(argv)
     setup_logging(args.verbose)
     return _run_guarded(_tag, args, "dymn-tag")
 
@@ -423,8 +429,8 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
-def listen_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dymn-listen``."""
+def build_listen_parser() -> argparse.ArgumentParser:
+    """The ``dymn-listen`` parser (tests check the documented command lines against it)."""
     p = OneLineErrorParser(
         prog="dymn-listen",
         description="Tag live microphone audio with an exported DyMN/MN model (no torch).",
@@ -453,10 +459,18 @@ def listen_main(argv: Sequence[str] | None = None) -> int:
                         f"name a class even for silence: {SOFTMAX_MIN_LEVEL_DBFS:g}; sigmoid heads: off")
 
     add_device_args(p)
+    add_version(p)
+    return p
+
+
+def listen_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-listen``."""
+    p = build_listen_parser()
     args = p.parse_args(argv)
     if args.list_devices:  # every other option would be accepted and ignored
         ignored = [a.option_strings[0] for a in p._actions
-                   if a.dest not in ("help", "list_devices", "verbose") and getattr(args, a.dest) != a.default]
+                   if a.dest not in ("help", "version", "list_devices", "verbose")
+                   and getattr(args, a.dest) != a.default]
         if ignored:
             p.error(f"--list-devices lists the inputs and exits; leave out {', '.join(ignored)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for --print-systemd-unit

@@ -7,6 +7,7 @@ window it was validated for, how it was shrunk, and what validation measured.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.cliutil import OneLineErrorParser, non_empty, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
 from dymn_edge.metadata import ModelMetadata, read_metadata
 
 log = logging.getLogger(__name__)
@@ -136,14 +137,20 @@ def describe(meta: ModelMetadata, path: Path | None = None) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dymn-info``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dymn-info`` parser (tests check the documented command lines against it)."""
     p = OneLineErrorParser(prog="dymn-info", epilog=EPILOG,
                            description="Describe an exported DyMN/MN model file from its metadata.")
     p.add_argument("file", type=non_empty, metavar="MODEL", help="an .onnx or .tflite file written by dymn-export")
     p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    args = p.parse_args(argv)
+    add_version(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-info``."""
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> int:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.cliutil import OneLineErrorParser, non_empty, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
 from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 
 __all__ = ["main", "parse_time", "summary_rows"]
@@ -151,8 +151,8 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dymn-events``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dymn-events`` parser (tests check the documented command lines against it)."""
     p = OneLineErrorParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("db", type=non_empty, metavar="DB", help="SQLite file written by dymn-listen --db")
@@ -169,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="output format (default: a table; csv / jsonl carry every column)")
     p.add_argument("--summary", action="store_true", help="events per UTC hour and label instead of events")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    args = p.parse_args(argv)
+    add_version(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dymn-events``."""
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     return run_guarded(lambda: _events(args), "dymn-events", verbose=args.verbose)
