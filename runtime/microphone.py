@@ -410,11 +410,12 @@ class Listener:
         self._handle(update, on_hop)
 
     def _handle(self, update: StreamUpdate, on_hop: HopSink | None) -> None:
-        """Scores of one update -> stats, event tracker, sinks, ``on_hop``."""
+        """Scores of one update -> stats, event tracker, sinks (the hop, then its events), ``on_hop``."""
         for scores, ms, level in zip(update.scores, update.inference_ms, update.levels):
             self.stats.hops_run += 1
             self.stats.add_inference(ms)
             events = self.tracker.update(scores.end, scores.probabilities, level)
+            self.sinks.hop(scores, events, self.stats)
             self._dispatch(events)
             if on_hop:
                 on_hop(scores, events, self.stats)

@@ -124,6 +124,8 @@ class EventLog(EventSink):
     """Sink writing each closed event in its own transaction."""
 
     name = "db"
+    retries = 2  # a failed commit (disk busy, locked by a long reader) is tried again
+    retry_delay = 1.0
 
     def __init__(self, path: str | Path, *, model: str | Path | None = None,
                  device: str | Callable[[], str] = "", model_sha256: str | None = None) -> None:
@@ -142,7 +144,9 @@ class EventLog(EventSink):
         """Open (creating it and its folder) the database; set WAL, check the schema."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+            # opened here, written on the sinks' worker thread (one thread at a time)
+            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
+                                   check_same_thread=False)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("%s: SQLite refused WAL mode (journal_mode=%s)", self.path, mode)
