@@ -3,6 +3,9 @@
 Reads the database read-only (safe while dymn-listen writes to it: WAL readers never block
 the writer). Times are UTC; ``--since`` / ``--until`` take ISO dates or times (read as UTC
 unless they carry an offset) or an age like ``30m``, ``6h``, ``7d``.
+
+``dymn-events serve --db DB --clips DIR`` serves the log (and its clips) as the web dashboard
+of :mod:`dymn_edge.runtime.device.web`, read-only, beside a running dymn-listen.
 """
 
 from __future__ import annotations
@@ -11,17 +14,21 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import re
+import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
 from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
+from dymn_edge.runtime.device.options import TOKEN_ENV, import_aiohttp, parse_web_address, read_env_file, web_token
 
-__all__ = ["main", "parse_time", "summary_rows"]
+__all__ = ["main", "serve_main", "build_serve_parser", "parse_time", "summary_rows"]
 
 EXAMPLES = """\
 examples:
@@ -30,6 +37,16 @@ examples:
   dymn-events events.db --since 2026-05-01 --format csv > may.csv
   dymn-events events.db --format jsonl --min-prob 0.8   JSON Lines, confident ones only
   dymn-events events.db --summary --since 7d            events per label and hour (UTC)
+  dymn-events serve --db events.db --clips clips/       the web dashboard on http://127.0.0.1:8080/
+"""
+
+SERVE_EXAMPLES = f"""\
+examples:
+  dymn-events serve --db events.db --clips clips/               http://127.0.0.1:8080/ (this machine)
+  dymn-events serve --db events.db --clips clips/ --web 0.0.0.0:8080 --env-file web.env
+                                          the network, with a token ({TOKEN_ENV}=... in web.env, mode 0600)
+The log and the clips are read only (a running dymn-listen keeps writing them); needs the
+[web] extra (aiohttp).
 """
 
 SUMMARY_COLUMNS = ("hour_utc", "label", "events", "total_s", "max_peak_raw_prob", "max_peak_smoothed_prob",
@@ -173,8 +190,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / Ctrl-C (both a clean stop: exit 0)."""
+    host, port = parse_web_address(args.web)
+    env = {**os.environ, **(read_env_file(args.env_file) if args.env_file else {})}
+    token = web_token(args.web_token, env)
+    import_aiohttp()
+    open_readonly(args.db).close()  # a missing / foreign file is one line before serving
+    if args.clips is not None and not os.path.isdir(args.clips):
+        raise DymnEdgeError(f"clips folder {args.clips} is not a folder")
+    from dymn_edge.runtime.device.web import WebServer  # noqa: PLC0415 (aiohttp: the optional [web] extra)
+
+    server = WebServer(db=args.db, clips=args.clips, host=host, port=port, token=token)
+    server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    print(f"dymn-events: dashboard of {args.db} on {server.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    """The ``dymn-events serve`` parser."""
+    p = OneLineErrorParser(prog="dymn-events serve",
+                           description="Serve an event log and its clips as the web dashboard (read-only).",
+                           epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", type=non_empty, required=True, metavar="DB", help="SQLite file written by dymn-listen --db")
+    p.add_argument("--clips", type=non_empty, default=None, metavar="DIR", help="its clips folder (dymn-listen --clips)")
+    p.add_argument("--web", type=non_empty, default="8080", metavar="[HOST:]PORT",
+                   help="address (default 8080 on 127.0.0.1: this machine only; 0.0.0.0:8080 for the network)")
+    p.add_argument("--web-token", type=non_empty, default=None, metavar="TOKEN",
+                   help=f"ask for this token (better: {TOKEN_ENV}=... in --env-file or the environment)")
+    p.add_argument("--env-file", type=non_empty, default=None, metavar="FILE",
+                   help=f"KEY=VALUE lines (mode 0600) with {TOKEN_ENV}")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    add_version(p)
+    return p
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``dymn-events serve``: the dashboard of an existing log."""
+    args = build_serve_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_guarded(lambda: _serve(args), "dymn-events serve", verbose=args.verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dymn-events``."""
+    """Entry point of ``dymn-events`` (``dymn-events serve ...``: the dashboard)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # a database file named 'serve' is ./serve
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     return run_guarded(lambda: _events(args), "dymn-events", verbose=args.verbose)

@@ -5,14 +5,16 @@ small; everything here is off unless its option is given).
 A start checks the device options in :func:`check_device` (nothing opened or created) and
 then opens the sinks from its :class:`DevicePlan`; ``--print-systemd-unit`` runs the same
 checks (and everything else a start does before opening the microphone), so a unit that
-would crash-loop is never printed. Secrets never go into the unit: the MQTT password comes
-from ``--env-file`` (mode 0600, the unit's ``EnvironmentFile=``).
+would crash-loop is never printed. Secrets never go into the unit: the MQTT password and the
+web token come from ``--env-file`` (mode 0600, the unit's ``EnvironmentFile=``).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.util
+import ipaddress
 import logging
 import os
 import shlex
@@ -39,7 +41,8 @@ from dymn_edge.runtime.device.thresholds import labels_in, load_thresholds
 log = logging.getLogger(__name__)
 
 __all__ = ["add_device_args", "build_sinks", "check_device", "DevicePlan", "per_label_thresholds",
-           "read_env_file", "systemd_unit", "DEVICE_EXAMPLES"]
+           "read_env_file", "systemd_unit", "DEVICE_EXAMPLES", "TOKEN_ENV", "WebError", "parse_web_address",
+           "is_loopback", "web_token", "import_aiohttp", "start_web"]
 
 #: Models with at most this many labels get one Home Assistant binary_sensor per label
 #: when neither --include nor --thresholds names the watched ones.
@@ -52,6 +55,8 @@ as a device (all off by default; see the README "Run it as a device"):
   dymn-listen --model m.tflite --db events.db --mqtt mqtt://user@broker --env-file mqtt.env \\
       --print-systemd-unit > dymn-listen.service      (mqtt.env, mode 0600: DYMN_EDGE_MQTT_PASSWORD=...)
   dymn-events events.db --summary                      detections per label and hour
+  dymn-listen --model m.tflite --db events.db --clips clips/ --web 8080
+                                                       ...and a dashboard on http://127.0.0.1:8080/
 SIGHUP re-opens the database and the clips folder (log rotation); --include / --exclude
 apply to the database, clips and MQTT as to the terminal.
 """
@@ -86,6 +91,11 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--env-file", type=non_empty, metavar="FILE", default=None,
                    help=f"KEY=VALUE lines (mode 0600) with secrets, e.g. {PASSWORD_ENV} for a --mqtt URL "
                         "with a user and no password; the unit reads it as EnvironmentFile=")
+    g.add_argument("--web", type=non_empty, metavar="[HOST:]PORT", default=None,
+                   help="serve a dashboard (live tags, history, clips; needs the [web] extra) on "
+                        "127.0.0.1:PORT, or HOST:PORT (0.0.0.0 for the network: set a token)")
+    g.add_argument("--web-token", type=non_empty, metavar="TOKEN", default=None,
+                   help=f"the dashboard asks for this token (better: {TOKEN_ENV}=... in --env-file)")
     g.add_argument("--print-systemd-unit", action="store_true",
                    help="check the command line as a start would (model, options, files), print a "
                         "systemd unit running it as a service, and exit")
@@ -128,6 +138,64 @@ class DevicePlan:
     mqtt: MqttConfig | None = None
     watched: tuple[int, ...] = ()
     env_file: Path | None = None
+    web: tuple[str, int] | None = None  # (host, port) of --web
+    web_token: str | None = None
+
+
+# -- the web dashboard's options (the server is runtime/device/web.py, which needs aiohttp) --
+
+#: The environment variable (e.g. in ``--env-file``) holding the dashboard's token.
+TOKEN_ENV = "DYMN_EDGE_WEB_TOKEN"
+
+
+class WebError(DymnEdgeError):
+    """A web option that cannot be used (address, port in use, missing files or aiohttp)."""
+
+
+def parse_web_address(text: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); the host defaults to
+    127.0.0.1 (reachable from this machine only). Port 0: any free port."""
+    s = text.strip()
+    host, port_s = "127.0.0.1", s
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0 or s[end + 1:end + 2] != ":":
+            raise WebError(f"--web takes [HOST:]PORT (IPv6 as [::1]:8080), got '{text}'")
+        host, port_s = s[1:end], s[end + 2:]
+    elif ":" in s:
+        h, _, port_s = s.rpartition(":")
+        if ":" in h:
+            raise WebError(f"--web: write an IPv6 host in brackets, e.g. [::]:8080, got '{text}'")
+        host = h or host
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise WebError(f"--web takes [HOST:]PORT with a port 0-65535, got '{text}'")
+    if not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise WebError(f"--web: not a host name: '{host}'")
+    return host, int(port_s)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def web_token(cli_token: str | None, env: Mapping[str, str]) -> str | None:
+    """The dashboard's token: ``--web-token``, else :data:`TOKEN_ENV` of ``env``."""
+    token = cli_token if cli_token is not None else env.get(TOKEN_ENV) or None
+    if token is not None and (len(token) < 8 or any(c.isspace() for c in token)):
+        raise WebError("the web token must be at least 8 characters without blanks")
+    return token
+
+
+def import_aiohttp() -> None:
+    """One clear line when the [web] extra is not installed."""
+    if importlib.util.find_spec("aiohttp") is None:
+        raise WebError("--web needs aiohttp: pip install 'dymn-edge[web]'")
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
@@ -194,9 +262,36 @@ def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> 
             log.warning("--mqtt: user %s connects without a password (no %s in %s)",
                         plan.mqtt.username, PASSWORD_ENV, where)
         plan.watched = tuple(_watched(args, labels, filt))
-    elif args.env_file:
-        raise DymnEdgeError("--env-file holds secrets for --mqtt; it is used only with --mqtt")
+    if args.web_token is not None and not args.web:
+        raise DymnEdgeError("--web-token protects the dashboard: it needs --web")
+    if args.web:
+        plan.web = parse_web_address(args.web)
+        if args.print_systemd_unit and args.web_token is not None:
+            raise DymnEdgeError(f"--web-token would be shown to every user in the unit: put {TOKEN_ENV}=... "
+                                "in a file of mode 0600 given as --env-file FILE")
+        env = env_vars if args.print_systemd_unit else {**os.environ, **env_vars}
+        plan.web_token = web_token(args.web_token, env)
+        import_aiohttp()
+    if args.env_file and not (args.mqtt or args.web):
+        raise DymnEdgeError("--env-file holds secrets for --mqtt / --web; it is used only with them")
     return plan
+
+
+def start_web(plan: DevicePlan, args: argparse.Namespace, tagger: Any, scorer: Any, tracker: Any,
+              filt: Any) -> Any:
+    """Start the dashboard of a listener (None without --web); its ``live.chain(on_hop)`` is
+    the listener's ``on_hop``, and ``stop()`` ends it."""
+    if plan.web is None:
+        return None
+    from dymn_edge.runtime.device import web  # noqa: PLC0415 (aiohttp: the optional [web] extra)
+
+    live = web.LiveState(tagger.labels, info=web.live_info(tagger, scorer, args.model), tracker=tracker,
+                         select=lambda p: filt.select(p))
+    server = web.WebServer(db=args.db, clips=args.clips, host=plan.web[0], port=plan.web[1],
+                           token=plan.web_token, live=live)
+    server.start()
+    print(f"dymn-listen: dashboard on {server.url}", file=sys.stderr, flush=True)
+    return server
 
 
 def build_sinks(args: argparse.Namespace, plan: DevicePlan, tagger: Any, filt: Any,
