@@ -266,7 +266,13 @@ class EventStore:
         """This thread's connection (None while the file does not exist yet)."""
         c = getattr(self._local, "conn", None)
         if c is None and self.db is not None and self.db.exists():
-            c = open_readonly(self.db)
+            try:
+                c = open_readonly(self.db)
+            except EventLogError as exc:
+                if "table" in str(exc):  # the writer is creating it (dymn-listen --web starts first)
+                    log.debug("web: %s not ready: %s", self.db, exc)
+                    return None
+                raise
             self._local.conn = c
             with self._lock:
                 self._all.append(c)
@@ -522,7 +528,7 @@ class WebServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        if request.path in ("/login", "/static/style.css") or self.authorized(request):
+        if request.path in ("/login", "/static/style.css", "/static/icon.svg") or self.authorized(request):
             return await handler(request)
         if request.path == "/" and request.method == "GET":
             raise web.HTTPFound("/login")

@@ -224,7 +224,10 @@ async function refreshAll(labels) {
   try {
     await Promise.all([loadHistory(), loadPage(null), labels === false ? null : loadLabels()]);
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
-  } catch (e) { console.error(e); }
+  } catch (e) {  // e.g. the log is still being created: try again
+    console.warn(e);
+    setTimeout(() => refreshAll(labels), 2000);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
