@@ -404,6 +404,7 @@ def _listen(args: argparse.Namespace) -> int:
     if args.print_systemd_unit:
         print(dev.systemd_unit(args.argv, plan), end="")
         return 0
+    web = dev.start_web(plan, args, tagger, scorer, tracker, filt)  # --web: own thread; None without
     listener = Listener(scorer, tracker, device=args.device, device_rate=args.device_rate)
     sinks = dev.build_sinks(args, plan, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
     if sinks is not None:
@@ -417,12 +418,15 @@ def _listen(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
-        stats = listener.run(duration=args.duration, stop=stop, on_hop=printer.hop)
+        stats = listener.run(duration=args.duration, stop=stop,
+                             on_hop=printer.hop if web is None else web.live.chain(printer.hop))
     except BaseException:
         listener.finish()  # device errors too: open events are closed into the sinks
         raise
     finally:
         signal.signal(signal.SIGTERM, old)
+        if web is not None:
+            web.stop()
     for ev in listener.finish():
         printer.event(ev)
     printer.summary(stats)
