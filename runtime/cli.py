@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from dymn_edge.cliutil import (
     EXIT_FAILED, EXIT_USAGE, OneLineErrorParser, add_version, finite, non_empty, run_guarded, setup_logging, thread_count,
@@ -26,7 +25,10 @@ from dymn_edge.runtime.device.options import DEVICE_EXAMPLES, add_device_args
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS, EventConfig, EventTracker
 from dymn_edge.runtime.microphone import Listener, list_devices
-from dymn_edge.runtime.output import UNTRAINED_WARNING, TableWriter, TagFilter, json_line, window_json
+from dymn_edge.runtime.output import (
+    UNTRAINED_WARNING, JsonLinesSink, TableWriter, TagFilter, TerminalSink, json_line, window_json,
+)
+from dymn_edge.runtime.sinks import SinkSet
 from dymn_edge.runtime.stream import StreamingScorer
 from dymn_edge.runtime.tagger import DEFAULT_DITHER, Tagger
 
@@ -263,92 +265,6 @@ def tag_main(argv: Sequence[str] | None = None) -> int:
 # dymn-listen
 
 
-class _Printer:
-    """Event / hop / status output of dymn-listen, JSON or human, TTY-aware."""
-
-    def __init__(self, args: argparse.Namespace, tagger: Any, filt: Any, out: TextIO,
-                 tracker: Any = None) -> None:
-        self.args, self.tagger, self.filt, self.out = args, tagger, filt, out
-        self.tracker = tracker  # its ``gated``: the last window was below the level floor
-        self.tty = out.isatty() and not args.json
-        self.untrained = tagger.metadata.untrained
-        self._status_shown = False
-        self._last_status = 0.0
-        if self.untrained and not args.json:
-            self.line(UNTRAINED_WARNING)
-
-    def line(self, text: str) -> None:
-        if self._status_shown:
-            self.out.write("\r\033[K")
-            self._status_shown = False
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def json(self, obj: dict[str, Any]) -> None:
-        if self.untrained:
-            obj["untrained"] = True
-        self.out.write(json_line(obj) + "\n")
-        self.out.flush()
-
-    def event_obj(self, ev: Any) -> dict[str, Any]:
-        lab = ev.label
-        obj = {"type": "event", "event": ev.kind, "label": lab.display_name, "index": lab.index,
-               "mid": lab.mid, "start": round(ev.start, 3), "probability": round(ev.probability, 6)}
-        if ev.peak_raw is not None:  # "probability" is the smoothed peak; this the model's own
-            obj["peak_raw_probability"] = round(ev.peak_raw, 6)
-        if ev.end is not None:
-            obj["end"] = round(ev.end, 3)
-        return obj
-
-    def event(self, ev: Any) -> None:
-        if self.filt.include is not None and ev.label.index not in self.filt.include:
-            return
-        if ev.label.index in self.filt.exclude:
-            return
-        raw = "" if ev.peak_raw is None else f", raw peak {ev.peak_raw:.2f}"
-        if self.args.json:
-            self.json(self.event_obj(ev))
-        elif ev.kind == "start":
-            self.line(f"[{ev.start:8.2f} s] + {ev.label.display_name} ({ev.probability:.2f}{raw})")
-        else:
-            self.line(f"[{ev.end:8.2f} s] - {ev.label.display_name} "
-                      f"({ev.start:.2f}-{ev.end:.2f} s, peak {ev.probability:.2f}{raw})")
-
-    def hop(self, scores: Any, events: list[Any], stats: Any) -> None:
-        gated = bool(getattr(self.tracker, "gated", False))
-        sel = [] if gated else self.filt.select(scores.probabilities, scores.logits)
-        if self.args.every_hop:
-            if self.args.json:
-                obj = window_json(scores.start, scores.end, self.tagger.labels, sel, type="hop")
-                level = getattr(self.tracker, "level", None)
-                if level is not None:  # to choose --min-level-dbfs (digital silence: null)
-                    obj["level_dbfs"] = round(level, 1) if math.isfinite(level) else None
-                if gated:
-                    obj["below_level_floor"] = True
-                self.json(obj)
-            else:
-                tags = ", ".join(f"{self.tagger.labels[i].display_name} {p:.2f}" for i, p in sel)
-                tags = tags or ("(below the level floor)" if gated else "")
-                self.line(f"[{scores.start:8.2f}-{scores.end:8.2f} s] {tags}")
-        for ev in events:
-            self.event(ev)
-        if self.tty:
-            tags = ", ".join(f"{self.tagger.labels[i].display_name} {p:.2f}" for i, p in sel[:3])
-            self.out.write(f"\r\033[K{stats.audio_seconds:7.1f} s | {tags} | RTF {stats.rtf:.3f} | "
-                           f"skipped {stats.hops_skipped} | overflows {stats.overflows} | "
-                           f"dropped {stats.dropped_seconds:.1f} s")
-            self.out.flush()
-            self._status_shown = True
-
-    def summary(self, stats: Any) -> None:
-        if self.args.json:
-            obj = {"type": "summary"}
-            obj.update(stats.as_dict())
-            self.json(obj)
-        else:
-            self.line(stats.summary())
-
-
 def _level_floor(text: str) -> float | str:
     """argparse ``type`` of --min-level-dbfs: a finite dBFS value <= 0, or ``off``."""
     if text.strip().lower() == "off":
@@ -406,11 +322,14 @@ def _listen(args: argparse.Namespace) -> int:
         return 0
     web = dev.start_web(plan, args, tagger, scorer, tracker, filt)  # --web: own thread; None without
     listener = Listener(scorer, tracker, device=args.device, device_rate=args.device_rate)
-    sinks = dev.build_sinks(args, plan, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
-    if sinks is not None:
-        listener.sinks = sinks
+    # the terminal / JSON output is the first sink; --include / --exclude filter every sink's events
+    output = (JsonLinesSink if args.json else TerminalSink)(
+        tagger.labels, filt, sys.stdout, every_hop=args.every_hop, tracker=tracker,
+        untrained=tagger.metadata.untrained)
+    device_sinks = dev.build_sinks(args, plan, tagger, filt, lambda: listener.stats.device, scorer.sample_rate)
+    sinks = listener.sinks = SinkSet([output, *device_sinks], keep=filt.keeps, sample_rate=scorer.sample_rate)
+    if device_sinks:
         signal.signal(signal.SIGHUP, lambda signum, frame: listener.reopen.set())
-    printer = _Printer(args, tagger, filt, sys.stdout, tracker)
     stop = threading.Event()
 
     def _on_term(signum: int, frame: Any) -> None:
@@ -419,7 +338,7 @@ def _listen(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
         stats = listener.run(duration=args.duration, stop=stop,
-                             on_hop=printer.hop if web is None else web.live.chain(printer.hop))
+                             on_hop=None if web is None else web.live.hop)
     except BaseException:
         listener.finish()  # device errors too: open events are closed into the sinks
         raise
@@ -427,9 +346,8 @@ def _listen(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
         if web is not None:
             web.stop()
-    for ev in listener.finish():
-        printer.event(ev)
-    printer.summary(stats)
+    listener.finish()  # open events go to every sink (the terminal's too), then the sinks close
+    sinks.summary(stats)
     return 0
 
 

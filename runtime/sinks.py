@@ -69,6 +69,9 @@ class EventSink:
     retry_delay = 0.5
     #: A call slower than this (seconds) is reported once.
     slow_s = 5.0
+    #: A failure is logged once and counted; False: it ends the run (the terminal output:
+    #: ``dymn-listen | head`` stops when the pipe closes).
+    contained = True
 
     def audio(self, samples: np.ndarray, end: float) -> None:
         """32 kHz mono audio whose last sample is at stream time ``end`` (s)."""
@@ -244,6 +247,8 @@ class SinkSet(EventSink):
             try:
                 return fn(*args)
             except Exception as exc:  # a sink must never stop the listener
+                if not sink.contained:
+                    raise
                 if attempt + 1 < tries:
                     log.debug("%s sink failed in %s (%s); retrying", sink.name, what, exc)
                     time.sleep(sink.retry_delay)

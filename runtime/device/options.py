@@ -31,8 +31,8 @@ import numpy as np
 
 from dymn_edge.cliutil import finite, non_empty
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.runtime.events import Event, EventConfig
-from dymn_edge.runtime.sinks import EventSink, SinkSet
+from dymn_edge.runtime.events import EventConfig
+from dymn_edge.runtime.sinks import EventSink
 from dymn_edge.runtime.device.clips import ClipRecorder, check_clip_options
 from dymn_edge.runtime.device.eventlog import EventLog, check_event_db
 from dymn_edge.runtime.device.mqtt import PASSWORD_ENV, MqttConfig, MqttPublisher, import_paho, parse_mqtt_url
@@ -107,28 +107,6 @@ def per_label_thresholds(args: argparse.Namespace, labels: Sequence[Any], cfg: E
         return None
 
     return load_thresholds(args.thresholds, labels, cfg)
-
-
-class _Filtered(EventSink):
-    """The device sinks see the events the terminal shows (--include / --exclude)."""
-
-    name = "filter"
-
-    def __init__(self, inner: SinkSet, keep: Callable[[int], bool]) -> None:
-        self.inner, self.keep = inner, keep
-
-    def audio(self, samples: np.ndarray, end: float) -> None:
-        self.inner.audio(samples, end)
-
-    def event(self, ev: Event) -> None:
-        if self.keep(ev.label.index):
-            self.inner.event(ev)
-
-    def reopen(self) -> None:
-        self.inner.reopen()
-
-    def close(self) -> dict[str, Any]:
-        return self.inner.close()
 
 
 @dataclass
@@ -295,9 +273,11 @@ def start_web(plan: DevicePlan, args: argparse.Namespace, tagger: Any, scorer: A
 
 
 def build_sinks(args: argparse.Namespace, plan: DevicePlan, tagger: Any, filt: Any,
-                device_name: Callable[[], str], sample_rate: int) -> EventSink | None:
+                device_name: Callable[[], str], sample_rate: int) -> list[EventSink]:
     """Clips, database and MQTT sinks in that order (a clip path is set before the row and
-    the message are written), or None when no device option is given."""
+    the message are written; the caller's sink set runs them in list order), none without
+    device options. ``--include`` / ``--exclude`` are applied by the sink set, as for the
+    terminal."""
     sinks: list[EventSink] = []
     labels = tagger.labels
     try:
@@ -320,13 +300,7 @@ def build_sinks(args: argparse.Namespace, plan: DevicePlan, tagger: Any, filt: A
         for s in sinks:  # do not leave a half-built device behind
             s.close()
         raise
-    if not sinks:
-        return None
-
-    def keep(index: int) -> bool:
-        return (filt.include is None or index in filt.include) and index not in filt.exclude
-
-    return _Filtered(SinkSet(sinks), keep)
+    return sinks
 
 
 def _watched(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> list[int]:
