@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace):
     from dymn_edge.benchmarks.gate import CI_CONFIG  # noqa: PLC0415
     from dymn_edge.benchmarks.report import read_json  # noqa: PLC0415
-    from dymn_edge.benchmarks.runner import BenchConfig  # noqa: PLC0415
+    from dymn_edge.benchmarks.config import BenchConfig  # noqa: PLC0415
 
     if args.ci_gate:
         base = dict(CI_CONFIG)
@@ -245,7 +245,7 @@ def _score_file(args: argparse.Namespace) -> int:
     could not be scored is a failure: exit 1 unless ``--allow-failures``.
     """
     from dymn_edge.benchmarks.accuracy import archive_scores  # noqa: PLC0415
-    from dymn_edge.benchmarks.runner import eval_split  # noqa: PLC0415
+    from dymn_edge.benchmarks.config import eval_split  # noqa: PLC0415
     from dymn_edge.datasets import load_dataset  # noqa: PLC0415
 
     if not args.data:
@@ -366,7 +366,7 @@ def _check_options(args: argparse.Namespace) -> None:
             raise DymnEdgeError(f"--compare {args.compare}: not a dymn-bench baseline (no artifacts "
                                 "list; write one with --write-baseline)")
     if args.data and not args.macs:
-        from dymn_edge.benchmarks.runner import eval_split  # noqa: PLC0415
+        from dymn_edge.benchmarks.config import eval_split  # noqa: PLC0415
         from dymn_edge.datasets import load_dataset  # noqa: PLC0415
 
         ds = load_dataset(args.data, split=eval_split(args.data, args.split))

@@ -18,7 +18,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys, caplog, monkeypatch) -> None:
 
     import torch
 
-    from dymn_edge.benchmarks import runner
+    from dymn_edge.benchmarks import artifacts
     from dymn_edge.benchmarks.cli import main
     from dymn_edge.models import create_model
 
@@ -72,7 +72,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys, caplog, monkeypatch) -> None:
         raise AssertionError("the exporter ran although the cache holds the file")
 
     monkeypatch.setattr("dymn_edge.export.api.export_model", no_export)
-    caplog.set_level(logging.INFO, logger="dymn_edge.benchmarks.runner")
+    caplog.set_level(logging.INFO, logger="dymn_edge.benchmarks.artifacts")
     assert main(argv) == 0
     assert "(cached)" in capsys.readouterr().out
     assert [f.stat().st_mtime_ns for f in sorted(cache.glob("*/*.onnx"))] == mtimes
@@ -81,7 +81,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys, caplog, monkeypatch) -> None:
     assert again[("dymn-s", "onnx:fp32")]["cached"] is True
     assert again[("dymn-s", "onnx:fp32")]["ops"] == onnx["ops"]
     # --no-cache goes to the exporter again (here the tripwire: the row fails, says why)
-    row = runner._export("mn-s", "onnx:fp32", None, True, 1.0, None, cache, use_cache=False)
+    row = artifacts.export_artifact("mn-s", "onnx:fp32", None, True, 1.0, None, cache, use_cache=False)
     assert row["status"] == "failed"
     assert "the exporter ran" in row["error"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dymn_edge.benchmarks import export_cache as ec
-from dymn_edge.benchmarks.runner import static_partner
+from dymn_edge.benchmarks.config import static_partner
 
 
 def _key(**kw) -> dict:
@@ -82,7 +82,8 @@ def test_calibration_enters_the_key(tmp_path: Path) -> None:
     import numpy as np
     import soundfile as sf
 
-    from dymn_edge.benchmarks.runner import BenchConfig, _quantization
+    from dymn_edge.benchmarks.artifacts import quantization_for as _quantization
+    from dymn_edge.benchmarks.config import BenchConfig
     from dymn_edge.errors import DymnEdgeError
 
     audio = tmp_path / "audio"

@@ -1,0 +1,140 @@
+"""What one benchmark run measures: its options, the variants it times and per-model state.
+
+The variant list iterates the exporter's format table (:func:`dymn_edge.export.formats.
+iter_variants`), so a new format or precision is benchmarked without touching this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dymn_edge.cliutil import check_input_file
+from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.formats import format_spec, iter_variants
+from dymn_edge.registry import Arch, get_spec, list_models
+
+RESULT_SCHEMA = 1
+REFERENCE_NAME = "pytorch:fp32"
+
+#: calibrated int8 variants (not in the default set: they need --calibration audio) and their
+#: quantization scheme; ``onnx:int8`` / ``tflite:int8`` are what ``dymn-export --int8`` gives
+CALIBRATED = {"onnx:static_int8": "static_qdq", "tflite:full_int8": "full_int8"}
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how long to spend."""
+
+    model: str = "dymn-s"  # one registry name or a comma list ("dymn-m,mn-m")
+    weights: str | None = None  # a checkpoint for a single model
+    random_init: bool = False
+    random_init_models: tuple[str, ...] = ()  # these models are random-init in any case
+    activation: str | None = None  # exported head; None: the exporter's rule (sigmoid for AudioSet heads)
+    formats: list[str] | None = None  # ["onnx:fp32", ...]; None: every variant of the table
+    calibration: str | None = None  # audio folder of the calibrated int8 variants (CALIBRATED)
+    data: str | None = None  # labelled set for accuracy; None: not measured
+    split: str | None = None
+    no_accuracy: bool = False
+    max_clips: int | None = None
+    window_s: float | None = None  # export window; None: the exporter's default (first model's)
+    lengths: tuple[float, ...] = (1.0, 10.0)
+    threads: tuple[int, ...] = (1, 2)
+    budget_s: float = 2.0
+    reference: bool = True  # include the eager PyTorch row (one per model)
+    workdir: str | None = None  # export cache folder; None: $DYMN_EDGE_CACHE/bench
+    cache: bool = True  # False: export again even when the cache holds a matching file
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [get_spec(m).name for m in str(self.model).split(",") if m.strip()]
+        if not names:
+            raise DymnEdgeError("--model needs a registry name or a comma list, e.g. dymn-s,mn-s")
+        self.model = ",".join(dict.fromkeys(names))
+        self.random_init_models = tuple(get_spec(m).name for m in self.random_init_models)
+        if self.random_init and self.weights:
+            raise DymnEdgeError("--random-init and --weights exclude each other: pick one")
+        if self.weights and len(self.trained_models) > 1:
+            raise DymnEdgeError("--weights names one checkpoint: use it with one --model (several "
+                                "models take --random-init or their released weights)")
+        if self.weights:
+            check_input_file(self.weights, "weights file")
+        if self.activation is not None and self.activation not in ("sigmoid", "softmax"):
+            raise DymnEdgeError(f"--activation must be sigmoid or softmax, got '{self.activation}'")
+        if not self.lengths or any(x <= 0 for x in self.lengths):
+            raise DymnEdgeError("--lengths needs positive seconds, e.g. 1,10")
+        if not self.threads or any(t < 1 for t in self.threads):
+            raise DymnEdgeError("--threads needs positive counts, e.g. 1,2")
+        if self.budget_s <= 0:
+            raise DymnEdgeError("--budget must be > 0 seconds")
+        self.formats = [normalize_variant(v) for v in self.formats] if self.formats else None
+        if self.formats and any(v in CALIBRATED for v in self.formats):
+            if not self.calibration:
+                raise DymnEdgeError(f"{', '.join(v for v in self.formats if v in CALIBRATED)} "
+                                    "need calibration audio: pass --calibration DIR")
+            if not Path(self.calibration).expanduser().is_dir():
+                raise DymnEdgeError(f"--calibration {self.calibration}: folder not found")
+
+    @property
+    def models(self) -> list[str]:
+        """Canonical model names of the run, in the order given."""
+        return self.model.split(",")
+
+    @property
+    def trained_models(self) -> list[str]:
+        """The models of the run that are not random-init in any case (``--weights`` is theirs)."""
+        return [m for m in self.models if m not in self.random_init_models]
+
+
+@dataclass
+class ModelRun:
+    """Per-model state of a run: weights, data, complexity, rows."""
+
+    name: str
+    weights: str | None
+    random_init: bool
+    data_dir: str | None
+    activation: str | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    num_classes: int = 527
+    window_s: float = 1.0
+    cx: Any = None
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+
+def static_partner(model: str) -> str | None:
+    """The registered static MN of the same width as a dynamic model (dymn-s -> mn-s)."""
+    spec = get_spec(model)
+    if spec.arch is Arch.MN:
+        return None
+    return next((n for n in list_models()
+                 if get_spec(n).arch is Arch.MN and get_spec(n).width == spec.width), None)
+
+
+def all_variants() -> list[str]:
+    """Every ``format:precision`` of the exporter's table, in table order."""
+    return [f"{f.value}:{p.value}" for f, p in iter_variants()]
+
+
+def normalize_variant(text: str) -> str:
+    """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table."""
+    fmt, _, prec = text.strip().lower().partition(":")
+    spec = format_spec(fmt)
+    prec = prec or "fp32"
+    if prec == "waveform":  # fp32 with the frontend in the graph (dymn-export --waveform)
+        return f"{spec.format.value}:waveform"
+    if f"{spec.format.value}:{prec}" in CALIBRATED:
+        return f"{spec.format.value}:{prec}"
+    if prec not in [p.value for p in spec.precisions]:
+        allowed = ", ".join(p.value for p in spec.precisions)
+        raise DymnEdgeError(f"{spec.format.value} does not support {prec} (supported: {allowed})")
+    return f"{spec.format.value}:{prec}"
+
+
+def eval_split(data_dir: str | Path, split: str | None) -> str | None:
+    """The split scored when none is asked for: FSDD's test split (never its train clips)."""
+    if split is None and (Path(data_dir) / "split.csv").is_file():
+        return "test"
+    return split
