@@ -16,14 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dymn_edge.datasets import Dataset, fsdd_eval_wave
+from dymn_edge.datasets import Dataset
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.export.validate import torch_runner  # the one PyTorch runner (exporter's oracle)
 from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap,
 )
 from dymn_edge.registry import FrontendConfig
-from dymn_edge.audio import fit_to_length, read_audio
+from dymn_edge.audio import fit_to_length
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,7 @@ def prepare(dataset: Dataset, *, window_s: float, frontend: FrontendConfig | Non
     mels = []
     for clip in tqdm(clips, desc=f"log-mel {dataset.name}", unit="clip", disable=not progress,
                      leave=False):
-        if dataset.layout == "fsdd":
-            wave = fsdd_eval_wave(clip.path)
-        else:
-            wave = read_audio(clip.path, cfg.sample_rate)
+        wave = dataset.read(clip, cfg.sample_rate)  # the layout's recipe (FSDD: the reference one)
         mels.append(fe(fit_to_length(wave, n_samples)))
     targets = dataset.targets_onehot()[: len(clips)]
     return EvalSet(dataset.name, np.stack(mels)[:, None].astype(np.float32), targets,

@@ -1,7 +1,11 @@
 """Labelled audio folders for accuracy checks and calibration (torch-free).
 
 :func:`load_dataset` recognises four layouts by their files, so a user points at a folder and
-nothing else:
+nothing else. Each is one row of :data:`LAYOUTS` (how it is detected, how its clips are
+listed, how a clip is read for scoring): calibration, validation and ``dymn-bench --data``
+all go through it, so a new layout is one row. :data:`AUDIO_SUFFIXES` is the one list of
+audio file suffixes (a plain folder walked by ``--calibration DIR`` and ``dymn-tag DIR``
+finds the same files, :func:`find_audio`).
 
 - **FSDD**: ``split.csv`` (``path,label,speaker,split``) and
   ``labels.csv`` (``index,display_name``); ``split`` selects e.g. ``"test"``.
@@ -23,18 +27,22 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dymn_edge.audio import fit_to_length
+from dymn_edge.audio import fit_to_length, read_audio
 from dymn_edge.errors import AudioError, DymnEdgeError, LabelsError
 from dymn_edge.labels import Label, audioset_labels, read_labels_csv, resolve_label
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+#: Audio file suffixes (what libsndfile decodes): the files a folder walk picks up.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
+                  ".snd", ".caf", ".w64", ".rf64", ".wv")
 
 # FSDD evaluation recipe (how the reference accuracy 0.9667 was measured): 8 kHz -> 32 kHz, 1 s window, tiny noise.
 FSDD_RATE = 8000
@@ -78,6 +86,11 @@ class Dataset:
         for i, clip in enumerate(self.clips):
             out[i, clip.targets] = 1.0
         return out
+
+    def read(self, clip: Clip, sample_rate: int = 32000) -> np.ndarray:
+        """One clip as mono float32 at ``sample_rate``, by its layout's recipe (FSDD's is the
+        one its reference accuracy was measured with, already at 32 kHz and 1 s)."""
+        return LAYOUT_BY_NAME[self.layout].read(clip.path, sample_rate)
 
     def target_indices(self) -> np.ndarray:
         """(N,) first target of each clip: the class for single-label accuracy."""
@@ -256,6 +269,63 @@ def _load_generic(root: Path, labels: list["Label"] | None) -> Dataset:
     return Dataset(root.name or "dataset", clips, labels, multilabel, "generic")
 
 
+def _read_resampled(path: Path, sample_rate: int) -> np.ndarray:
+    return read_audio(path, sample_rate)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One dataset layout: a row of :data:`LAYOUTS`."""
+
+    name: str
+    title: str
+    #: what the folder must hold, said when no layout matches
+    expects: str
+    #: the folder -> a truthy value when it is this layout (handed to ``load``), else None
+    detect: Callable[[Path], Any]
+    #: (folder, detect's value, split, labels) -> the clips and labels
+    load: Callable[[Path, Any, str | None, list[Label] | None], Dataset]
+    #: (clip path, sample rate) -> mono float32 audio, the layout's scoring recipe
+    read: Callable[[Path, int], np.ndarray] = _read_resampled
+    #: it has splits (FSDD's split column, ESC-50's folds) and the one scored by default
+    splits: bool = False
+    eval_split: str | None = None
+
+
+def _is_file(*parts: str) -> Callable[[Path], bool]:
+    return lambda root: all((root / p).is_file() for p in parts)
+
+
+#: The layouts in detection order (the first whose ``detect`` holds wins).
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("fsdd", "FSDD", "FSDD split.csv + labels.csv", _is_file("split.csv", "labels.csv"),
+           lambda root, _, split, labels: _load_fsdd(root, split), read=lambda p, sr: fsdd_eval_wave(p),
+           splits=True, eval_split="test"),
+    Layout("esc50", "ESC-50", "ESC-50 meta/esc50.csv", _is_file("meta/esc50.csv"),
+           lambda root, _, split, labels: _load_esc50(root, split), splits=True),
+    Layout("audioset", "AudioSet CSV", "an AudioSet '# YTID,...' CSV", _audioset_csv,
+           lambda root, csv_path, split, labels: _load_audioset(root, csv_path, labels)),
+    Layout("generic", "generic", "labels.csv with path,label", _is_file("labels.csv"),
+           lambda root, _, split, labels: _load_generic(root, labels)),
+)
+LAYOUT_BY_NAME = {lay.name: lay for lay in LAYOUTS}
+
+
+def detect_layout(path: str | Path) -> tuple[Layout, Any] | None:
+    """The layout of the folder ``path`` and what its detection found, or None."""
+    root = Path(path).expanduser()
+    for lay in LAYOUTS:
+        if root.is_dir() and (found := lay.detect(root)):
+            return lay, found
+    return None
+
+
+def find_audio(folder: str | Path) -> list[Path]:
+    """Audio files (:data:`AUDIO_SUFFIXES`) under ``folder``, recursive, sorted."""
+    root = Path(folder).expanduser()
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
 def load_dataset(path: str | Path, *, split: str | int | None = None,
                  labels: list["Label"] | None = None) -> Dataset:
     """Clips and labels of the folder ``path``, its layout detected from its files.
@@ -267,19 +337,14 @@ def load_dataset(path: str | Path, *, split: str | int | None = None,
     if not root.is_dir():
         raise DymnEdgeError(f"{root}: dataset folder not found")
     split_s = None if split is None else str(split)
-    if (root / "split.csv").is_file() and (root / "labels.csv").is_file():
-        ds = _load_fsdd(root, split_s)
-    elif (root / "meta" / "esc50.csv").is_file():
-        ds = _load_esc50(root, split_s)
-    elif (csv_path := _audioset_csv(root)) is not None:
-        ds = _load_audioset(root, csv_path, labels)
-    elif (root / "labels.csv").is_file():
-        ds = _load_generic(root, labels)
-    else:
-        raise DymnEdgeError(
-            f"{root}: unknown dataset layout (expected FSDD split.csv + labels.csv, ESC-50 "
-            "meta/esc50.csv, an AudioSet '# YTID,...' CSV, or labels.csv with path,label)")
-    if split_s is not None and ds.layout not in ("fsdd", "esc50"):
-        raise DymnEdgeError(f"{root}: --split applies to FSDD and ESC-50 layouts only")
+    hit = detect_layout(root)
+    if hit is None:
+        raise DymnEdgeError(f"{root}: unknown dataset layout (expected "
+                            + ", ".join(lay.expects for lay in LAYOUTS[:-1]) + f", or {LAYOUTS[-1].expects})")
+    lay, found = hit
+    if split_s is not None and not lay.splits:
+        raise DymnEdgeError(f"{root}: --split applies to "
+                            + " and ".join(x.title for x in LAYOUTS if x.splits) + " layouts only")
+    ds = lay.load(root, found, split_s, labels)
     log.debug("dataset %s: %d clips, %d classes", ds.name, len(ds.clips), len(ds.labels))
     return ds

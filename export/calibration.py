@@ -20,7 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dymn_edge.audio import fit_to_length, read_audio, resample
-from dymn_edge.datasets import AUDIO_SUFFIXES, Clip, Dataset, fsdd_eval_wave, load_dataset
+from dymn_edge.datasets import AUDIO_SUFFIXES, Clip, Dataset, find_audio, load_dataset
 from dymn_edge.errors import DymnEdgeError, ExportError
 from dymn_edge.export.config import CalibrationConfig
 from dymn_edge.frontend import LogMelFrontend, frames_for_seconds
@@ -78,7 +78,7 @@ def to_mel(wave: np.ndarray, fc: FrontendConfig, frames: int | None = None) -> n
 def audio_files(folder: str | Path) -> list[Path]:
     """Audio files under ``folder`` (recursive), sorted for reproducibility."""
     root = Path(folder).expanduser()
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = find_audio(root)
     if not files:
         raise ExportError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {root}")
     return files
@@ -213,13 +213,13 @@ def _labelled_set(folder: Path) -> Dataset | None:
 
 def _mel_set(clips: list[Clip], ds: Dataset | None, window_seconds: float, fc: FrontendConfig,
              progress: bool, source: str) -> MelSet:
-    """Log-mels of ``clips`` at the window (FSDD clips by its evaluation recipe), with targets."""
+    """Log-mels of ``clips`` at the window (a labelled set's clips by its layout's recipe:
+    FSDD's evaluation one), with targets."""
     frames = mel_frames(window_seconds, fc)
     n_samples = window_samples(window_seconds, fc)
     waves = []
     for c in _progress(clips, progress, "calibration audio"):
-        wave = (fsdd_eval_wave(c.path) if ds is not None and ds.layout == "fsdd"
-                else read_audio(c.path, fc.sample_rate))
+        wave = ds.read(c, fc.sample_rate) if ds is not None else read_audio(c.path, fc.sample_rate)
         waves.append(fit_to_length(wave, n_samples))
     mels = np.concatenate([to_mel(w, fc, frames) for w in waves], axis=0)
     targets = None

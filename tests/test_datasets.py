@@ -105,3 +105,35 @@ def test_unknown_layout(tmp_path: Path) -> None:
         load_dataset(tmp_path)
     with pytest.raises(DymnEdgeError, match="not found"):
         load_dataset(tmp_path / "nope")
+
+
+def test_layouts_table_drives_detection_and_reading(fsdd_dir: Path, tmp_path: Path) -> None:
+    from dymn_edge.datasets import LAYOUTS, detect_layout
+
+    assert [lay.name for lay in LAYOUTS] == ["fsdd", "esc50", "audioset", "generic"]
+    lay, _ = detect_layout(fsdd_dir)
+    assert lay.name == "fsdd" and lay.eval_split == "test"
+    ds = load_dataset(fsdd_dir, split="test")
+    clip = ds.clips[0]
+    np.testing.assert_array_equal(ds.read(clip), fsdd_eval_wave(clip.path))  # the reference recipe
+    (tmp_path / "labels.csv").write_text("path,label\na.wav,Speech\n")
+    _wav(tmp_path / "a.wav", sr=32000)
+    generic = load_dataset(tmp_path)
+    assert detect_layout(tmp_path)[0].name == "generic" and generic.read(generic.clips[0]).shape == (800,)
+    with pytest.raises(DymnEdgeError, match="--split applies to FSDD and ESC-50 layouts only"):
+        load_dataset(tmp_path, split="1")
+    assert detect_layout(tmp_path / "a.wav") is None
+
+
+def test_one_list_of_audio_suffixes_for_calibration_and_dymn_tag(tmp_path: Path) -> None:
+    from dymn_edge.datasets import AUDIO_SUFFIXES, find_audio
+    from dymn_edge.runtime.archive import expand_inputs
+
+    names = ["a.wav", "b.FLAC", "c.aiff", "d.opus", "sub/e.wv", "notes.txt"]
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"")
+    found = find_audio(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == names[:5]
+    assert expand_inputs([tmp_path]) == found  # dymn-tag DIR walks the same files
+    assert {".aiff", ".opus", ".wv"} <= set(AUDIO_SUFFIXES)

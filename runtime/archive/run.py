@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from dymn_edge.cliutil import check_output_file
+from dymn_edge.datasets import AUDIO_SUFFIXES, find_audio
 from dymn_edge.errors import DymnEdgeError, one_line
 from dymn_edge.runtime.engines import load_engine
 from dymn_edge.runtime.output import TagFilter, json_line, window_json
@@ -79,9 +80,6 @@ __all__ = ["AUDIO_SUFFIXES", "ArchiveOptions", "ArchiveSummary", "RunIdentity", 
 
 PIP_CLUSTER = "pip install 'dymn-edge[cluster]'"
 
-#: Suffixes picked up when a folder is walked (what libsndfile decodes).
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
-                            ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".wv"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".tsv"})
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 _PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "audio", "audio_path")
@@ -141,7 +139,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+            found = find_audio(p)  # the suffixes --calibration DIR walks too
             if not found:
                 log.warning("no audio files (%s) under %s", ", ".join(sorted(AUDIO_SUFFIXES)), p)
             out.extend(found)
