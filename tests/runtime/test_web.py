@@ -540,6 +540,19 @@ def test_many_events_answer_through_the_indexes(tmp_path: Path, n: int) -> None:
     print(f"first page of one label: {1e3 * (time.perf_counter() - t):.1f} ms")
     assert len(page["events"]) == 50 and all(r["label"] == "label 7" for r in page["events"])
     store.close()
+    # what the page asks for when it opens, over HTTP
+    server = WebServer(db=db, clips=None, port=0)
+    server.start()
+    try:
+        c = Client(server)
+        t = time.perf_counter()
+        hist = c.json("POST", "/api/history", {"bucket": "hour", "since": week})
+        first = c.json("POST", "/api/events", {"limit": 50})
+        names = c.json("GET", "/api/labels")["labels"]
+        print(f"page open over HTTP (history, first page, labels): {1e3 * (time.perf_counter() - t):.0f} ms")
+        assert hist["rows"] and len(first["events"]) == 50 and first["more_older"] and len(names) == 20
+    finally:
+        server.stop()
 
 
 # -- the command lines -----------------------------------------------------------------------
