@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import soxr
 
 from dymn_edge.audio import to_mono
 from dymn_edge.errors import DeviceError
@@ -386,8 +387,6 @@ class Listener:
     def _make_resampler(self) -> Callable[[np.ndarray], np.ndarray] | None:
         if self.samplerate == self.scorer.sample_rate:
             return None
-        import soxr  # noqa: PLC0415
-
         rs = soxr.ResampleStream(self.samplerate, self.scorer.sample_rate, 1, dtype="float32",
                                  quality="HQ")
         return lambda x: rs.resample_chunk(x)

@@ -12,9 +12,8 @@ import csv
 import os
 import signal
 import subprocess
+import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ if in_ci():  # under CI a missing cluster extra fails the module instead of skip
 else:
     pq = pytest.importorskip("pyarrow.parquet")
     pytest.importorskip("distributed")
+
+from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402 (after the extra's check)
 
 SUBSET_STEP = 15  # 3000 / 15 = 200 files
 
@@ -156,8 +157,16 @@ def test_dask_cluster_rows_are_bit_identical(local_run, dask_run) -> None:
     assert "200 done, 3 failed, 0 skipped" in dask_proc.stderr
 
 
-def test_corrupt_files_are_error_rows_and_strict_fails(dask_run, subset, fsdd_tflite: Path, capsys) -> None:
-    out, proc = dask_run
+def _copy_of(out: Path, tmp_path: Path) -> Path:
+    """The shared run's output copied (mtime kept): a test that re-runs a job works on its
+    own file, never on the module's fixture other tests read."""
+    return Path(shutil.copy2(out, tmp_path / out.name))
+
+
+def test_corrupt_files_are_error_rows_and_strict_fails(dask_run, subset, fsdd_tflite: Path, capsys,
+                                                       tmp_path: Path) -> None:
+    shared, proc = dask_run
+    out = _copy_of(shared, tmp_path)
     _, _, bad = subset
     rows = _rows(out)
     errors = {f: e for f, e in zip(rows["file"], rows["error"]) if e is not None}
@@ -177,10 +186,11 @@ def test_corrupt_files_are_error_rows_and_strict_fails(dask_run, subset, fsdd_tf
         assert f"{word}: 3 files could not be tagged" in err
 
 
-def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path, capsys) -> None:
+def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path, capsys, tmp_path: Path) -> None:
     """A finished run leaves no parts; re-running it contacts its scheduler, then does nothing."""
-    out, _ = dask_run
-    assert not out.with_name(out.name + ".parts").exists()  # removed after the merge
+    shared, _ = dask_run
+    assert not shared.with_name(shared.name + ".parts").exists()  # removed after the merge
+    out = _copy_of(shared, tmp_path)
     before = out.stat().st_mtime_ns
     argv = ["--model", str(fsdd_tflite), "--output", str(out), "--scores", "--task-size", "25",
             "--allow-failures", str(subset[0])]
@@ -194,10 +204,32 @@ def test_rerun_with_same_output_does_no_work(dask_run, subset, fsdd_tflite: Path
     assert out.stat().st_mtime_ns == before
 
 
+class _KillOnFirstPart(SchedulerPlugin):
+    """Scheduler plugin: when the first task finishes and another is running on a worker,
+    SIGKILL that worker (``both``: every worker, so that a task surely fails)."""
+
+    def __init__(self, scheduler, pids: dict[str, int], *, both: bool) -> None:
+        self.scheduler, self.pids, self.both = scheduler, pids, both
+        self.killed: list[int] = []
+        self.finished_before = 0
+
+    def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
+        if finish != "memory" or self.killed or start != "processing":
+            return
+        self.finished_before += 1
+        busy = [addr for addr, ws in self.scheduler.workers.items() if ws.processing and addr in self.pids]
+        if not busy:
+            return
+        victims = list(self.pids) if self.both else busy[:1]
+        self.killed = [self.pids[busy[0]]]
+        for addr in victims:
+            os.kill(self.pids[addr], signal.SIGKILL)
+
+
 @pytest.mark.parametrize("allowed_failures", [3, 0], ids=["scheduler-retries", "split-file-by-file"])
 def test_worker_killed_mid_run_every_file_once(local_run, subset, fsdd_tflite: Path, tmp_path: Path,
                                                capsys, caplog, allowed_failures: int) -> None:
-    """SIGKILL a busy worker after the first part lands; the job still has every file once.
+    """SIGKILL a busy worker when the first part lands; the job still has every file once.
 
     With Dask's default the scheduler re-runs the dead worker's tasks; with
     ``allowed-failures=0`` those tasks fail (as a file that crashes its worker would make
@@ -207,40 +239,22 @@ def test_worker_killed_mid_run_every_file_once(local_run, subset, fsdd_tflite: P
     from distributed import Client, LocalCluster
 
     out = tmp_path / "killed.parquet"
-    parts_dir = out.with_name(out.name + ".parts")
-    killed: dict[str, int] = {}
     with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)
         assert len(pids) == 2
-
-        def killer() -> None:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                n = len(list(parts_dir.glob("part-*"))) if parts_dir.is_dir() else 0
-                busy = [a for a, keys in client.processing().items() if keys] if n else []
-                if busy:
-                    killed["parts_at_kill"] = n
-                    # with allowed-failures=0 both die, so that a task surely fails (a worker can
-                    # finish its last task between the processing query and the kill)
-                    victims = [busy[0]] if allowed_failures else list(pids)
-                    for addr in victims:
-                        os.kill(pids[addr], signal.SIGKILL)
-                    killed["pid"] = pids[busy[0]]
-                    return
-                time.sleep(0.005)
-
-        th = threading.Thread(target=killer, daemon=True)
-        th.start()
+        # the kill happens in the scheduler, in the transition that finishes the first part
+        # while another task runs: mid-run by construction, no polling
+        killer = _KillOnFirstPart(cluster.scheduler, pids, both=not allowed_failures)
+        cluster.scheduler.add_plugin(killer, name="kill-on-first-part")
         with caplog.at_level("WARNING", logger="dymn_edge.runtime.archive"):
             rc = tag_main(["--model", str(fsdd_tflite), "--output", str(out), "--scores", "--task-size", "5",
                            "--allow-failures", "--scheduler", cluster.scheduler_address, str(subset[0])])
-        th.join(5)
         err = capsys.readouterr().err
         assert rc == 0, err
-        assert killed.get("pid") and killed["parts_at_kill"] < 41, killed  # it died mid-run
-        assert killed["pid"] not in client.run(os.getpid).values()
+        assert killer.killed and killer.finished_before == 1, (killer.killed, killer.finished_before)
+        assert killer.killed[0] not in client.run(os.getpid).values()
     assert ("retrying file by file" in caplog.text) == (allowed_failures == 0), caplog.text
     a, b = _rows(local_run[0]), _rows(out)
     assert b["file"] == a["file"]  # every file exactly once, in input order

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dymn_edge.runtime.device.eventlog import file_sha256, open_readonly
+from dymn_edge.runtime.device.eventlog import EventLogError, file_sha256, open_readonly
 
 from .conftest import spoken_digits
 from .test_device_mqtt import HA_BINARY_KEYS, HA_SENSOR_KEYS, Broker, Subscriber
@@ -40,6 +40,23 @@ def _matched(digits: list[int], centres: list[float], rows: list[dict]) -> list[
         out.append(rows[pos])
         pos += 1
     return out
+
+
+def _wait_for_rows(db: Path, n: int, timeout: float = 20.0) -> None:
+    """Until the event database holds ``n`` rows (it is written by the sinks' worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = open_readonly(db)
+            try:
+                if conn.execute("SELECT count(*) FROM events").fetchone()[0] >= n:
+                    return
+            finally:
+                conn.close()
+        except (EventLogError, sqlite3.Error):  # not created yet / being re-created after SIGHUP
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"{db} did not reach {n} rows in {timeout:g} s")
 
 
 class _Run:
@@ -200,8 +217,8 @@ def test_device_kill9_leaves_readable_db_and_last_will(vmic: dict[str, str], fsd
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
                 run.proc.send_signal(signal.SIGHUP)
                 done.append("hup")
-            elif n == 3:
-                time.sleep(0.2)
+            elif n == 3:  # killed once the 2nd and 3rd rows are in (the sinks write off the inference thread)
+                _wait_for_rows(db, 2)
                 os.kill(run.proc.pid, signal.SIGKILL)
                 done.append("kill")
 

@@ -95,6 +95,13 @@ class Broker:
         self.proc = None
 
 
+def _refusals(broker: Broker) -> int:
+    """Connections the broker refused for bad credentials (its log names no client id then)."""
+    log_file = broker.dir / "broker.log"
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return sum(1 for line in text.splitlines() if "disconnected, not authorised" in line)
+
+
 class Subscriber:
     """paho-mqtt client subscribed to ``#`` with a durable session (QoS 1)."""
 
@@ -309,7 +316,8 @@ def test_tls_and_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         assert sub.wait_for(lambda: len(sub.on("s/n/event")) == 1)
         assert json.loads(sub.on("s/n/event")[0])["label"] == "two"
         with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.device.mqtt"):
-            time.sleep(2.5)  # a few refused attempts (backoff 1 s, 2 s)
+            # a few refused attempts of the bad publisher (backoff 1 s, 2 s): the broker logs each
+            assert sub.wait_for(lambda: _refusals(b) >= 2, timeout=20), (b.dir / "broker.log").read_text()[-1500:]
             bad.event(_ev("start", 0, 0.0))
     finally:
         counters = pub.close()

@@ -111,8 +111,13 @@ def test_onnx_runs_any_length(fsdd_onnx: Path) -> None:
 
 def test_batch_larger_than_graph_batch_is_split(fsdd_model: Path) -> None:
     engine = load_engine(fsdd_model)
+    assert engine.input_spec.batch == 1  # the exporter's graphs take one clip: a batch of 3 must be split
     mel = np.concatenate([_mel(seed=s) for s in range(3)])
+    calls: list[int] = []
+    graph_run = engine._run_batch
+    engine._run_batch = lambda x: (calls.append(x.shape[0]), graph_run(x))[1]
     batched = engine.run(mel)[0]
+    assert calls == [1, 1, 1] and batched.shape == (3, 10)  # three graph runs of one clip each
     single = np.concatenate([engine.run(mel[i:i + 1])[0] for i in range(3)])
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
 

@@ -240,16 +240,17 @@ def test_listen_unsupported_rate_is_one_line_error(vmic: dict[str, str], fsdd_on
 
 @pytest.mark.mic
 def test_listen_sigterm_stops_cleanly(vmic: dict[str, str], fsdd_tflite: Path) -> None:
-    proc = subprocess.Popen(_listen_cmd("--model", str(fsdd_tflite), "--json"), env=vmic,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_listen_cmd("--model", str(fsdd_tflite), "--json", "--every-hop", "--hop", "0.5"),
+                            env=vmic, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     writer = threading.Thread(target=_play_into_fifo, args=(vmic, np.zeros(32000 * 30, np.float32), proc), daemon=True)
     writer.start()
-    time.sleep(4.0)
+    hops = [json.loads(proc.stdout.readline()) for _ in range(2)]  # running: two hops scored
+    assert [h["type"] for h in hops] == ["hop", "hop"], hops
     proc.terminate()
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-1000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["type"] == "summary" and summary["audio_seconds"] > 0.5
+    assert summary["type"] == "summary" and summary["audio_seconds"] >= hops[-1]["end"]
 
 
 @pytest.mark.mic

@@ -113,10 +113,10 @@ def test_per_hop_log_mel_is_only_the_new_audio(tagger: Tagger) -> None:
     scorer = StreamingScorer(tagger, 10.0, 1.0)
     rng = np.random.default_rng(3)
     scorer.push((0.05 * rng.standard_normal(12 * 32000)).astype(np.float32))
-    emitted = scorer._track.frames_computed  # noqa: SLF001 - the stream's own log-mel track
+    emitted = scorer._track.frames_computed  # the stream's own log-mel track
     assert scorer.hops_run == 12 - 1  # the window ending at 12 s waits for 12.5 ms more audio
     scorer.push(np.zeros(32000, np.float32))
-    assert scorer._track.frames_computed - emitted == 100 and scorer.hops_run == 12  # noqa: SLF001
+    assert scorer._track.frames_computed - emitted == 100 and scorer.hops_run == 12
 
 
 def test_warmup_reset_gap_and_skip(tagger: Tagger) -> None:
@@ -260,9 +260,9 @@ def _listen_events(tagger: Tagger, wave: np.ndarray, min_level: float | None) ->
     lis = Listener(StreamingScorer(tagger, 1.0, 0.25),
                    EventTracker(tagger.labels, EventConfig(on=0.5, off=0.3, min_level_dbfs=min_level), 0.25))
     seen: list = []
-    lis._dispatch = seen.extend  # noqa: SLF001 - the events the sinks would get, in order
+    lis._dispatch = seen.extend  # the events the sinks would get, in order
     for k in range(0, wave.size, 1600):
-        lis._consume(wave[k:k + 1600], None)  # noqa: SLF001 - the capture thread's consumer
+        lis._consume(wave[k:k + 1600], None)  # the capture thread's consumer
     return seen + lis.tracker.finish()
 
 

@@ -103,10 +103,12 @@ def test_top_k_threshold_include_exclude(fsdd_onnx: Path, fsdd_test_clips, capsy
         return json.loads(capsys.readouterr().out.splitlines()[0])["tags"]
 
     assert len(run("--top-k", "3")) == 3
-    assert all(t["probability"] >= 0.2 for t in run("--threshold", "0.2", "--top-k", "10"))
+    above = run("--threshold", "0.2", "--top-k", "10")
+    assert 1 <= len(above) < 10 and all(t["probability"] >= 0.2 for t in above)  # the threshold cut some
     only = run("--include", "seven", "--include", "one,nine", "--top-k", "10")
     assert {t["label"] for t in only} == {"seven", "one", "nine"}
-    assert "two" not in {t["label"] for t in run("--exclude", "two", "--top-k", "10")}
+    others = {t["label"] for t in run("--exclude", "two", "--top-k", "10")}
+    assert len(others) == 9 and "two" not in others
     assert run("--top-k", "1")[0]["label"] == "two"
 
 
