@@ -46,11 +46,10 @@ from dymn_edge.errors import DymnEdgeError, one_line
 from dymn_edge.audio import fit_to_length
 from dymn_edge.export.calibration import to_mel, validation_waves
 from dymn_edge.frontend import frames_for_seconds
-from dymn_edge.metadata import detect_format
 from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, topk_overlap,
 )
-from dymn_edge.runtime.engines import Engine, LiteRTEngine, OnnxEngine
+from dymn_edge.runtime.engines import Engine, open_engine
 from dymn_edge.runtime.tagger import Tagger
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,18 @@ TORCH_BATCH = 50
 # The file (through the runtime) and the PyTorch oracle
 
 
-def load_file(path: str | Path, threads: int = 1) -> Engine:
-    """The written file in the runtime's engine for its content (quietly: no load banner)."""
-    p = Path(path)
-    return OnnxEngine(p, threads=threads) if detect_format(p) == "onnx" else LiteRTEngine(p, threads=threads)
+def load_file(path: str | Path, threads: int = 1, engine: str | None = None) -> Engine:
+    """The written file in a runtime engine of the engine table (quietly: no load banner).
+
+    ``engine``: None, the format's validation engine (ONNX Runtime / LiteRT); a name of
+    :data:`dymn_edge.runtime.engines.ENGINES` (e.g. "openvino"), or "auto" as ``dymn-tag``.
+    """
+    return open_engine(Path(path), engine=engine, threads=threads)
 
 
-def make_runner(path: str | Path, threads: int = 1) -> Runner:
+def make_runner(path: str | Path, threads: int = 1, engine: str | None = None) -> Runner:
     """``runner(mel) -> (logits, embedding)`` of the file, as the runtime runs it."""
-    return load_file(path, threads).run
+    return load_file(path, threads, engine).run
 
 
 def torch_runner(model, dtype: type = np.float32) -> Runner:

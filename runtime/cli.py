@@ -22,7 +22,7 @@ from dymn_edge.errors import DymnEdgeError
 from dymn_edge.runtime.device import options as dev
 from dymn_edge.runtime.archive import ArchiveOptions, output_format, run_archive
 from dymn_edge.runtime.device.options import DEVICE_EXAMPLES, add_device_args
-from dymn_edge.runtime.engines import load_engine
+from dymn_edge.runtime.engines import ENGINE_CHOICES, load_engine
 from dymn_edge.runtime.events import SOFTMAX_MIN_LEVEL_DBFS, EventConfig, EventTracker
 from dymn_edge.runtime.microphone import Listener, list_devices
 from dymn_edge.runtime.output import (
@@ -103,6 +103,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delegate", default=None, metavar="NAME|PATH[:k=v,...]",
                    help="LiteRT delegate: xnnpack (default), none, or a delegate library "
                         "(e.g. an NPU vendor delegate) with options")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="engine for the file (ONNX: onnxruntime or openvino; TFLite: litert); "
+                        "auto (default): the fastest installed for the file (docs/engines.md)")
     p.add_argument("--window", type=finite, default=None, metavar="SECONDS",
                    help="analysis window (default: the model file's own window)")
     p.add_argument("--hop", type=finite, default=None, metavar="SECONDS", help="hop between windows")
@@ -126,7 +129,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise DymnEdgeError(f"--threads must be >= 1, got {args.threads}")
     if args.top_k is not None and args.top_k < 1:
         raise DymnEdgeError(f"--top-k must be >= 1, got {args.top_k}")
-    engine = load_engine(args.model, threads=args.threads, delegate=args.delegate)
+    engine = load_engine(args.model, threads=args.threads, delegate=args.delegate, engine=args.engine)
     tagger = Tagger(engine, dither=DEFAULT_DITHER if args.dither is None else args.dither)
     filt = TagFilter.build(tagger.labels, top_k=args.top_k, threshold=args.threshold,
                            include=args.include, exclude=args.exclude)
@@ -208,7 +211,7 @@ def _tag_archive(args: argparse.Namespace) -> int:
         top_k=args.top_k, threshold=args.threshold, include=tuple(args.include),
         exclude=tuple(args.exclude), scores=args.scores, embeddings=args.embeddings,
         dither=DEFAULT_DITHER if args.dither is None else args.dither, fmt=output_format(Path(args.output)),
-        threads=args.threads, delegate=args.delegate)
+        threads=args.threads, delegate=args.delegate, engine=args.engine)
     summary = run_archive(args.model, args.files, args.output, opts=opts, task_size=args.task_size,
                           workers=args.workers, scheduler=args.scheduler, progress=sys.stderr.isatty(),
                           overwrite=args.overwrite)

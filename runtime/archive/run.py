@@ -190,11 +190,15 @@ class ArchiveOptions:
     #: not part of the rows (results are identical per thread count on the same engine)
     threads: int | None = field(default=None, compare=False)
     delegate: str | None = None
+    #: the engine table's name or "auto"; like threads not part of the rows' digest (the
+    #: engines of one format agree within fp32 rounding)
+    engine: str = field(default="auto", compare=False)
 
     def options_digest(self) -> str:
-        """sha256 of the options that change rows (not the thread count)."""
+        """sha256 of the options that change rows (not the thread count, nor the engine)."""
         d = asdict(self)
         d.pop("threads")
+        d.pop("engine")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def fingerprint(self, model_digest: str) -> str:
@@ -267,7 +271,7 @@ class _TagContext:
 
     def __init__(self, model_path: Path, opts: ArchiveOptions) -> None:
         self.opts = opts
-        engine = load_engine(model_path, threads=opts.threads, delegate=opts.delegate)
+        engine = load_engine(model_path, threads=opts.threads, delegate=opts.delegate, engine=opts.engine)
         self.tagger = Tagger(engine, dither=opts.dither)
         self.filter = TagFilter.build(self.tagger.labels, top_k=opts.top_k, threshold=opts.threshold,
                                       include=opts.include, exclude=opts.exclude)

@@ -1,8 +1,12 @@
-"""Engines: content-based format detection, metadata errors, int8 (de)quantization, both engines."""
+"""Engines: content-based format detection, metadata errors, int8 (de)quantization, the engine
+table (ONNX Runtime, OpenVINO, LiteRT) and its ``auto`` rule."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,8 @@ def test_engine_chosen_by_content_not_name(fsdd_tflite: Path, fsdd_onnx: Path, t
     assert isinstance(load_engine(fake_onnx), LiteRTEngine)
     fake_tflite = tmp_path / "really_onnx.tflite"
     shutil.copy(fsdd_onnx, fake_tflite)
-    assert isinstance(load_engine(fake_tflite), OnnxEngine)
+    assert isinstance(load_engine(fake_tflite, engine="onnxruntime"), OnnxEngine)
+    assert load_engine(fake_tflite).name in ("onnxruntime", "openvino")
 
 
 def test_onnx_without_metadata_is_one_clear_error(fsdd_onnx: Path, tmp_path: Path) -> None:
@@ -134,7 +139,7 @@ def test_missing_engine_names_pip_command(fsdd_onnx: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(EngineError, match=r"pip install 'dymn-edge\[onnx\]'"):
-        load_engine(fsdd_onnx)
+        load_engine(fsdd_onnx, engine="onnxruntime")
 
 
 def test_missing_litert_names_pip_command(fsdd_tflite: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,3 +217,157 @@ def test_int8_io_is_quantized_and_dequantized(tmp_path: Path, fsdd_onnx: Path) -
     expect = (np.clip(np.round(y / s_out) + z_out, -128, 127) - z_out) * s_out
     assert logits.dtype == np.float32 and emb.dtype == np.float32
     np.testing.assert_allclose(logits, expect, atol=s_out * 1.01)
+
+
+# ---------------------------------------------------------------------------------------
+# The engine table: OpenVINO for ONNX files, the auto rule, one set of delegate aliases
+
+
+def _block_imports(monkeypatch: pytest.MonkeyPatch, prefixes: tuple[str, ...]) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith(prefixes):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def test_openvino_matches_onnxruntime_at_two_lengths_and_batch(fsdd_onnx: Path) -> None:
+    """Same file, two engines: logits and embeddings within the batch-split tolerance (1e-4),
+    at the window, a longer length and a batch of 3; OpenVINO compiled fp32."""
+    pytest.importorskip("openvino")
+    from dymn_edge.runtime.engine_openvino import OpenVINOEngine
+
+    ort = load_engine(fsdd_onnx, threads=1, engine="onnxruntime")
+    ov = load_engine(fsdd_onnx, threads=1, engine="openvino")
+    assert isinstance(ov, OpenVINOEngine) and ov.name == "openvino"
+    assert ov.config["INFERENCE_PRECISION_HINT"] == "f32" and ov.config["INFERENCE_NUM_THREADS"] == 1
+    for frames in (100, 250):
+        mel = np.concatenate([_mel(frames, seed=s) for s in range(3)])
+        a, b = ort.run(mel), ov.run(mel)
+        for x, y in zip(a, b):
+            assert x.shape == y.shape and y.dtype == np.float32
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(a[0][0], a[0][1])  # three different inputs, not one repeated
+    assert (1, 1, 128, 250) in ov._compiled  # one static compilation per shape
+    single = ov.run(_mel(250, seed=1))[0]
+    np.testing.assert_allclose(single[0], ov.run(np.concatenate([_mel(250, seed=s) for s in range(3)]))[0][1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_openvino_tagger_agrees_with_onnxruntime(fsdd_onnx: Path) -> None:
+    pytest.importorskip("openvino")
+    from dymn_edge.runtime.tagger import Tagger
+
+    a = Tagger(load_engine(fsdd_onnx, threads=1, engine="onnxruntime"))
+    b = Tagger(load_engine(fsdd_onnx, threads=1, engine="openvino"))
+    seg = (0.05 * np.random.default_rng(1).standard_normal(32000)).astype(np.float32)
+    assert np.abs(a.score(seg).probabilities - b.score(seg).probabilities).max() < 1e-4
+
+
+@pytest.mark.torch
+def test_openvino_file_validates_against_pytorch(fsdd_onnx: Path, fsdd_weights: Path) -> None:
+    """The export's parity check (float64 PyTorch oracle, the ONNX fp32 tolerance) with the file
+    run by OpenVINO through the engine table: every case judged and passed."""
+    pytest.importorskip("openvino")
+    from dymn_edge.export import validate as v
+    from dymn_edge.export.formats import FORMATS, Format
+    from dymn_edge.metadata import read_metadata
+    from dymn_edge.models import create_model
+
+    model = create_model("dymn-s", weights=fsdd_weights)
+    meta = read_metadata(fsdd_onnx)
+    engine = v.load_file(fsdd_onnx, engine="openvino")
+    assert engine.name == "openvino" and v.load_file(fsdd_onnx).name == "onnxruntime"  # default: ORT
+    report = v.ValidationReport(engine=engine.name, audio="", precision="fp32")
+    v.check_parity(engine.run, v.torch_runner(model), window_seconds=meta.window_seconds,
+                   fc=meta.frontend_config, dynamic_time=meta.dynamic_time,
+                   tolerance=FORMATS[Format.ONNX].tolerance["fp32"], report=report,
+                   reference64=v.torch64_runner(model))
+    assert report.passed, report.errors
+    assert report.judged_cases >= 2 and all(c.ok for c in report.checks if not c.ill_conditioned)
+
+
+def test_auto_rule_and_engine_table(fsdd_onnx: Path, fsdd_tflite: Path) -> None:
+    from dymn_edge.runtime.engines import ENGINE_CHOICES, ENGINES, auto_order
+
+    assert ENGINE_CHOICES == ("auto", "onnxruntime", "openvino", "litert")
+    assert {(e.format, e.name) for e in ENGINES} == {("onnx", "onnxruntime"), ("onnx", "openvino"),
+                                                     ("tflite", "litert")}
+    assert [e.name for e in ENGINES if e.validates] == ["onnxruntime", "litert"]
+    assert [e.name for e in auto_order("onnx", "fp32", "dymn-m", 1.0)] == ["openvino", "onnxruntime"]
+    assert [e.name for e in auto_order("onnx", "int8", "dymn-m", 1.0)] == ["onnxruntime", "openvino"]
+    assert [e.name for e in auto_order("tflite", "fp32", "dymn-m", 1.0)] == ["litert"]
+    # static MobileNets: ONNX Runtime below the measured crossover window, OpenVINO from it on
+    assert [e.name for e in auto_order("onnx", "fp32", "mn-s", 1.0)] == ["onnxruntime", "openvino"]
+    assert [e.name for e in auto_order("onnx", "fp32", "mn-m", 10.0)] == ["openvino", "onnxruntime"]
+    if importlib.util.find_spec("openvino") is not None:
+        assert load_engine(fsdd_onnx).name == "openvino"  # fp32 DyMN-S
+    assert load_engine(fsdd_tflite, engine="auto").name in ("litert", "tflite_runtime")
+
+
+def test_auto_falls_back_when_openvino_is_missing(fsdd_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _block_imports(monkeypatch, ("openvino",))
+    assert isinstance(load_engine(fsdd_onnx), OnnxEngine)
+    with pytest.raises(EngineError, match=r"pip install 'dymn-edge\[openvino\]'"):
+        load_engine(fsdd_onnx, engine="openvino")
+
+
+def test_no_onnx_engine_names_both_installs(fsdd_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _block_imports(monkeypatch, ("openvino", "onnxruntime", "onnx"))
+    with pytest.raises(EngineError) as info:
+        load_engine(fsdd_onnx)
+    msg = str(info.value)
+    assert "dymn-edge[onnx]" in msg and "dymn-edge[openvino]" in msg and "\n" not in msg
+
+
+def test_engine_for_the_wrong_format_is_one_line(fsdd_onnx: Path, fsdd_tflite: Path) -> None:
+    with pytest.raises(EngineError, match="--engine openvino does not run tflite files"):
+        load_engine(fsdd_tflite, engine="openvino")
+    with pytest.raises(EngineError, match="--engine litert does not run onnx files"):
+        load_engine(fsdd_onnx, engine="litert")
+    with pytest.raises(EngineError, match="unknown engine 'tvm'"):
+        load_engine(fsdd_onnx, engine="tvm")
+    for engine in ("auto", "openvino", "onnxruntime"):
+        with pytest.raises(EngineError, match="--delegate applies to TFLite files"):
+            load_engine(fsdd_onnx, engine=engine, delegate="none")
+
+
+def test_one_set_of_delegate_aliases(fsdd_tflite: Path) -> None:
+    from dymn_edge.runtime.engines import DELEGATE_ALIASES
+
+    for alias in DELEGATE_ALIASES:
+        assert load_engine(fsdd_tflite, delegate=alias.upper()).delegate == alias.upper()
+        with pytest.raises(EngineError, match="takes no options"):
+            parse_delegate(f"{alias}:threads=2")
+
+
+def test_onnx_metadata_props_without_onnx_packages(fsdd_onnx: Path, tmp_path: Path) -> None:
+    """The wire-format reader OpenVINO's engine uses: the same props as ONNX Runtime reads."""
+    from dymn_edge.runtime.onnx_props import read_onnx_metadata_props
+
+    props = read_onnx_metadata_props(fsdd_onnx)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(fsdd_onnx), providers=["CPUExecutionProvider"])
+    assert props == dict(session.get_modelmeta().custom_metadata_map) and "dymn_edge" in props
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(fsdd_onnx.read_bytes()[:-100])
+    with pytest.raises(MetadataError, match="not a readable ONNX file"):
+        read_onnx_metadata_props(cut)
+
+
+def test_openvino_engine_imports_no_torch_nor_onnxruntime(fsdd_onnx: Path) -> None:
+    """In a fresh process: loading and running a file in OpenVINO imports neither torch nor
+    the ONNX packages (the metadata is read from the wire format)."""
+    pytest.importorskip("openvino")
+    code = ("import sys, numpy as np; from dymn_edge.runtime.engines import load_engine; "
+            f"e = load_engine({str(fsdd_onnx)!r}, threads=1, engine='openvino'); "
+            "e.run(np.zeros((1, 1, 128, 100), np.float32)); "
+            "print([m for m in ('torch', 'onnx', 'onnxruntime', 'litert_torch') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
