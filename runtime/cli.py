@@ -286,6 +286,26 @@ def _min_level(args: argparse.Namespace, tagger: Any) -> float | None:
     return SOFTMAX_MIN_LEVEL_DBFS if softmax else None
 
 
+def _event_config(args: argparse.Namespace, tagger: Any) -> EventConfig:
+    """The event tracker's settings: --on / --off / --min-duration, --smooth, the level gate."""
+    smoothing, alpha, median = "ema", 0.7, 3
+    if args.smooth:
+        kind, _, val = args.smooth.partition(":")
+        smoothing = kind.strip().lower()
+        if smoothing == "none" and val:  # ignored otherwise
+            raise DymnEdgeError(f"--smooth none takes no value, got '{args.smooth}'")
+        try:
+            if smoothing == "ema" and val:
+                alpha = float(val)
+            elif smoothing == "median" and val:
+                median = int(val)
+        except ValueError as exc:
+            raise DymnEdgeError(f"--smooth takes ema[:ALPHA], median[:HOPS] or none, got '{args.smooth}'") from exc
+    return EventConfig(on=args.on, off=args.off if args.off is not None else min(args.on, 0.6 * args.on),
+                       min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median,
+                       min_level_dbfs=_min_level(args, tagger))
+
+
 def _listen(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(list_devices())
@@ -301,22 +321,7 @@ def _listen(args: argparse.Namespace) -> int:
     hop = 1.0 if args.hop is None else args.hop
     tagger.check_hop(hop, args.window)
     scorer = StreamingScorer(tagger, args.window, hop)
-    smoothing, alpha, median = "ema", 0.7, 3
-    if args.smooth:
-        kind, _, val = args.smooth.partition(":")
-        smoothing = kind.strip().lower()
-        if smoothing == "none" and val:  # ignored otherwise
-            raise DymnEdgeError(f"--smooth none takes no value, got '{args.smooth}'")
-        try:
-            if smoothing == "ema" and val:
-                alpha = float(val)
-            elif smoothing == "median" and val:
-                median = int(val)
-        except ValueError as exc:
-            raise DymnEdgeError(f"--smooth takes ema[:ALPHA], median[:HOPS] or none, got '{args.smooth}'") from exc
-    cfg = EventConfig(on=args.on, off=args.off if args.off is not None else min(args.on, 0.6 * args.on),
-                      min_duration=args.min_duration, smoothing=smoothing, alpha=alpha, median=median,
-                      min_level_dbfs=_min_level(args, tagger))
+    cfg = _event_config(args, tagger)
     tracker = EventTracker(tagger.labels, cfg, hop_s=scorer.hop_s,
                            per_label=dev.per_label_thresholds(args, tagger.labels, cfg))
     plan = dev.check_device(args, tagger.labels, filt)

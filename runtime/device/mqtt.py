@@ -136,7 +136,14 @@ def parse_mqtt_url(url: str, env: Mapping[str, str] | None = None) -> MqttConfig
         if any(c in prefix for c in "+#"):
             raise MqttError(f"--mqtt topic prefix must not hold MQTT wildcards: '{prefix}'")
         cfg.prefix = prefix
-    query = parse_qs(u.query, keep_blank_values=True)
+    _apply_query(cfg, u.query)
+    return cfg
+
+
+def _apply_query(cfg: MqttConfig, query_text: str) -> None:
+    """The URL's ``?node=..&discovery=..&qos=..&queue=..&keepalive=..&ca=..`` into ``cfg``."""
+    tls = cfg.tls
+    query = parse_qs(query_text, keep_blank_values=True)
     allowed = {"node", "discovery", "qos", "queue", "keepalive", "ca"}
     unknown = sorted(set(query) - allowed)
     if unknown:
@@ -168,7 +175,6 @@ def parse_mqtt_url(url: str, env: Mapping[str, str] | None = None) -> MqttConfig
             raise MqttError(f"--mqtt ca={cfg.ca} needs an mqtts:// URL (TLS)")
         if not os.path.isfile(cfg.ca) or not os.access(cfg.ca, os.R_OK):
             raise MqttError(f"--mqtt CA file not found or not readable: {cfg.ca}")
-    return cfg
 
 
 def import_paho() -> Any:
