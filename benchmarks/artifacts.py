@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dymn_edge.benchmarks import export_cache
-from dymn_edge.benchmarks.config import CALIBRATED, BenchConfig
+from dymn_edge.benchmarks.config import CALIBRATED, BenchConfig, variant_file
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.export import api as export_api
 from dymn_edge.export.config import ExportConfig, QuantizationConfig
@@ -44,7 +44,20 @@ def cache_root(cfg: BenchConfig) -> Path:
 def export_artifact(model: str, variant: str, weights: str | None, random_init: bool,
                     window_s: float | None, activation: str | None, root: Path,
                     use_cache: bool, calibration: str | None = None) -> dict[str, Any]:
-    """Export one file into its cache entry, or re-use the entry when its key matches."""
+    """Export one file into its cache entry, or re-use the entry when its key matches.
+
+    An engine variant (``openvino:fp32``) is its format's file (``onnx:fp32``, the same cache
+    entry) in a row named after the variant, with the engine that runs it in ``row["engine"]``.
+    """
+    file_variant, engine = variant_file(variant)
+    row = _export_or_reuse(model, file_variant, weights, random_init, window_s, activation, root,
+                           use_cache, calibration)
+    return {**row, "name": variant, "engine": engine}
+
+
+def _export_or_reuse(model: str, variant: str, weights: str | None, random_init: bool,
+                     window_s: float | None, activation: str | None, root: Path,
+                     use_cache: bool, calibration: str | None) -> dict[str, Any]:
     fmt, prec = variant.split(":")
     q = quantization_for(variant)
     cal = None

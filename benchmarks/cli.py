@@ -52,7 +52,7 @@ what the columns mean:
   p50 / p90  median / 90th percentile latency per inference (batch 1); n/a where a
              fixed-shape file cannot take that length
   /MN        (DyMN rows, when the run holds the static partner: dymn-s <-> mn-s,
-             dymn-m <-> mn-m) this file's p50 over the MN file's p50 of the same format,
+             dymn-m <-> mn-m, dymn-l <-> mn-20) this file's p50 over the MN file's p50 of the same format,
              precision, threads and length, timed in the same run (ratio_to_static)
   xeager     the same model's eager PyTorch p50 over this file's p50 (speedup_vs_eager)
   RTF        real-time factor when streaming with a 1 s hop: time per hop / hop length
@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="export every file again (and "
                    "overwrite its cache entry)")
     r.add_argument("--macs", action="store_true", help="print the analytic per-block MACs and exit")
+    r.add_argument("--front", nargs="?", const="all", default=None, metavar="MODEL[,MODEL]",
+                   help="the accuracy / latency front: every MN width and DyMN (or these models) "
+                        "exported and timed per engine (onnx:fp32, openvino:fp32, tflite:fp32, or "
+                        "--formats) at --window (default 1 s), 1 thread, random-init, against "
+                        "published mAP; --plot draws it, --json keeps it")
     r.add_argument("--npu", type=non_empty, metavar="ACC[,ACC]", help="compile the --full-int8 TFLite of each --model "
                    "(exported with --calibration DIR) or the --npu-files with Arm's Vela for these "
                    "Ethos-U configurations (e.g. ethos-u55-256,ethos-u65-512; pip install "
@@ -289,6 +294,37 @@ def _npu(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
+def _front(args: argparse.Namespace) -> int:
+    """``--front``: the accuracy / latency front per engine (benchmarks/front.py)."""
+    from dymn_edge.benchmarks import front, report  # noqa: PLC0415
+
+    bad = [flag for flag, on in (("--weights", args.weights), ("--data", args.data), ("--compare", args.compare),
+                                 ("--ci-gate", args.ci_gate), ("--write-baseline", args.write_baseline),
+                                 ("--threads", args.threads), ("--calibration", args.calibration)) if on]
+    if bad:
+        raise DymnEdgeError(f"--front times random-init models at 1 thread against published mAP: "
+                            f"leave out {', '.join(bad)}")
+    models = front.FRONT_MODELS if args.front == "all" else tuple(
+        dict.fromkeys(get_spec(m).name for m in args.front.split(",") if m.strip()))
+    no_map = [m for m in models if get_spec(m).published_mAP is None]
+    if no_map or not models:
+        raise DymnEdgeError(f"--front needs models with a published mAP; not: {', '.join(no_map) or '(none given)'}")
+    variants = tuple(v for v in args.formats.split(",") if v.strip()) if args.formats else front.FRONT_VARIANTS
+    window = args.window or 1.0
+    cfg = front.front_config(models, variants, window_s=window, budget_s=args.budget, workdir=args.workdir,
+                             progress=not args.quiet and sys.stderr.isatty())
+    result, points = front.run_front(cfg)
+    print(front.format_front(points, window))
+    if args.json:
+        print(f"JSON: {report.write_json(result, args.json)}")
+    if args.plot:
+        print(f"plot: {front.plot_front(points, args.plot, window)}")
+    failed = _failed_rows(result)
+    for line in failed:
+        log.error("failed: %s", line)
+    return 1 if failed and not args.allow_failures else 0
+
+
 #: The gate's default bounds (--max-regression / --max-ratio-regression left out).
 DEFAULT_MAX_REGRESSION = "15%"
 DEFAULT_MAX_RATIO_REGRESSION = "25%"
@@ -392,6 +428,8 @@ def _main(args: argparse.Namespace) -> int:
         return _score_file(args)
     if args.npu:
         return _npu(args)
+    if args.front:
+        return _front(args)
     max_reg = parse_percent(args.max_regression or DEFAULT_MAX_REGRESSION)
     max_ratio = parse_percent(args.max_ratio_regression or DEFAULT_MAX_RATIO_REGRESSION, "--max-ratio-regression")
     cfg = _config_from_args(args)

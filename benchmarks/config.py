@@ -14,6 +14,7 @@ from dymn_edge.cliutil import check_input_file
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.export.formats import format_spec, iter_variants
 from dymn_edge.registry import Arch, get_spec, list_models
+from dymn_edge.runtime.engines import ENGINES
 
 RESULT_SCHEMA = 1
 REFERENCE_NAME = "pytorch:fp32"
@@ -70,9 +71,9 @@ class BenchConfig:
         if self.budget_s <= 0:
             raise DymnEdgeError("--budget must be > 0 seconds")
         self.formats = [normalize_variant(v) for v in self.formats] if self.formats else None
-        if self.formats and any(v in CALIBRATED for v in self.formats):
+        if self.formats and any(variant_file(v)[0] in CALIBRATED for v in self.formats):
             if not self.calibration:
-                raise DymnEdgeError(f"{', '.join(v for v in self.formats if v in CALIBRATED)} "
+                raise DymnEdgeError(f"{', '.join(v for v in self.formats if variant_file(v)[0] in CALIBRATED)} "
                                     "need calibration audio: pass --calibration DIR")
             if not Path(self.calibration).expanduser().is_dir():
                 raise DymnEdgeError(f"--calibration {self.calibration}: folder not found")
@@ -118,9 +119,32 @@ def all_variants() -> list[str]:
     return [f"{f.value}:{p.value}" for f, p in iter_variants()]
 
 
+#: variants named after an engine of the engine table that is not its format's default
+#: (``openvino:fp32``: the ``onnx:fp32`` file run by OpenVINO), and the format they run
+ENGINE_VARIANTS = {e.name: e.format for e in ENGINES if not e.validates}
+
+
+def variant_file(variant: str) -> tuple[str, str]:
+    """(the file's format:precision, the engine that runs the row) of a normalized variant.
+
+    ``onnx:fp32`` -> (``onnx:fp32``, onnxruntime); ``openvino:fp32`` -> (``onnx:fp32``, openvino).
+    """
+    head, _, prec = variant.partition(":")
+    if head in ENGINE_VARIANTS:
+        return f"{ENGINE_VARIANTS[head]}:{prec}", head
+    return variant, next(e.name for e in ENGINES if e.format == head and e.validates)
+
+
 def normalize_variant(text: str) -> str:
-    """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table."""
+    """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table.
+
+    An engine name (``openvino:fp32``) is a row of the format it runs, timed in that engine.
+    """
     fmt, _, prec = text.strip().lower().partition(":")
+    if fmt in ENGINE_VARIANTS:
+        if (prec or "fp32") == "waveform":
+            raise DymnEdgeError(f"{fmt} rows take the model files (fp32, fp16, int8), not waveform ones")
+        return f"{fmt}:{normalize_variant(f'{ENGINE_VARIANTS[fmt]}:{prec}').partition(':')[2]}"
     spec = format_spec(fmt)
     prec = prec or "fp32"
     if prec == "waveform":  # fp32 with the frontend in the graph (dymn-export --waveform)

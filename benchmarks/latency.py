@@ -51,6 +51,7 @@ class ArtifactSpec:
     weights: str | None = None
     random_init: bool = False
     num_classes: int | None = None
+    engine: str | None = None  # a name of the runtime's engine table; None: auto
 
     def __post_init__(self) -> None:
         if self.kind not in ("engine", "torch", "gemm"):
@@ -181,7 +182,7 @@ class _Runner:
         elif self.spec.kind == "engine":
             import dymn_edge.runtime.engines  # noqa: F401, PLC0415
 
-            for mod in ("onnxruntime", "ai_edge_litert.interpreter"):
+            for mod in ("onnxruntime", "ai_edge_litert.interpreter", "openvino"):
                 try:
                     __import__(mod)
                 except ImportError:
@@ -211,7 +212,7 @@ class _Runner:
         else:
             from dymn_edge.runtime.engines import load_engine  # noqa: PLC0415
 
-            engine = load_engine(s.path, threads=self.threads)
+            engine = load_engine(s.path, threads=self.threads, engine=s.engine or "auto")
             self.fixed_frames = engine.fixed_frames
             self._waveform = engine.takes_waveform
             self._fn = engine.run

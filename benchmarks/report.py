@@ -62,7 +62,8 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
     for r in rows:
         cell = (r.get("latency") or {}).get(t) or {}
         val, delta, _ = _metric(r)
-        line = [r.get("model") or result["model"]["name"], r["format"], r["precision"],
+        # the variant's head: the format, or the engine of an engine row (openvino:fp32)
+        line = [r.get("model") or result["model"]["name"], r["name"].partition(":")[0], r["precision"],
                 r["status"] + (" (cached)" if r.get("cached") else ""),
                 _f(r.get("size_mb"), ".2f"),
                 _f(r.get("deployed_macs") and r["deployed_macs"] / 1e9, ".4f"),

@@ -77,7 +77,7 @@ def _score_row(r: dict[str, Any], data: Any, ref_logits: Any, activation: str, *
         r["scores_note"] = "waveform file: score it with --score-file (the runtime's audio path)"
         return
     try:
-        engine = load_engine(r["path"], threads=threads)
+        engine = load_engine(r["path"], threads=threads, engine=r.get("engine") or "auto")
         logits = acc.predict(engine.run, data)
     except DymnEdgeError as exc:
         r["status"], r["error"] = "failed", f"accuracy run: {exc}"

@@ -31,7 +31,7 @@ def time_runs(cfg: BenchConfig, runs: list[ModelRun]) -> dict[str, dict[str, Any
                 specs.append(lat.ArtifactSpec(sname, "torch", model=mr.name, weights=mr.weights,
                                               random_init=mr.random_init))
             else:
-                specs.append(lat.ArtifactSpec(sname, "engine", path=r["path"]))
+                specs.append(lat.ArtifactSpec(sname, "engine", path=r["path"], engine=r.get("engine")))
     worker_results = lat.measure(specs, lengths=tuple(cfg.lengths), threads=tuple(cfg.threads),
                                  budget_s=cfg.budget_s, progress=cfg.progress)
     gemm = {str(w.threads): w for w in worker_results if w.kind == "gemm"}

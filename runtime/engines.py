@@ -23,6 +23,7 @@ metadata (falling back to the graph's own parameters); see
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import re
 import sys
@@ -251,6 +252,12 @@ class EngineSpec:
     pip: str  # the install command named when no engine for a file is installed
     delegates: bool = False  # takes --delegate
     validates: bool = False  # the format's validation engine (the export's parity check)
+    modules: tuple[str, ...] = ()  # importable packages that provide it (any one suffices)
+
+    @property
+    def installed(self) -> bool:
+        """Whether one of its packages can be imported (checked without importing it)."""
+        return any(importlib.util.find_spec(m) is not None for m in self.modules)
 
 
 def _load_onnxruntime(path: Path, *, threads: int | None, delegate: str | None) -> Engine:
@@ -266,9 +273,10 @@ def _load_litert(path: Path, *, threads: int | None, delegate: str | None) -> En
 
 
 ENGINES: tuple[EngineSpec, ...] = (
-    EngineSpec("onnxruntime", "onnx", _load_onnxruntime, PIP_ONNX, validates=True),
-    EngineSpec("openvino", "onnx", _load_openvino, PIP_OPENVINO),
-    EngineSpec("litert", "tflite", _load_litert, PIP_LITERT, delegates=True, validates=True),
+    EngineSpec("onnxruntime", "onnx", _load_onnxruntime, PIP_ONNX, validates=True, modules=("onnxruntime",)),
+    EngineSpec("openvino", "onnx", _load_openvino, PIP_OPENVINO, modules=("openvino",)),
+    EngineSpec("litert", "tflite", _load_litert, PIP_LITERT, delegates=True, validates=True,
+               modules=("ai_edge_litert", "tflite_runtime")),
 )
 
 #: ``--engine`` values: auto, then every engine of the table

@@ -19,6 +19,7 @@ from typing import Any
 
 from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
 from dymn_edge.metadata import ModelMetadata, read_metadata
+from dymn_edge.runtime.engines import auto_order
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ def _validation_lines(val: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _engines_line(meta: ModelMetadata) -> str:
+    """The engines of the table that run this file, in ``--engine auto``'s order, and which are here."""
+    rows = auto_order(meta.format, meta.precision, meta.model_name, meta.window_seconds)
+    names = [f"{e.name}{'' if e.installed else ' (not installed)'}" for e in rows]
+    chosen = next((e.name for e in rows if e.installed), None)
+    return ", ".join(names) + (f"; --engine auto: {chosen}" if chosen else "; none installed")
+
+
 def describe(meta: ModelMetadata, path: Path | None = None) -> str:
     """The human-readable summary ``dymn-info`` prints."""
     fc = meta.frontend_config
@@ -125,6 +134,7 @@ def describe(meta: ModelMetadata, path: Path | None = None) -> str:
     rows.append(("frontend", ("in the graph: " if meta.takes_waveform else "") + f"log-mel {fc.n_mels} bands, {fc.sample_rate} Hz, n_fft {fc.n_fft}, window "
                              f"{fc.win_length}, hop {fc.hop_length} ({fc.hop_length / fc.sample_rate * 1e3:g} ms), "
                              f"{fc.fmin:g}-{fc.fmax:g} Hz"))
+    rows.append(("engines", _engines_line(meta)))
     for i, line in enumerate(_validation_lines(meta.validation)):
         rows.append(("validation" if i == 0 else "", line))
     weights = meta.weights_source or "?"

@@ -71,7 +71,7 @@ def test_exporter_source_change_invalidates(tmp_path: Path, monkeypatch: pytest.
 def test_static_partner_from_the_registry() -> None:
     assert static_partner("dymn-s") == "mn-s" and static_partner("dymn04_as") == "mn-s"
     assert static_partner("dymn-m") == "mn-m"
-    assert static_partner("dymn-l") is None and static_partner("mn-s") is None
+    assert static_partner("dymn-l") == "mn-20" and static_partner("mn-s") is None  # same width 2.0
 
 
 def test_calibration_enters_the_key(tmp_path: Path) -> None:

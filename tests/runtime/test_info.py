@@ -23,6 +23,20 @@ def test_info_of_the_fsdd_file(fsdd_onnx: Path, capsys: pytest.CaptureFixture) -
     assert "UNTRAINED" not in out
 
 
+def test_info_names_the_engines_in_auto_order(fsdd_onnx: Path, fsdd_tflite: Path, capsys) -> None:
+    """An fp32 DyMN ONNX file: OpenVINO first (auto's measured rule), then ONNX Runtime."""
+    import importlib.util
+
+    assert main([str(fsdd_onnx)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("engines"))
+    assert line.index("openvino") < line.index("onnxruntime")
+    if importlib.util.find_spec("openvino") is not None:
+        assert line.endswith("--engine auto: openvino")
+    assert main([str(fsdd_tflite)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("engines"))
+    assert "litert" in line and "onnx" not in line
+
+
 @pytest.mark.parametrize("precision,scheme", [("int8", "int8_weight_only"), ("full_int8", "full_int8")])
 def test_int8_schemes_are_told_apart(fsdd_export, precision: str, scheme: str, capsys) -> None:
     path = fsdd_export("tflite", precision).path
