@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -460,41 +461,60 @@ TICK_LOG_S = 30.0
 class ElapsedTicker:
     """Elapsed time of a step that reports nothing itself (a converter), from a thread.
 
-    On a terminal (``tty``) one status line on stderr, rewritten every ``tty_every`` s and
-    cleared at the end; elsewhere ``still <what>, N s`` logged every ``log_every`` s, so a
-    redirected log gets a line per half minute, not a carriage-return stream.
+    On a terminal (``tty``) one status line, rewritten every ``tty_every`` s and cleared at the
+    end; elsewhere ``still <what>, N s`` every ``log_every`` s (INFO, in the log's own format),
+    so a redirected log gets a line per half minute, not a carriage-return stream. The lines go
+    to a duplicate of the standard error taken at :meth:`start`: the converters' output
+    capture (:func:`dymn_edge.native_output.converter_output`) points file descriptor 2 at a
+    temporary file while they run.
     """
 
     def __init__(self, what: str, *, tty: bool, tty_every: float = 1.0,
-                 log_every: float = TICK_LOG_S, stream=None) -> None:
+                 log_every: float = TICK_LOG_S, stream: TextIO | None = None) -> None:
         self.what, self.tty = what, tty
         self.every = tty_every if tty else log_every
         self.stream = stream
+        self._own: TextIO | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ticks = 0
 
     def start(self) -> None:
+        if self.stream is None:
+            try:
+                self._own = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+            except (AttributeError, OSError, ValueError):  # no real descriptor (captured)
+                self._own = None
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="dymn-edge-ticker", daemon=True)
         self._thread.start()
 
+    def _out(self) -> TextIO:
+        return self.stream or self._own or sys.stderr
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             elapsed = time.perf_counter() - self._t0
-            self.ticks += 1
             if self.tty:
-                out = self.stream or sys.stderr
-                out.write(f"\r{self.what}: {elapsed:.0f} s")
-                out.flush()
+                self._out().write(f"\r{self.what}: {elapsed:.0f} s")
+            elif log.isEnabledFor(logging.INFO):
+                record = log.makeRecord(log.name, logging.INFO, __file__, 0, "still %s, %.0f s",
+                                        (self.what, elapsed), None)
+                handler = next((h for h in logging.getLogger().handlers if h.formatter), None)
+                fmt = handler.formatter if handler else logging.Formatter("%(message)s")
+                self._out().write(fmt.format(record) + "\n")
             else:
-                log.info("still %s, %.0f s", self.what, elapsed)
+                continue
+            self.ticks += 1
+            self._out().flush()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.tty and self.ticks:
-            out = self.stream or sys.stderr
-            out.write("\r\033[K")  # clear the status line
-            out.flush()
+            self._out().write("\r\033[K")  # clear the status line
+            self._out().flush()
+        if self._own is not None:
+            self._own.close()
+            self._own = None
