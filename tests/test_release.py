@@ -89,19 +89,20 @@ def test_bench_default_threads() -> None:
 
 @pytest.mark.torch
 def test_conversion_ticker(caplog: pytest.LogCaptureFixture) -> None:
-    """Off a terminal: a "still ..." log line per interval; on one: a status line, cleared."""
+    """Off a terminal: a "still ..." line per interval; on one: a status line, cleared."""
     from dymn_edge.export.api import ElapsedTicker
 
+    out = io.StringIO()
     with caplog.at_level(logging.INFO, logger="dymn_edge"):
-        t = ElapsedTicker("converting x", tty=False, log_every=0.05)
+        t = ElapsedTicker("converting x", tty=False, log_every=0.05, stream=out)
         t.start()
         time.sleep(0.3)
         t.stop()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still converting x")]
+    lines = out.getvalue().splitlines()
     assert len(lines) >= 2 and t.ticks == len(lines)
-    ticks_at_stop = t.ticks
+    assert all(re.search(r"still converting x, \d+ s$", x) for x in lines), lines
     time.sleep(0.1)
-    assert t.ticks == ticks_at_stop  # the thread is gone
+    assert len(out.getvalue().splitlines()) == len(lines)  # the thread is gone
 
     out = io.StringIO()
     t = ElapsedTicker("converting x", tty=True, tty_every=0.05, stream=out)
@@ -110,3 +111,26 @@ def test_conversion_ticker(caplog: pytest.LogCaptureFixture) -> None:
     t.stop()
     text = out.getvalue()
     assert text.startswith("\rconverting x: ") and text.endswith("\r\033[K")
+
+
+@pytest.mark.torch
+def test_conversion_ticker_reaches_a_redirected_log(tmp_path: Path) -> None:
+    """The converters point file descriptor 2 at a capture file while they run: the ticker's
+    lines still reach the log the user redirected stderr to."""
+    code = """
+import logging, time
+from dymn_edge.export.api import ElapsedTicker
+from dymn_edge.native_output import converter_output
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+t = ElapsedTicker("converting x", tty=False, log_every=0.05)
+t.start()
+with converter_output():
+    time.sleep(0.4)
+t.stop()
+"""
+    log_file = tmp_path / "export.log"
+    with log_file.open("w") as err:
+        proc = subprocess.run([sys.executable, "-c", code], stderr=err, timeout=120)
+    assert proc.returncode == 0
+    lines = log_file.read_text().splitlines()
+    assert len([x for x in lines if x.startswith("still converting x, ")]) >= 3, lines
