@@ -290,11 +290,12 @@ def engines_for(fmt: str) -> list[EngineSpec]:
 
 #: ``auto`` for ONNX files, measured (1 thread, thread CPU time, one interleaved run;
 #: docs/engines.md): OpenVINO first for float (fp32 / fp16) files of the dynamic models (DyMN
-#: 1.2-1.3x faster at 1 s and 10 s) and of static MobileNets from this window on (below it ONNX
-#: Runtime's lower per-call overhead wins: MN-S 1.50 vs 1.91 ms at 1 s); ONNX Runtime first for
-#: integer (int8) files (OpenVINO up to 1.6x slower on them).
+#: 1.2-1.3x faster at 1 s and 10 s) and of static MobileNets from a 10 s window on (below it
+#: ONNX Runtime's lower per-call overhead wins: MN-S 1.46 vs 2.14 ms at 1 s, 3.01 vs 3.14 ms at
+#: 5 s; at 10 s MN-S 5.67 vs 5.01 ms, MN-10 even); ONNX Runtime first for integer (int8) files
+#: (OpenVINO up to 1.6x slower on them).
 AUTO_OPENVINO_PRECISIONS = ("fp32", "fp16")
-AUTO_OPENVINO_MN_MIN_SECONDS = 5.0
+AUTO_OPENVINO_MN_MIN_SECONDS = 10.0
 
 
 def auto_order(fmt: str, precision: str | None = None, model_name: str | None = None,

@@ -371,3 +371,16 @@ def test_openvino_engine_imports_no_torch_nor_onnxruntime(fsdd_onnx: Path) -> No
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_openvino_shapes_beyond_the_cache_share_one_dynamic_compilation(fsdd_onnx: Path) -> None:
+    """Static compilations up to MAX_SHAPES, then one dynamic-shape compilation for the rest:
+    alternating lengths never recompile per call, and every length still matches ONNX Runtime."""
+    pytest.importorskip("openvino")
+    ov = load_engine(fsdd_onnx, threads=1, engine="openvino")
+    ort = load_engine(fsdd_onnx, threads=1, engine="onnxruntime")
+    lengths = (100, 120, 140, 160, 180, 200, 120, 180)
+    for frames in lengths:
+        np.testing.assert_allclose(ov.run(_mel(frames))[0], ort.run(_mel(frames))[0], rtol=1e-4, atol=1e-4)
+    assert len(ov._compiled) == ov.MAX_SHAPES + 1 and () in ov._compiled
+    assert {(1, 1, 128, t) for t in lengths[:ov.MAX_SHAPES]} <= set(ov._compiled)
