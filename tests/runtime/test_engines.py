@@ -384,3 +384,29 @@ def test_openvino_shapes_beyond_the_cache_share_one_dynamic_compilation(fsdd_onn
         np.testing.assert_allclose(ov.run(_mel(frames))[0], ort.run(_mel(frames))[0], rtol=1e-4, atol=1e-4)
     assert len(ov._compiled) == ov.MAX_SHAPES + 1 and () in ov._compiled
     assert {(1, 1, 128, t) for t in lengths[:ov.MAX_SHAPES]} <= set(ov._compiled)
+
+
+def test_dymn_tag_engine_option(fsdd_onnx: Path, fsdd_tflite: Path, fsdd_test_clips: list,
+                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--engine openvino`` tags like ``--engine onnxruntime`` (same top tag, probabilities within
+    1e-4), also through an archive worker; the wrong engine for the file is exit 2, one line."""
+    pytest.importorskip("openvino")
+    import json
+
+    from dymn_edge.runtime.cli import tag_main
+
+    clip = str(fsdd_test_clips[3][0])
+    outs = {}
+    for engine in ("onnxruntime", "openvino"):
+        assert tag_main(["--model", str(fsdd_onnx), "--engine", engine, "--json", "--threads", "1", clip]) == 0
+        outs[engine] = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    a, b = outs["onnxruntime"]["tags"], outs["openvino"]["tags"]
+    assert [t["label"] for t in a] == [t["label"] for t in b]
+    assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-4
+    out = tmp_path / "tags.jsonl"
+    assert tag_main(["--model", str(fsdd_onnx), "--engine", "openvino", "--output", str(out), clip]) == 0
+    assert out.read_text().strip()
+    capsys.readouterr()
+    assert tag_main(["--model", str(fsdd_tflite), "--engine", "openvino", clip]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--engine openvino does not run tflite files" in err and len(err.splitlines()) == 1
