@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dymn_edge.datasets import Dataset
 from dymn_edge.errors import DymnEdgeError
@@ -23,7 +24,9 @@ from dymn_edge.metrics import (
     accuracy, max_prob_diff, mean_average_precision, to_probabilities, topk_overlap,
 )
 from dymn_edge.registry import FrontendConfig
+from dymn_edge.runtime.archive import ArchiveOptions, run_archive
 from dymn_edge.audio import fit_to_length
+from dymn_edge.frontend import LogMelFrontend
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,6 @@ class Scores:
 def prepare(dataset: Dataset, *, window_s: float, frontend: FrontendConfig | None = None,
             limit: int | None = None, progress: bool = True) -> EvalSet:
     """Read, fit to the window and log-mel every clip (FSDD clips by the reference recipe)."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    from dymn_edge.frontend import LogMelFrontend  # noqa: PLC0415
-
     cfg = frontend or FrontendConfig()
     fe = LogMelFrontend(cfg)
     n_samples = int(round(window_s * cfg.sample_rate))
@@ -121,8 +120,6 @@ def archive_scores(model_file: str | Path, dataset: Dataset, output: str | Path,
     the job's summary; ``overwrite`` replaces an ``output`` of another model or options.
     """
     import pyarrow.parquet as pq  # noqa: PLC0415  (the cluster extra)
-
-    from dymn_edge.runtime.archive import ArchiveOptions, run_archive  # noqa: PLC0415
 
     output = Path(output)
     paths = [str(Path(c.path).absolute()) for c in dataset.clips]

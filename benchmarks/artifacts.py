@@ -18,16 +18,15 @@ from dymn_edge.benchmarks.config import CALIBRATED, BenchConfig, variant_file
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.export import api as export_api
 from dymn_edge.export.config import ExportConfig, QuantizationConfig
+from dymn_edge.formats import format_spec
 
 log = logging.getLogger(__name__)
 
 
 def quantization_for(variant: str) -> QuantizationConfig | None:
     """The QuantizationConfig of a calibrated int8 variant (None for the others)."""
-    scheme = CALIBRATED.get(variant)
-    if scheme is None:
-        return None
-    return QuantizationConfig(scheme=scheme, activation_type="int8" if scheme == "full_int8" else "uint8")
+    recipe = CALIBRATED.get(variant)
+    return None if recipe is None else QuantizationConfig(**recipe)
 
 
 def cache_root(cfg: BenchConfig) -> Path:
@@ -101,8 +100,7 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
                           # fails with the numbers instead of silently falling back
                           strict_int8=quantization is not None,
                           window_seconds=window_s, output_activation=activation,
-                          output=str(outdir / f"{model}_{fmt}_{prec}"
-                                     f"{'.onnx' if fmt == 'onnx' else '.tflite'}"))
+                          output=str(outdir / f"{model}_{fmt}_{prec}{format_spec(fmt).suffix}"))
         res = export_api.export_model(ec, progress=False)
     except DymnEdgeError as exc:
         row.update(status="failed", error=f"export: {exc}")

@@ -16,12 +16,20 @@ import sys
 from pathlib import Path
 
 from dymn_edge.benchmarks.machine import default_threads
+from dymn_edge.benchmarks import front, report, runner
+from dymn_edge.benchmarks.accuracy import archive_scores
+from dymn_edge.benchmarks.config import BenchConfig, eval_split
+from dymn_edge.benchmarks.gate import CI_CONFIG, baseline_form, compare, parse_percent
 from dymn_edge.benchmarks.macs import count_model, table
+from dymn_edge.benchmarks.npu import format_table, run_npu
 from dymn_edge.cliutil import (
     MAX_THREADS, OneLineErrorParser, add_version, check_input_file, check_output_file, non_empty, positive, run_guarded,
     setup_logging,
 )
+from dymn_edge.datasets import load_dataset
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.config import MAX_WINDOW_S, MIN_WINDOW_S
+from dymn_edge.formats import int8_variants
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.registry import get_spec
 
@@ -96,14 +104,9 @@ MAX_BUDGET_S = 3600.0
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog="dymn-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Benchmark DyMN exports: MACs, load time, latency (1 s / 10 s input, "
-                    "1 / 2 threads), peak memory and accuracy against the PyTorch reference, "
-                    "for every format and precision of the exporter; optional CI gate.",
-        epilog=EPILOG)
-    m = p.add_argument_group("model")
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which model(s) and weights."""
+    m = parser.add_argument_group("model")
     m.add_argument("--model", default="dymn-s", metavar="NAME[,NAME]",
                    help="registry name or comma list (dymn-s/m/l, mn-s/m; default dymn-s); "
                         "e.g. dymn-m,mn-m times both in one run and reports the /MN ratio")
@@ -112,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--random-init", action="store_true", help="untrained model(s): speed only")
     m.add_argument("--activation", choices=("sigmoid", "softmax"), help="head of the exported "
                    "files for a non-AudioSet --weights (the FSDD reference: softmax)")
-    r = p.add_argument_group("what to run")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What to export and time, and how long."""
+    r = parser.add_argument_group("what to run")
     r.add_argument("--formats", type=non_empty, metavar="LIST", help="e.g. onnx:fp32,tflite:int8 (default: all "
                    "format:precision pairs of the exporter's table); tflite:waveform / "
                    "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
@@ -145,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", type=non_empty, metavar="DIR", help="calibration audio of the full-int8 exports "
                    "(--npu) and of the calibrated int8 rows (--formats onnx:static_int8, "
                    "tflite:full_int8)")
-    d = p.add_argument_group("accuracy")
+
+
+def _add_accuracy_options(parser: argparse.ArgumentParser) -> None:
+    """Which labelled data to score on (and --score-file)."""
+    d = parser.add_argument_group("accuracy")
     d.add_argument("--data", type=non_empty, metavar="DIR", help="labelled clips: FSDD, ESC-50, AudioSet eval "
                    "CSV, or a folder with labels.csv (path,label)")
     d.add_argument("--split", type=non_empty, help="FSDD split (default test) or ESC-50 fold (default: all folds)")
@@ -159,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "file of another model file or options instead of refusing")
     d.add_argument("--workers", type=int, metavar="N", help="with --score-file: a local Dask cluster")
     d.add_argument("--scheduler", type=non_empty, metavar="ADDR", help="with --score-file: a running Dask cluster")
-    o = p.add_argument_group("output and gate")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Where results go, and the regression gate."""
+    o = parser.add_argument_group("output and gate")
     o.add_argument("--json", type=non_empty, metavar="OUT", help="write everything (machine, tools, per-block MACs)")
     o.add_argument("--plot", type=non_empty, metavar="OUT.png", help="accuracy vs latency and vs MACs")
     o.add_argument("--compare", type=non_empty, metavar="BASELINE.json", help="gate this run against a baseline")
@@ -177,19 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "failed to export (they stay in the table as failed; default: exit 1)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="dymn-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark DyMN exports: MACs, load time, latency (1 s / 10 s input, "
+                    "1 / 2 threads), peak memory and accuracy against the PyTorch reference, "
+                    "for every format and precision of the exporter; optional CI gate.",
+        epilog=EPILOG)
+    _add_model_options(p)
+    _add_run_options(p)
+    _add_accuracy_options(p)
+    _add_output_options(p)
     add_version(p)
     return p
 
 
 def _config_from_args(args: argparse.Namespace):
-    from dymn_edge.benchmarks.gate import CI_CONFIG  # noqa: PLC0415
-    from dymn_edge.benchmarks.report import read_json  # noqa: PLC0415
-    from dymn_edge.benchmarks.config import BenchConfig  # noqa: PLC0415
-
     if args.ci_gate:
         base = dict(CI_CONFIG)
         if args.compare and Path(args.compare).is_file():
-            c = read_json(args.compare)["config"]
+            c = report.read_json(args.compare)["config"]
             base.update({k: c[k] for k in CI_CONFIG if k in c and k != "model"})
             base["formats"] = c.get("formats") or c.get("variants")
             # the baseline's models, plus CI_CONFIG's (an older baseline lacks MN-S: it is
@@ -249,10 +273,6 @@ def _score_file(args: argparse.Namespace) -> int:
     Scores only this run's clips (the archive's output holds exactly them); a clip that
     could not be scored is a failure: exit 1 unless ``--allow-failures``.
     """
-    from dymn_edge.benchmarks.accuracy import archive_scores  # noqa: PLC0415
-    from dymn_edge.benchmarks.config import eval_split  # noqa: PLC0415
-    from dymn_edge.datasets import load_dataset  # noqa: PLC0415
-
     if not args.data:
         raise DymnEdgeError("--score-file needs --data DIR (the labelled set)")
     split = eval_split(args.data, args.split)  # FSDD: its test split unless asked
@@ -280,8 +300,6 @@ def _score_file(args: argparse.Namespace) -> int:
 
 def _npu(args: argparse.Namespace) -> int:
     """``--npu ACCS``: Vela rows (benchmarks/npu.py), printed and written with --json."""
-    from dymn_edge.benchmarks.npu import format_table, run_npu  # noqa: PLC0415
-
     rows = run_npu(accelerators=args.npu.split(","),
                    files=[f for f in (args.npu_files or "").split(",") if f.strip()] or None,
                    models=[m for m in args.model.split(",") if m.strip()], weights=args.weights,
@@ -296,8 +314,6 @@ def _npu(args: argparse.Namespace) -> int:
 
 def _front(args: argparse.Namespace) -> int:
     """``--front``: the accuracy / latency front per engine (benchmarks/front.py)."""
-    from dymn_edge.benchmarks import front, report  # noqa: PLC0415
-
     bad = [flag for flag, on in (("--weights", args.weights), ("--data", args.data), ("--compare", args.compare),
                                  ("--ci-gate", args.ci_gate), ("--write-baseline", args.write_baseline),
                                  ("--threads", args.threads), ("--calibration", args.calibration)) if on]
@@ -336,14 +352,19 @@ def _check_options(args: argparse.Namespace) -> None:
     Options that the chosen mode would silently ignore are refused too: a user who typed
     them expected them to do something.
     """
+    _check_modes(args)
+    _check_values(args)
+    _check_files(args)
+
+
+def _check_modes(args: argparse.Namespace) -> None:
+    """Options that belong to another mode or option, and contradictions between them."""
     score = bool(args.score_file)
     if not score and (args.workers is not None or args.scheduler):
         raise DymnEdgeError("--workers / --scheduler score one exported file on a Dask cluster: "
                             "use them with --score-file MODEL --data DIR")
     if score:  # a folder is named as such, not "model file not found"
         check_input_file(args.score_file, "--score-file model")
-    from dymn_edge.benchmarks.gate import parse_percent  # noqa: PLC0415
-
     for flag, value in (("--max-regression", args.max_regression),
                         ("--max-ratio-regression", args.max_ratio_regression)):
         if value is not None:
@@ -365,9 +386,13 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.npu_files and not args.npu:
         raise DymnEdgeError("--npu-files are compiled by --npu ACC: add --npu (e.g. ethos-u55-256)")
     if args.calibration and not (args.npu or (args.formats and any(
-            v.strip().lower() in ("onnx:static_int8", "tflite:full_int8") for v in args.formats.split(",")))):
+            v.strip().lower() in int8_variants() for v in args.formats.split(",")))):
         raise DymnEdgeError("--calibration is used by --npu and the calibrated int8 rows only: add "
                             "--formats onnx:static_int8,tflite:full_int8 (or --npu), or leave it out")
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """Lists, budgets and the window: well-formed and in range."""
     _csv(float, args.lengths, "lengths")
     if args.threads is not None:
         _csv(int, args.threads, "threads")
@@ -382,11 +407,13 @@ def _check_options(args: argparse.Namespace) -> None:
     if any(not m for m in models) or len(set(models)) < len(models):
         raise DymnEdgeError(f"--model has an empty or repeated entry in '{args.model}'")
     if args.window is not None and not args.macs:
-        from dymn_edge.export.config import MAX_WINDOW_S, MIN_WINDOW_S  # noqa: PLC0415
-
         if not MIN_WINDOW_S <= args.window <= MAX_WINDOW_S:
             raise DymnEdgeError(f"--window must be between {MIN_WINDOW_S} and {MAX_WINDOW_S} s (what "
                                 f"the exporter takes), got {args.window:g}")
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """Output files writable, the baseline and the labelled set readable."""
     if args.json:
         check_output_file(args.json, "--json")
     if args.plot:
@@ -394,17 +421,12 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.write_baseline:
         check_output_file(args.write_baseline, "--write-baseline")
     if args.compare:
-        from dymn_edge.benchmarks.report import read_json  # noqa: PLC0415
-
         check_input_file(args.compare, "--compare baseline")
-        base = read_json(args.compare)
+        base = report.read_json(args.compare)
         if not isinstance(base, dict) or not isinstance(base.get("artifacts"), list):
             raise DymnEdgeError(f"--compare {args.compare}: not a dymn-bench baseline (no artifacts "
                                 "list; write one with --write-baseline)")
     if args.data and not args.macs:
-        from dymn_edge.benchmarks.config import eval_split  # noqa: PLC0415
-        from dymn_edge.datasets import load_dataset  # noqa: PLC0415
-
         ds = load_dataset(args.data, split=eval_split(args.data, args.split))
         if not len(ds):
             raise DymnEdgeError(f"--data {args.data}: no labelled clips"
@@ -418,9 +440,6 @@ def _failed_rows(result: dict) -> list[str]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from dymn_edge.benchmarks import report  # noqa: PLC0415
-    from dymn_edge.benchmarks.gate import compare, parse_percent  # noqa: PLC0415
-
     _check_options(args)
     if args.macs:
         return _print_macs(args)
@@ -433,9 +452,7 @@ def _main(args: argparse.Namespace) -> int:
     max_reg = parse_percent(args.max_regression or DEFAULT_MAX_REGRESSION)
     max_ratio = parse_percent(args.max_ratio_regression or DEFAULT_MAX_RATIO_REGRESSION, "--max-ratio-regression")
     cfg = _config_from_args(args)
-    from dymn_edge.benchmarks.runner import run_benchmark  # noqa: PLC0415
-
-    result = run_benchmark(cfg)
+    result = runner.run_benchmark(cfg)
     result["config"]["threads_default"] = getattr(args, "threads_default", None)  # header line
     print(report.format_report(result))
     if args.json:
@@ -443,8 +460,6 @@ def _main(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {report.plot(result, args.plot)}")
     if args.write_baseline:
-        from dymn_edge.benchmarks.gate import baseline_form  # noqa: PLC0415
-
         print(f"baseline written: {report.write_json(baseline_form(result), args.write_baseline)}")
     failed = _failed_rows(result)
     if failed and args.write_baseline:

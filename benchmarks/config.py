@@ -1,7 +1,8 @@
 """What one benchmark run measures: its options, the variants it times and per-model state.
 
-The variant list iterates the exporter's format table (:func:`dymn_edge.export.formats.
-iter_variants`), so a new format or precision is benchmarked without touching this package.
+The variant list iterates the formats table (:func:`dymn_edge.formats.iter_variants`, the
+named int8 variants), so a new format or precision is benchmarked without touching this
+package.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from dymn_edge.cliutil import check_input_file
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.export.formats import format_spec, iter_variants
+from dymn_edge.formats import format_spec, int8_variants, iter_variants
 from dymn_edge.registry import Arch, get_spec, list_models
 from dymn_edge.runtime.engines import ENGINES
 
@@ -20,8 +21,9 @@ RESULT_SCHEMA = 1
 REFERENCE_NAME = "pytorch:fp32"
 
 #: calibrated int8 variants (not in the default set: they need --calibration audio) and their
-#: quantization scheme; ``onnx:int8`` / ``tflite:int8`` are what ``dymn-export --int8`` gives
-CALIBRATED = {"onnx:static_int8": "static_qdq", "tflite:full_int8": "full_int8"}
+#: quantization recipe: the formats table's named int8 variants (``onnx:static_int8``,
+#: ``tflite:full_int8``); ``onnx:int8`` / ``tflite:int8`` are what ``dymn-export --int8`` gives
+CALIBRATED = {name: variant.recipe for name, (_, variant) in int8_variants().items()}
 
 
 @dataclass

@@ -22,6 +22,8 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+import dymn_edge
+from dymn_edge.datasets import AUDIO_SUFFIXES
 from dymn_edge.weights import cache_dir
 from importlib.metadata import PackageNotFoundError, version
 from dymn_edge.weights import sha256_file
@@ -66,8 +68,6 @@ def exporter_source_hash() -> str:
 
 @lru_cache(maxsize=1)
 def _versions() -> dict[str, str | None]:
-    import dymn_edge  # noqa: PLC0415
-
     out: dict[str, str | None] = {"dymn-edge": dymn_edge.__version__}
     for dist in CONVERTERS:
         try:
@@ -93,8 +93,6 @@ def calibration_id(folder: str | Path, count: int, recipe: dict[str, Any]) -> di
     hashing gigabytes of audio. ``recipe``: the quantization settings (scheme, types,
     reduce_range, calibration method, context path), JSON-able.
     """
-    from dymn_edge.datasets import AUDIO_SUFFIXES  # noqa: PLC0415
-
     root = Path(folder).expanduser().resolve()
     h = hashlib.sha256()
     n = 0

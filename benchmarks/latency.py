@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dymn_edge.benchmarks.machine import THREAD_ENV, GemmWorkload
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.frontend import frames_for_seconds
 
@@ -191,8 +192,6 @@ class _Runner:
     def load(self) -> None:
         s = self.spec
         if s.kind == "gemm":
-            from dymn_edge.benchmarks.machine import GemmWorkload  # noqa: PLC0415
-
             w = GemmWorkload()
             self._fn = lambda _x: w.run()
         elif s.kind == "torch":
@@ -294,8 +293,6 @@ class Worker:
     def __init__(self, spec: ArtifactSpec, threads: int) -> None:
         self.spec, self.threads = spec, threads
         env = dict(os.environ)
-        from dymn_edge.benchmarks.machine import THREAD_ENV  # noqa: PLC0415
-
         for k in THREAD_ENV:
             env[k] = str(threads)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

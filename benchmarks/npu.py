@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.api import export_model
+from dymn_edge.export.config import ExportConfig, QuantizationConfig
 from importlib import metadata
 
 log = logging.getLogger(__name__)
@@ -163,9 +165,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def export_full_int8(model: str, *, weights: str | None, random_init: bool, window_s: float | None,
                      activation: str | None, calibration: str | None, outdir: Path) -> Path:
     """The ``--full-int8`` TFLite of one model (what the NPU runs), written into ``outdir``."""
-    from dymn_edge.export.api import export_model  # noqa: PLC0415
-    from dymn_edge.export.config import ExportConfig, QuantizationConfig  # noqa: PLC0415
-
     if calibration is None:
         raise DymnEdgeError("--npu exports --full-int8 files: pass --calibration DIR (audio like "
                             "the model will hear), or compile existing files with --npu-files")

@@ -91,6 +91,14 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
                              for j, (c, w) in enumerate(zip(row, widths))))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    out += _notes(result, rows, t, with_cpu, with_frac, with_static, with_eager)
+    return "\n".join(out)
+
+
+def _notes(result: dict[str, Any], rows: list[dict[str, Any]], t: str, with_cpu: bool,
+           with_frac: bool, with_static: bool, with_eager: bool) -> list[str]:
+    """The lines under the table: the reference GEMM, what the ratio columns mean, errors."""
+    out: list[str] = []
     g = (result["machine"].get("reference_gemm") or {}).get(t) or {}
     if g.get("gmacs_per_s"):
         out.append(f"reference GEMM {g['n']}^3 fp32: {g['median_ms']:.2f} ms "
@@ -109,7 +117,7 @@ def format_table(result: dict[str, Any], threads: str | None = None) -> str:
         if r.get("error"):
             who = " ".join(x for x in (r.get("model"), r["name"]) if x)
             out.append(f"! {who}: {r['error']}")
-    return "\n".join(out)
+    return out
 
 
 def _weights_label(result: dict[str, Any]) -> str:

@@ -89,7 +89,7 @@ class DynConvStrategy(str, enum.Enum):
     """How the depthwise Dy-Conv of a block is written in the export graph (pointwise: matmul).
 
     All forms are exact; they differ in what an engine runs fast (measured per format in
-    ``export/formats.py``).
+    ``dymn_edge/formats.py``).
     """
 
     STATIC_K = "static_k"  # K static depthwise convs weighted by the attention: any batch, fully XNNPACK-delegated in LiteRT

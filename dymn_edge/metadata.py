@@ -18,6 +18,7 @@ from typing import Any
 
 import dymn_edge
 from dymn_edge.errors import MetadataError, one_line
+from dymn_edge.formats import FORMATS, format_of_bytes, format_spec
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.ort import ort_session
 from dymn_edge.registry import FrontendConfig
@@ -144,19 +145,21 @@ def scrub_paths(value: Any) -> Any:
 
 
 def detect_format(path: str | Path) -> str:
-    """'tflite' or 'onnx', from the file's bytes (never from its name)."""
+    """The format's name ('onnx', 'tflite', ...) from the file's bytes (never from its name).
+
+    Each row of :data:`dymn_edge.formats.FORMATS` says how its files begin (``magic``).
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
             head = fh.read(8)
     except OSError as exc:
         raise MetadataError(f"{p}: cannot read model file ({exc.strerror})") from exc
-    if len(head) >= 8 and head[4:8] == b"TFL3":
-        return "tflite"
-    # ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
-    if head[:1] == b"\x08":
-        return "onnx"
-    raise MetadataError(f"{p}: not an ONNX or TFLite model file")
+    spec = format_of_bytes(head)
+    if spec is None:
+        known = " or ".join(spec.title for spec in FORMATS.values())
+        raise MetadataError(f"{p}: not an {known} model file")
+    return spec.format.value
 
 
 def _fb_table_field(buf: bytes, table: int, index: int) -> int | None:
@@ -221,10 +224,10 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
         return dict(ort_session(path).get_modelmeta().custom_metadata_map)
     except ImportError:
         pass
-    except Exception as exc:  # noqa: BLE001  (ORT raises its own types for a truncated / corrupt file)
+    except Exception as exc:  # ORT raises its own types for a truncated / corrupt file
         raise MetadataError(f"{path}: not a readable ONNX file ({one_line(exc)})") from exc
     try:
-        import onnx  # noqa: PLC0415
+        import onnx  # noqa: PLC0415  (optional: onnxruntime is the usual reader)
 
         model = onnx.load(str(path), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}
@@ -234,22 +237,29 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
         ) from exc
 
 
+def read_onnx_metadata(path: Path) -> str | None:
+    """The dymn-edge JSON of an ONNX file (``metadata_props``), None when it has none."""
+    return _read_onnx_metadata_props(path).get(METADATA_KEY)
+
+
+def read_tflite_metadata(path: Path) -> bytes | None:
+    """The dymn-edge JSON of a TFLite file (a named metadata buffer), None when it has none."""
+    try:
+        entries = read_tflite_metadata_entries(path.read_bytes())
+    except struct.error as exc:
+        raise MetadataError(f"{path}: corrupt TFLite flatbuffer ({exc})") from exc
+    return entries.get(METADATA_KEY)
+
+
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """The dymn-edge metadata of an exported ``.onnx`` or ``.tflite`` file."""
+    """The dymn-edge metadata of an exported model file (any format of the table)."""
     p = Path(path)
     if p.is_dir():
         raise MetadataError(f"{p}: is a folder, not a model file")
     if not p.is_file():
         raise MetadataError(f"{p}: model file not found")
     fmt = detect_format(p)
-    if fmt == "tflite":
-        try:
-            entries = read_tflite_metadata_entries(p.read_bytes())
-        except struct.error as exc:
-            raise MetadataError(f"{p}: corrupt TFLite flatbuffer ({exc})") from exc
-        raw = entries.get(METADATA_KEY)
-    else:
-        raw = _read_onnx_metadata_props(p).get(METADATA_KEY)
+    raw = format_spec(fmt).call("metadata_reader", p)
     if raw is None:
         raise MetadataError(
             f"{p}: no dymn-edge metadata in this {fmt} file; export it with dymn-export "

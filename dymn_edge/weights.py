@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from dymn_edge.errors import WeightsError
 from dymn_edge.registry import ModelSpec
 
@@ -44,8 +46,6 @@ def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool 
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = None
             if progress:
-                from tqdm import tqdm  # noqa: PLC0415
-
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False)
             for block in iter(lambda: resp.read(1 << 16), b""):
                 out.write(block)

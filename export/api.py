@@ -24,15 +24,13 @@ import numpy as np
 from dymn_edge.arch import strategy_supports_dynamic_batch
 from dymn_edge.atomic import create_partial, remove_dead_partials
 from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
-from dymn_edge.export import quantize
+from dymn_edge.export import heldout
 from dymn_edge.export import validate as v
 from dymn_edge.export.calibration import calibration_mels
 from dymn_edge.export.config import ExportConfig
-from dymn_edge.export.formats import Format, Precision, mel_io
-from dymn_edge.export.mediapipe_metadata import add_mediapipe_metadata
-from dymn_edge.export.onnx_export import onnx_io, write_onnx_metadata
-from dymn_edge.export.tflite_export import tflite_io, write_tflite
-from dymn_edge.export.waveform import DEFAULT_STFT, OUTPUT_NAMES, WaveformModel, mediapipe_info, waveform_io
+from dymn_edge.export.formats import Format, Precision, format_spec, mel_io
+from dymn_edge.export.quant_report import add_heldout
+from dymn_edge.export.waveform import DEFAULT_STFT, OUTPUT_NAMES, WaveformModel, waveform_io
 from dymn_edge.frontend import frames_for_seconds, samples_for_frames
 from dymn_edge.labels import audioset_labels, generic_labels, read_labels_csv
 from dymn_edge.metadata import (
@@ -178,7 +176,6 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     from dymn_edge.models.patcher import make_exportable  # noqa: PLC0415
 
     fmt, prec, fc, q = cfg.format, cfg.precision, spec.frontend, cfg.quantization
-    num_classes = len(labels)
     t = time.perf_counter()
     exportable = make_exportable(model, strategy, layout=cfg.format_spec.layout)
     with tempfile.TemporaryDirectory(prefix="dymn-edge-export-") as tmp:
@@ -200,22 +197,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         timings["quantize"] = time.perf_counter() - t
         shutil.copyfile(tmp_path, part)
 
-    inputs, outputs = _io_info(part, fmt, dyn_batch, dyn_time)
-    meta = ModelMetadata(
-        model_name=spec.name, arch=spec.arch.value, width=spec.width, num_classes=num_classes,
-        labels=[{"index": lb.index, "mid": lb.mid, "display_name": lb.display_name} for lb in labels],
-        frontend=fc.to_dict(), window_seconds=window, dynamic_batch=dyn_batch,
-        dynamic_time=dyn_time, inputs=inputs, outputs=outputs, format=fmt.value,
-        precision=prec.value, quantization=quant_desc, strategy=strategy,
-        output_activation=activation, untrained=untrained,
-        weights_sha256=weights_sha,
-        weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
-        tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
-        input_kind="waveform" if cfg.waveform else "log_mel",
-        schema_version=WAVEFORM_SCHEMA_VERSION if cfg.waveform else 1,
-        calibration=(None if calib is None else {**cfg.calibration.to_dict(), "count": len(calib.mels),
-                                                 "description": calib.source}),
-    )
+    meta = _metadata(part, cfg, spec, labels, activation, untrained, weights_path, weights_sha,
+                     window, strategy, dyn_batch, dyn_time, quant_desc, calib)
 
     report = None
     t = time.perf_counter()
@@ -242,6 +225,29 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     return ExportResult(out_path, meta, meta.validation if cfg.validate else None, size, timings), report
 
 
+def _metadata(part: Path, cfg: ExportConfig, spec, labels: list, activation: str, untrained: bool,
+              weights_path, weights_sha: str | None, window: float, strategy: str, dyn_batch: bool,
+              dyn_time: bool, quant_desc: str, calib) -> ModelMetadata:
+    """What the file says about itself (its I/O read back from the written file)."""
+    fmt, prec, fc, q = cfg.format, cfg.precision, spec.frontend, cfg.quantization
+    inputs, outputs = _io_info(part, fmt)
+    return ModelMetadata(
+        model_name=spec.name, arch=spec.arch.value, width=spec.width, num_classes=len(labels),
+        labels=[{"index": lb.index, "mid": lb.mid, "display_name": lb.display_name} for lb in labels],
+        frontend=fc.to_dict(), window_seconds=window, dynamic_batch=dyn_batch,
+        dynamic_time=dyn_time, inputs=inputs, outputs=outputs, format=fmt.value,
+        precision=prec.value, quantization=quant_desc, strategy=strategy,
+        output_activation=activation, untrained=untrained,
+        weights_sha256=weights_sha,
+        weights_source=(Path(weights_path).name if weights_path else f"random init (seed {cfg.seed})"),
+        tool_versions=tool_versions(), quantization_scheme=_scheme_id(prec, q),
+        input_kind="waveform" if cfg.waveform else "log_mel",
+        schema_version=WAVEFORM_SCHEMA_VERSION if cfg.waveform else 1,
+        calibration=(None if calib is None else {**cfg.calibration.to_dict(), "count": len(calib.mels),
+                                                 "description": calib.source}),
+    )
+
+
 def _graph(exportable, cfg: ExportConfig, fc, activation: str, frames: int, window: float):
     """(module, GraphIO) to convert: the patched model, or it behind the in-graph frontend."""
     if not cfg.waveform:
@@ -262,23 +268,15 @@ def _same_outputs_after_rewrite(path: Path, frames: int, report, meta: ModelMeta
         logits, emb = v.make_runner(path)(probe)
         if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(emb))):
             report.errors.append("final file gives non-finite outputs")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         report.errors.append(f"final file does not run after writing metadata ({str(exc)[:200]})")
 
 
 def _quantize(path: Path, fmt: Format, prec: Precision, q, calib, progress: bool,
               report_path: Path | None = None) -> None:
-    if fmt is Format.ONNX:
-        src = path.with_name("fp32.onnx")
-        path.rename(src)
-        quantize.quantize_onnx(src, path, q, None if calib is None else calib.mels, progress=progress,
-                               report_path=report_path)
-        return
-    data = path.read_bytes()
-    if prec is Precision.FP16:
-        path.write_bytes(quantize.tflite_fp16(data))
-    else:
-        path.write_bytes(quantize.tflite_int8(data, q, None if calib is None else calib.mels))
+    """Rewrite the fp32 file ``path`` at ``prec`` with the format's quantizer (formats table)."""
+    format_spec(fmt).call("quantizer", path, prec, q, None if calib is None else calib.mels,
+                          progress=progress, report_path=report_path)
 
 
 def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportConfig,
@@ -293,16 +291,13 @@ def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportC
     An untrained (random-init) model's numbers are recorded but not enforced: its outputs are
     meaningless, and its int8 files exist for size, speed and NPU checks.
     """
-    from dymn_edge.export import heldout  # noqa: PLC0415
-    from dymn_edge.export.quant_report import add_heldout  # noqa: PLC0415
-
     fmt, suffix, bound, held = cfg.format, cfg.format_spec.suffix, cfg.int8_bound, calib.heldout
     recipes = [cfg.quantization, *cfg.quantization.fallbacks()]
     checks: list = []
     with tempfile.TemporaryDirectory(prefix="dymn-edge-heldout-") as tmp:
         ref = Path(tmp) / f"reference{suffix}"
         ref.write_bytes(fp32_graph)
-        ins, outs = _io_info(ref, fmt, meta.dynamic_batch, meta.dynamic_time)
+        ins, outs = _io_info(ref, fmt)
         _write_metadata(ref, fmt, dataclasses.replace(
             meta, precision="fp32", quantization="none", quantization_scheme="none", inputs=ins,
             outputs=outs, calibration=None, validation={}))
@@ -314,7 +309,7 @@ def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportC
                 with _step(progress, f"quantizing ({recipe.describe()})"):
                     _quantize(src, fmt, Precision.INT8, recipe, calib, progress)
                 shutil.copyfile(src, part)
-                meta.inputs, meta.outputs = _io_info(part, fmt, meta.dynamic_batch, meta.dynamic_time)
+                meta.inputs, meta.outputs = _io_info(part, fmt)
                 meta.quantization = recipe.describe() + ("; calibrated on " + calib.source
                                                          if recipe.needs_calibration else "")
                 meta.quantization_scheme = _scheme_id(Precision.INT8, recipe)
@@ -334,6 +329,13 @@ def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportC
             nxt = recipes[i + 1].describe() if i + 1 < len(recipes) else None
             log.warning("int8 on held-out audio: %s; %s", checks[-1].summary(),
                         f"falling back to {nxt}" if nxt else "no other recipe to fall back to")
+    _record_heldout(part, out_path, cfg, meta, calib, checks)
+
+
+def _record_heldout(part: Path, out_path: Path, cfg: ExportConfig, meta: ModelMetadata, calib,
+                    checks: list) -> None:
+    """Fail when no recipe held the bound; else write every measured recipe into the file."""
+    bound = cfg.int8_bound
     if checks[-1].enforced and not checks[-1].passed:
         best = min(checks, key=lambda c: c.drop_points)
         raise ValidationError(f"int8 misses --max-int8-drop {bound:g} on held-out audio "
@@ -347,20 +349,12 @@ def _int8_on_heldout(part: Path, out_path: Path, fp32_graph: bytes, cfg: ExportC
         "kept": kept.recipe, "summary": summary, "checks": [c.to_dict() for c in checks]}}
     if cfg.quantization.report and out_path.with_name(out_path.name + ".quant-report.json").is_file():
         add_heldout(out_path, meta.calibration["heldout"])
-    _write_metadata(part, fmt, meta)
+    _write_metadata(part, cfg.format, meta)
 
 
-def _io_info(path: Path, fmt: Format, dyn_batch: bool, dyn_time: bool
-             ) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    if fmt is Format.ONNX:
-        ins, outs = onnx_io(path)
-        return ([TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in ins],
-                [TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in s], dt) for n, s, dt in outs])
-
-    ins, outs = tflite_io(path.read_bytes())
-    order = {"logits": 0, "probabilities": 0, "embedding": 1}
-    outs = sorted(outs, key=lambda d: order.get(d["name"], 2))
-    return ([TensorInfo(**d) for d in ins], [TensorInfo(**d) for d in outs])
+def _io_info(path: Path, fmt: Format) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The file's inputs and outputs, read by the format's I/O reader (formats table)."""
+    return format_spec(fmt).call("io_reader", path)
 
 
 def _scheme_id(prec: Precision, q) -> str:
@@ -373,22 +367,17 @@ def _scheme_id(prec: Precision, q) -> str:
 
 
 def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
+    """Write ``meta`` into the file with the format's metadata writer (formats table)."""
     # no folder of the export machine travels with the file (calibration folders, error texts)
     meta.quantization = scrub_paths(meta.quantization)
     meta.weights_source = scrub_paths(meta.weights_source)
     meta.validation = scrub_paths(meta.validation)
-    if fmt is Format.ONNX:
-        write_onnx_metadata(path, meta.to_json())
-    else:
-        write_tflite(path.read_bytes(), path, meta.to_json())
-        if meta.takes_waveform:  # last: repacking the flatbuffer drops the appended labels ZIP
-
-            path.write_bytes(add_mediapipe_metadata(path.read_bytes(), mediapipe_info(meta)))
+    format_spec(fmt).call("metadata_writer", path, meta)
 
 
 def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progress: bool):
     t = time.perf_counter()
-    fmt, prec, fc = cfg.format, cfg.precision, meta.frontend_config
+    prec, fc = cfg.precision, meta.frontend_config
     report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
     try:
         engine = v.load_file(path)
@@ -419,8 +408,8 @@ def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progres
     elif prec is Precision.INT8:
         log.warning("int8 accuracy not measured: no labelled set (pass eval_dataset / --eval-dataset); "
                     "reported agreement is the max difference on the parity clip only")
-    if fmt is Format.TFLITE:
-        report.xnnpack_ops_outside = v.ops_outside_xnnpack(path)
+    if cfg.format_spec.delegate_report is not None:  # TFLite: ops XNNPACK leaves out
+        report.xnnpack_ops_outside = cfg.format_spec.call("delegate_report", path)
     report.seconds = time.perf_counter() - t
     return report
 

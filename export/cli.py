@@ -7,17 +7,22 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import warnings
 
 from dymn_edge.cliutil import OneLineErrorParser, add_version, check_stdout, exit_code, finite, non_empty
 from dymn_edge.threads import pin_blas_threads
+from dymn_edge.datasets import load_dataset
 from dymn_edge.errors import DymnEdgeError
+from dymn_edge.export.api import export_model
+from dymn_edge.export.config import ExportConfig, QuantizationConfig
+from dymn_edge.formats import FORMATS, Precision, format_spec, int8_variants
 from dymn_edge.registry import list_models
 
 log = logging.getLogger("dymn_edge.export")
 
-EPILOG = """\
+_EPILOG = """\
 examples:
   dymn-export --model dymn-m --format tflite --int8
       AudioSet DyMN-M (weights downloaded once) as weight-only int8 TFLite, 10 s window
@@ -35,50 +40,47 @@ examples:
       waveform in, probabilities out, with MediaPipe metadata: runs in MediaPipe's
       AudioClassifier (Android, iOS, web, Python) with no frontend code
 
-formats and precisions:
-  onnx    fp32, int8 (with --calibration: static QDQ, u8 activations, 7-bit s8 weights;
-          without: ONNX Runtime dynamic, u8 weights, activations quantized at run time)
-  tflite  fp32, fp16, int8 (weight-only int8; float compute, fully XNNPACK-delegated),
-          --full-int8 (every op int8, int8 I/O: for integer-only NPUs)
-
+{formats}
 Every export is validated in its own runtime against PyTorch on real audio; a failed
 validation exits 1. Errors in the options exit 2 with one line (add --verbose for details).
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog="dymn-export", description="Export a DyMN / MN audio tagger to a validated, "
-        "self-describing ONNX or TFLite file.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="NAME",
-                   help=f"registry name or alias ({', '.join(list_models())})")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", type=non_empty, metavar="PATH", help="checkpoint (.pt, official state-dict "
-                     "layout, any class count); default: the released AudioSet weights")
-    src.add_argument("--random-init", action="store_true",
-                     help="seeded random weights, no download (untrained: size/speed only)")
-    p.add_argument("--seed", type=int, default=None, help="seed for --random-init (default 0)")
-    p.add_argument("--format", required=True, metavar="FORMAT", help="onnx or tflite")
+def _formats_epilog() -> str:
+    """The epilog's "formats and precisions" section, from the formats table."""
+    lines = ["formats and precisions:"]
+    for spec in FORMATS.values():
+        flags = [p.value for p in spec.precisions] + [f"--{v.name.replace('_', '-')}"
+                                                      for v in spec.int8_variants]
+        lines.append(f"  {spec.format.value:<7} {', '.join(flags)}")
+        for key, text in spec.help.items():
+            lines += textwrap.wrap(f"{key}: {text}", 88, initial_indent=" " * 10,
+                                   subsequent_indent=" " * 12)
+    return "\n".join(lines) + "\n"
+
+
+EPILOG = _EPILOG.format(formats=_formats_epilog())
+
+
+def _add_precision_flags(p: argparse.ArgumentParser) -> None:
+    """--fp16 / --int8 / one flag per named int8 recipe, with help, from the formats table."""
     prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
-                      help="float16 weights (tflite only)")
-    prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
-                      help="int8 (onnx: static QDQ with --calibration, else dynamic-range; "
-                      "tflite: weight-only)")
-    prec.add_argument("--static-int8", action="store_const", const="static_int8", dest="precision",
-                      help="onnx: static int8 (QDQ, per-channel s8 weights in a 7-bit range, u8 activations "
-                      "calibrated on --calibration audio; the context / coefficient path stays float)")
-    prec.add_argument("--full-int8", action="store_const", const="full_int8", dest="precision",
-                      help="tflite: full-integer int8 (every op and the I/O int8, calibrated; for "
-                      "integer-only NPUs: on CPUs it is slower than fp32)")
-    p.add_argument("--strategy", metavar="NAME",
-                   help="depthwise Dy-Conv form, all exact: runtime_weight (one conv with the "
-                   "kernel mixed at run time; batch 1; the tflite default), stride_split "
-                   "(runtime_weight at stride 1, static_k at stride 2; batch 1; the onnx "
-                   "default) or static_k (K static convs weighted by the attention; any batch; "
-                   "one XNNPACK partition; the --full-int8 default). Defaults are measured per "
-                   "engine (export/formats.py)")
+    for precision in Precision:
+        specs = [s for s in FORMATS.values() if s.supports(precision)]
+        if precision is Precision.FP32 or not specs:
+            continue
+        detail = "; ".join(f"{s.format.value}: {s.help.get(precision.value, precision.value)}"
+                           for s in specs)
+        prec.add_argument(f"--{precision.value}", action="store_const", const=precision.value,
+                          dest="precision", help=f"{precision.value} ({detail})")
+    for spec, variant in int8_variants().values():
+        prec.add_argument(f"--{variant.name.replace('_', '-')}", action="store_const",
+                          const=variant.name, dest="precision",
+                          help=f"{spec.format.value}: {variant.help}")
+
+
+def _add_int8_options(p: argparse.ArgumentParser) -> None:
+    """Calibration, its method and the held-out bound of calibrated int8."""
     p.add_argument("--calibration", type=non_empty, metavar="DIR", help="audio for calibrated int8 (--full-int8, "
                    "static QDQ; required there): a labelled set with a train split (its train "
                    "clips) or any folder of audio files; recorded in the file's metadata")
@@ -98,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "dynamic) and the one kept is recorded")
     p.add_argument("--strict", action="store_true", help="calibrated int8: fail (exit 1) when "
                    "the held-out drop exceeds --max-int8-drop instead of falling back")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="dymn-export", description="Export a DyMN / MN audio tagger to a validated, "
+        "self-describing ONNX or TFLite file.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="NAME",
+                   help=f"registry name or alias ({', '.join(list_models())})")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", type=non_empty, metavar="PATH", help="checkpoint (.pt, official state-dict "
+                     "layout, any class count); default: the released AudioSet weights")
+    src.add_argument("--random-init", action="store_true",
+                     help="seeded random weights, no download (untrained: size/speed only)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --random-init (default 0)")
+    p.add_argument("--format", required=True, metavar="FORMAT",
+                   help=" or ".join(f.value for f in FORMATS))
+    _add_precision_flags(p)
+    p.add_argument("--strategy", metavar="NAME",
+                   help="depthwise Dy-Conv form, all exact: runtime_weight (one conv with the "
+                   "kernel mixed at run time; batch 1; the tflite default), stride_split "
+                   "(runtime_weight at stride 1, static_k at stride 2; batch 1; the onnx "
+                   "default) or static_k (K static convs weighted by the attention; any batch; "
+                   "one XNNPACK partition; the --full-int8 default). Defaults are measured per "
+                   "engine (dymn_edge/formats.py)")
+    _add_int8_options(p)
     p.add_argument("--labels", type=non_empty, metavar="FILE", help="CSV index,display_name[,mid] naming the classes")
     p.add_argument("--window", type=finite, metavar="SECONDS", help="input window (default: 10 for "
                    "527-class AudioSet heads, else 1); fixed for tflite, nominal for onnx")
@@ -200,8 +228,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise DymnEdgeError("--calibration-method chooses how calibrated int8 takes its ranges: "
                             "it needs --calibration DIR (and --int8 / --static-int8 / --full-int8)")
     if args.eval_dataset:
-        from dymn_edge.datasets import load_dataset  # noqa: PLC0415  (torch-free, light)
-
         try:
             ds = load_dataset(args.eval_dataset)
         except DymnEdgeError as exc:
@@ -255,23 +281,14 @@ def _main(argv: list[str] | None) -> int:
     _quiet(args.verbose)
     pin_blas_threads()  # the calibration / validation frontend (dymn_edge.threads)
     try:
-        from dymn_edge.export.api import export_model  # noqa: PLC0415
-        from dymn_edge.export.config import ExportConfig  # noqa: PLC0415
-
-        from dymn_edge.export.config import QuantizationConfig  # noqa: PLC0415
-
         _check_options(args)
         quant = None
-        if args.precision == "full_int8":
+        named = {v.name: v for _, v in int8_variants().values()}
+        if args.precision in named:  # --static-int8 / --full-int8: int8 with the row's recipe
+            quant = QuantizationConfig(**named[args.precision].recipe)
             args.precision = "int8"
-            quant = QuantizationConfig(scheme="full_int8", activation_type="int8")
-        elif args.precision == "static_int8":
-            args.precision = "int8"
-            quant = QuantizationConfig(scheme="static_qdq")
         if args.calibration_method or args.quant_report:
             if quant is None:
-                from dymn_edge.export.formats import format_spec  # noqa: PLC0415
-
                 quant = (QuantizationConfig.default_for(format_spec(args.format).format,
                                                         calibrated=args.calibration is not None)
                          if args.precision == "int8"

@@ -27,7 +27,8 @@ from pathlib import Path
 from dymn_edge.cliutil import check_input_file, check_writable_folder
 from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import ExportError
-from dymn_edge.export.formats import Format, FormatSpec, Precision, format_spec
+from dymn_edge.registry import get_spec
+from dymn_edge.formats import ARGUMENTS, FORMATS, Format, FormatSpec, Precision, format_spec
 
 __all__ = [
     "AUDIOSET_WINDOW_S", "CalibrationConfig", "CalibrationMethod", "DEFAULT_WINDOW_S", "ExportConfig", "Format",
@@ -150,12 +151,10 @@ class QuantizationConfig:
         weights, no calibration, the smallest file). TFLite: weight-only (float compute in one
         XNNPACK graph, no slower than fp32; full int8 and its hybrid are slower on CPUs). No
         int8 variant is faster than fp32 on an AVX2 CPU without VNNI (README "int8 and NPUs").
+        The recipes are the formats table's ``int8_default`` / ``int8_calibrated`` columns.
         """
-        if Format(fmt) is Format.TFLITE:
-            return cls(scheme=QuantScheme.WEIGHT_ONLY, per_channel=True)
-        if calibrated:
-            return cls(scheme=QuantScheme.STATIC_QDQ)
-        return cls(scheme=QuantScheme.DYNAMIC, weight_type="uint8", per_channel=False)
+        spec = format_spec(fmt)
+        return cls(**(spec.int8_calibrated if calibrated else spec.int8_default))
 
     def fallbacks(self) -> list["QuantizationConfig"]:
         """The recipes tried, in order, when this one misses the held-out bound (--max-int8-drop).
@@ -187,7 +186,7 @@ class QuantizationConfig:
         if self.scheme is QuantScheme.WEIGHT_ONLY:
             return ("int8 weight-only: int8 weights (per-channel convs, per-tensor Dy-Conv kernel "
                     "banks and linear layers), float32 compute")
-        from dymn_edge.export.full_int8 import SCHEME  # noqa: PLC0415
+        from dymn_edge.export.full_int8 import SCHEME  # noqa: PLC0415  (cycle: full_int8 -> validate -> calibration -> config)
 
         return SCHEME
 
@@ -234,8 +233,6 @@ class ExportConfig:
     strict_int8: bool = False  # over the bound: fail (exit 1) instead of falling back
 
     def __post_init__(self) -> None:
-        from dymn_edge.registry import get_spec  # noqa: PLC0415 (light, torch-free)
-
         get_spec(self.model)  # unknown names fail here, with a suggestion
         self.format = format_spec(self.format).format
         self.precision = _enum(Precision, self.precision, "precision")
@@ -261,11 +258,7 @@ class ExportConfig:
             self.window_seconds = w
         if self.labels is not None:
             check_input_file(self.labels, "labels file")
-        if self.output_activation is not None:
-            act = str(self.output_activation).strip().lower()
-            if act not in ACTIVATIONS:
-                raise ExportError(f"--activation must be sigmoid or softmax, got '{self.output_activation}'")
-            self.output_activation = act
+        self._check_activation()
         if self.quantization is None:
             self.quantization = QuantizationConfig.default_for(
                 self.format, calibrated=self.precision is Precision.INT8 and self.calibration is not None)
@@ -273,9 +266,10 @@ class ExportConfig:
             if int(self.num_calibration) < 1:
                 raise ExportError(f"need at least one calibration clip, got {self.num_calibration}")
             self.quantization.num_calibration = int(self.num_calibration)
+        self._check_arguments()
         if self.precision is Precision.INT8:
             self._check_scheme()
-        if self.quantization.report and not (self.format is Format.ONNX and self.precision is Precision.INT8
+        if self.quantization.report and not (self.precision is Precision.INT8
                                              and self.quantization.scheme is QuantScheme.STATIC_QDQ):
             raise ExportError("--quant-report compares a static int8 ONNX file with its float "
                               "graph: use it with --format onnx --static-int8")
@@ -293,6 +287,13 @@ class ExportConfig:
                               "calibration and would ignore them")
         self._check_int8_bound()
         self.output_path(get_spec(self.model).name)  # writable, right suffix: checked before any slow step
+
+    def _check_activation(self) -> None:
+        if self.output_activation is not None:
+            act = str(self.output_activation).strip().lower()
+            if act not in ACTIVATIONS:
+                raise ExportError(f"--activation must be sigmoid or softmax, got '{self.output_activation}'")
+            self.output_activation = act
 
     @property
     def int8_bound(self) -> float:
@@ -371,12 +372,35 @@ class ExportConfig:
     def _check_scheme(self) -> None:
         q = self.quantization
         assert q is not None
-        ok = {Format.ONNX: (QuantScheme.STATIC_QDQ, QuantScheme.DYNAMIC),
-              Format.TFLITE: (QuantScheme.WEIGHT_ONLY, QuantScheme.DYNAMIC, QuantScheme.FULL_INT8)}
-        if q.scheme not in ok[self.format]:
+        ok = self.format_spec.schemes
+        if q.scheme.value not in ok:
             raise ExportError(f"quantization scheme {q.scheme.value} is not available for "
-                              f"{self.format.value} (choose from: "
-                              f"{', '.join(s.value for s in ok[self.format])})")
+                              f"{self.format.value} (choose from: {', '.join(ok)})")
+
+    def _arguments_used(self) -> list[str]:
+        """The format-dependent arguments (:data:`dymn_edge.formats.ARGUMENTS`) this config sets."""
+        q = self.quantization
+        assert q is not None
+        named = {v.recipe["scheme"]: v.name for spec in FORMATS.values() for v in spec.int8_variants}
+        used = {
+            "fp16": self.precision is Precision.FP16,
+            "int8": self.precision is Precision.INT8,
+            named.get(q.scheme.value, ""): self.precision is Precision.INT8,
+            "quant_report": q.report,
+            "waveform": self.waveform,
+            "strategy": self.strategy is not None,
+            "calibration": self.calibration is not None,
+        }
+        return [a for a in ARGUMENTS if used.get(a)]
+
+    def _check_arguments(self) -> None:
+        """One check: every format-dependent argument set is one the format's row takes."""
+        spec = self.format_spec
+        bad = [a for a in self._arguments_used() if a not in spec.arguments]
+        if bad:
+            takes = ", ".join(f"--{a.replace('_', '-')}" for a in ARGUMENTS if a in spec.arguments)
+            raise ExportError(f"{self.format.value} does not take --{bad[0].replace('_', '-')} "
+                              f"(it takes: {takes})")
 
     @property
     def format_spec(self) -> FormatSpec:

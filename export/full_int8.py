@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
+from dymn_edge.export.tflite_export import convert_tflite, tflite_io
+from dymn_edge.export.validate import ops_outside_xnnpack
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,10 @@ def activation_ranges(fp32: bytes, calibration: np.ndarray, *, low_pct: float = 
     if len(inputs) != 1:
         raise ExportError(f"full int8 expects a one-input graph, got {len(inputs)} inputs")
     names: dict[int, str] = {d["index"]: d["name"] for d in inputs}
-    for op in it._get_ops_details():  # noqa: SLF001 - the only listing of op outputs
+    for op in it._get_ops_details():  # the only listing of op outputs
         for t in op["outputs"]:
             if t >= 0:
-                names[t] = it._get_tensor_details(t, 0)["name"]  # noqa: SLF001
+                names[t] = it._get_tensor_details(t, 0)["name"]
     lows: dict[int, list[float]] = {t: [] for t in names}
     highs: dict[int, list[float]] = {t: [] for t in names}
     ndim: dict[int, int] = {}
@@ -111,8 +113,6 @@ def graph_ops(data: bytes | str | Path) -> dict:
     """Op counts, float-computing ops and ops left outside XNNPACK of a flatbuffer."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
 
-    from dymn_edge.export.validate import ops_outside_xnnpack  # noqa: PLC0415
-
     kw = {"model_path": str(data)} if isinstance(data, (str, Path)) else {"model_content": data}
     it = Interpreter(**kw, num_threads=1,
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -120,7 +120,7 @@ def graph_ops(data: bytes | str | Path) -> dict:
     dtype = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
     ops: collections.Counter = collections.Counter()
     float_ops: collections.Counter = collections.Counter()
-    for op in it._get_ops_details():  # noqa: SLF001
+    for op in it._get_ops_details():
         ops[op["op_name"]] += 1
         ts = [t for t in list(op["inputs"]) + list(op["outputs"]) if t >= 0]
         if any(dtype.get(t) in (np.float32, np.float16) for t in ts):
@@ -129,6 +129,25 @@ def graph_ops(data: bytes | str | Path) -> dict:
     if isinstance(data, (str, Path)):
         outside = dict(collections.Counter(ops_outside_xnnpack(data)))
     return {"ops": dict(ops), "float_ops": dict(float_ops), "outside_xnnpack": outside}
+
+
+def _quantizer(fp32: bytes, float_ops: tuple[str, ...]):
+    """AEQ's quantizer with the full-integer recipe (``float_ops`` left in float)."""
+    from ai_edge_quantizer import qtyping, quantizer  # noqa: PLC0415  (the export extra)
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName  # noqa: PLC0415  (the export extra)
+
+    op = qtyping.TFLOperationName
+    q = quantizer.Quantizer(bytearray(fp32))
+    q.add_static_config(".*", op.ALL_SUPPORTED, 8, 8,
+                        weight_granularity=qtyping.QuantGranularity.CHANNELWISE)
+    q.add_static_config(".*", op.FULLY_CONNECTED, 8, 8,
+                        weight_granularity=qtyping.QuantGranularity.TENSORWISE)
+    for name in float_ops:
+        try:
+            q.update_quantization_recipe(".*", getattr(op, name), algorithm_key=AlgorithmName.NO_QUANTIZE)
+        except AttributeError:
+            raise ExportError(f"full int8: unknown TFLite op '{name}' in float_ops") from None
+    return q
 
 
 def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray,
@@ -144,10 +163,6 @@ def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray
     ``float_ops``: TFLite op names left in float (e.g. :data:`XNNPACK_FLOAT_OPS`, for a CPU
     file XNNPACK runs whole); the result is then not integer-only (not for NPUs).
     """
-    from ai_edge_quantizer import qtyping, quantizer  # noqa: PLC0415
-
-    from dymn_edge.export.tflite_export import convert_tflite  # noqa: PLC0415
-
     calibration = np.asarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or calibration.shape[1:3] != (1, 128) or calibration.shape[3] != window_frames:
         raise ExportError(f"calibration must be (N, 1, 128, {window_frames}) log-mels, "
@@ -157,20 +172,7 @@ def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray
     if fp32 is None:
         fp32 = convert_tflite(model, frames=window_frames)
     qsvs = activation_ranges(fp32, calibration)
-    op = qtyping.TFLOperationName
-    q = quantizer.Quantizer(bytearray(fp32))
-    q.add_static_config(".*", op.ALL_SUPPORTED, 8, 8,
-                        weight_granularity=qtyping.QuantGranularity.CHANNELWISE)
-    q.add_static_config(".*", op.FULLY_CONNECTED, 8, 8,
-                        weight_granularity=qtyping.QuantGranularity.TENSORWISE)
-    if float_ops:
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName  # noqa: PLC0415
-
-        for name in float_ops:
-            try:
-                q.update_quantization_recipe(".*", getattr(op, name), algorithm_key=AlgorithmName.NO_QUANTIZE)
-            except AttributeError:
-                raise ExportError(f"full int8: unknown TFLite op '{name}' in float_ops") from None
+    q = _quantizer(fp32, float_ops)
     try:
         try:
             result = q.quantize(qsvs, enable_progress_report=False, enable_progress_bar=False)
@@ -185,8 +187,6 @@ def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray
     bad = {k: v for k, v in info["float_ops"].items() if k in _COMPUTE_OPS and k not in float_ops}
     if bad:
         raise ExportError(f"full int8: float conv/matmul ops remain: {bad}")
-    from dymn_edge.export.tflite_export import tflite_io  # noqa: PLC0415
-
     inputs, outputs = tflite_io(output.read_bytes())
     scheme = SCHEME + (f"; float: {', '.join(float_ops)}" if float_ops else "")
     return {"scheme": scheme, "io_dtype": {d["name"]: d["dtype"] for d in inputs + outputs},

@@ -99,21 +99,16 @@ def _metadata_buffer(info: MediaPipeAudioInfo, output_order: list[str]) -> bytes
     # outputs: the class probabilities (with the labels file) and the embedding
     outs = []
     for name in output_order:
-        if name == info.probabilities_name:
-            file_name, file_desc = s(LABELS_FILE), s("Class names, one per line, in output order.")
-            labels = table([("off", 0, file_name), ("off", 1, file_desc), ("i8", 2, _TENSOR_AXIS_LABELS)])
-            files = vector([labels])
-            t_name = s(name)
-            t_desc = s("Class probabilities (the activation the head was trained with).")
-            outs.append(table([("off", 0, t_name), ("off", 1, t_desc), ("off", 6, files)]))
-        else:
-            file_name = s(EMBEDDING_LABELS_FILE)
-            file_desc = s("Names of the embedding's dimensions (not classes).")
-            labels = table([("off", 0, file_name), ("off", 1, file_desc), ("i8", 2, _TENSOR_AXIS_LABELS)])
-            files = vector([labels])
-            t_name = s(name)
-            t_desc = s("Embedding: the pooled features before the classifier (not class scores).")
-            outs.append(table([("off", 0, t_name), ("off", 1, t_desc), ("off", 6, files)]))
+        probs = name == info.probabilities_name  # strings created in the same order either way
+        file_name = s(LABELS_FILE if probs else EMBEDDING_LABELS_FILE)
+        file_desc = s("Class names, one per line, in output order." if probs
+                      else "Names of the embedding's dimensions (not classes).")
+        labels = table([("off", 0, file_name), ("off", 1, file_desc), ("i8", 2, _TENSOR_AXIS_LABELS)])
+        files = vector([labels])
+        t_name = s(name)
+        t_desc = s("Class probabilities (the activation the head was trained with)." if probs
+                   else "Embedding: the pooled features before the classifier (not class scores).")
+        outs.append(table([("off", 0, t_name), ("off", 1, t_desc), ("off", 6, files)]))
     ins_vec = vector([tensor_in])
     outs_vec = vector(outs)
     sub = table([("off", 2, ins_vec), ("off", 3, outs_vec)])
@@ -148,7 +143,7 @@ def _outputs(data: bytes) -> list[tuple[str, int]]:
 
 def add_mediapipe_metadata(data: bytes, info: MediaPipeAudioInfo) -> bytes:
     """``data`` (a TFLite flatbuffer, any old ZIP tail ignored) with MediaPipe metadata + labels ZIP."""
-    from dymn_edge.export.tflite_export import add_tflite_metadata  # noqa: PLC0415
+    from dymn_edge.export.tflite_export import add_tflite_metadata  # noqa: PLC0415  (cycle: tflite_export imports this module)
 
     outputs = _outputs(data)
     order = [name for name, _ in outputs]

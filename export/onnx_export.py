@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.export.formats import GraphIO, mel_io
-from dymn_edge.metadata import METADATA_KEY
+from dymn_edge.metadata import METADATA_KEY, ModelMetadata, TensorInfo
 from dymn_edge.ort import ort_session
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def _simplify(model, io: GraphIO):
 
     try:
         simplified, ok = onnxsim.simplify(model)
-    except Exception as exc:  # noqa: BLE001 - simplification is an optimisation, not a must
+    except Exception as exc:  # simplification is an optimisation, not a must
         log.warning("onnxsim failed (%s); keeping the unsimplified graph", one_line(exc, 200))
         return model
     if not ok:
@@ -161,3 +162,32 @@ def write_onnx_metadata(path: str | Path, json_text: str) -> None:
     entry.key, entry.value = METADATA_KEY, json_text
     model.producer_name = "dymn-edge"
     onnx.save(model, str(path))
+
+
+def io_info(path: str | Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The formats table's I/O reader: the graph's inputs and outputs as metadata entries."""
+    ins, outs = onnx_io(path)
+
+    def entry(n: str, shape: list, dtype: str) -> TensorInfo:
+        return TensorInfo(n, [str(d) if isinstance(d, str) else int(d) for d in shape], dtype)
+
+    return [entry(*t) for t in ins], [entry(*t) for t in outs]
+
+
+def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
+    """The formats table's metadata writer (the JSON in ``metadata_props``)."""
+    write_onnx_metadata(path, meta.to_json())
+
+
+def count_ops(path: Path) -> Counter:
+    """The formats table's op counter: nodes of the top-level graph per op type."""
+    try:
+        import onnx  # noqa: PLC0415  (the export extra)
+    except ImportError as exc:
+        raise ExportError(f"counting ONNX ops needs onnx ({exc})") from None
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ExportError(f"{path}: not a readable ONNX model ({exc})") from None
+    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                   for n in graph.node)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dymn_edge.ort import ort_session
+
 log = logging.getLogger(__name__)
 
 __all__ = ["NodeError", "QuantReport", "add_heldout", "quant_report", "sqnr_db", "write_report"]
@@ -174,6 +176,34 @@ def _flat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
 
 
+def _tensor_sqnr(float_acts: dict, qdq_acts: dict, quantized: dict) -> dict[str, float]:
+    """SQNR of every tensor both graphs have: int8 (dequantized) against float."""
+    acc: dict[str, float] = {}
+    for name, ref in float_acts.items():
+        if name in quantized and quantized[name].sqnr_db is not None:
+            acc[name] = quantized[name].sqnr_db
+        elif name in qdq_acts and len(qdq_acts[name]) == len(ref):
+            a, b = _flat(ref), _flat(qdq_acts[name])
+            if a.shape == b.shape:
+                acc[name] = sqnr_db(a, b)
+    return acc
+
+
+def _growth(float_model, acc: dict[str, float], quantized: dict, scopes: dict) -> list[NodeGrowth]:
+    """Per node: how much SQNR it loses between its worst input and its output."""
+    growth: list[NodeGrowth] = []
+    for k, n in enumerate(float_model.graph.node):
+        if n.op_type in _MOVES:  # a piece of a tensor can have a lower SQNR than the whole
+            continue
+        ins = [acc[i] for i in n.input if i in acc]
+        outs = [acc[o] for o in n.output if o in acc]
+        if ins and outs:
+            worst_in, out = min(ins), min(outs)
+            growth.append(NodeGrowth(n.name, n.op_type, scopes.get(n.output[0], ""), k, worst_in, out,
+                                     worst_in - out, any(o in quantized for o in n.output)))
+    return growth
+
+
 def quant_report(float_path: str | Path, qdq_path: str | Path, mels: np.ndarray) -> QuantReport:
     """Compare every quantized activation of ``qdq_path`` with ``float_path`` on ``mels``.
 
@@ -218,24 +248,8 @@ def quant_report(float_path: str | Path, qdq_path: str | Path, mels: np.ndarray)
         rows.append(NodeError(name, node, op, scopes.get(name, ""), order, sqnr_db(pre, post), sq, cos))
     rows.sort(key=lambda r: r.order)
     quantized = {r.tensor: r for r in rows}
-    acc: dict[str, float] = {}  # every tensor both graphs have: int8 (dequantized) vs float
-    for name, ref in float_acts.items():
-        if name in quantized and quantized[name].sqnr_db is not None:
-            acc[name] = quantized[name].sqnr_db
-        elif name in qdq_acts and len(qdq_acts[name]) == len(ref):
-            a, b = _flat(ref), _flat(qdq_acts[name])
-            if a.shape == b.shape:
-                acc[name] = sqnr_db(a, b)
-    growth: list[NodeGrowth] = []
-    for k, n in enumerate(float_model.graph.node):
-        if n.op_type in _MOVES:  # a piece of a tensor can have a lower SQNR than the whole
-            continue
-        ins = [acc[i] for i in n.input if i in acc]
-        outs = [acc[o] for o in n.output if o in acc]
-        if ins and outs:
-            worst_in, out = min(ins), min(outs)
-            growth.append(NodeGrowth(n.name, n.op_type, scopes.get(n.output[0], ""), k, worst_in, out,
-                                     worst_in - out, any(o in quantized for o in n.output)))
+    acc = _tensor_sqnr(float_acts, qdq_acts, quantized)
+    growth = _growth(float_model, acc, quantized, scopes)
     out_sqnr = {o: acc[o] for o in outputs if o in acc}
     return QuantReport(len(mels), rows, out_sqnr, growth, kernel_sqnr(qdq_path, mels))
 
@@ -248,8 +262,6 @@ def kernel_sqnr(qdq_path: str | Path, mels: np.ndarray) -> dict[str, float]:
     when the runtime's integer kernels compute the graph; low (16 dB) when a kernel
     saturates or approximates (the AVX2 u8 x s8 case above).
     """
-    from dymn_edge.ort import ort_session  # noqa: PLC0415 (imports onnxruntime)
-
     runs = []
     for optimize in (False, True):
         sess = ort_session(qdq_path, threads=1, optimize=optimize)

@@ -37,10 +37,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.ort import ort_session
 from dymn_edge.export.config import CalibrationMethod, QuantizationConfig, QuantScheme
+from dymn_edge.export.full_int8 import quantize_full_int8_tflite
+from dymn_edge.export.quant_report import kernel_sqnr, quant_report, write_report
+from dymn_edge.formats import Precision
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,6 @@ class _MelReader:
         self.i = 0
         self.bar = None
         if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
             self.bar = tqdm(total=len(mels), desc="calibrating", unit="clip", leave=False)
 
     def get_next(self):
@@ -111,18 +113,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
                            # s8 activations: centred on 0 (exact on x86, but slow in ORT's CPU EP)
                            "ActivationSymmetric": q.activation_type == "int8"}
             exclude = context_path_nodes(model) if q.keep_context_float else []
-            kw: dict = {}
-            if q.calibration_method is CalibrationMethod.CLIPWISE:
-                cache = Path(tmp) / "ranges.json"
-                ortq.calibrate.save_tensors_data(clipwise_ranges(pre, mels), cache)
-                method, reader, kw["calibration_cache_path"] = ortq.CalibrationMethod.MinMax, None, str(cache)
-            else:
-                method = {CalibrationMethod.MINMAX: ortq.CalibrationMethod.MinMax,
-                          CalibrationMethod.PERCENTILE: ortq.CalibrationMethod.Percentile,
-                          CalibrationMethod.ENTROPY: ortq.CalibrationMethod.Entropy}[q.calibration_method]
-                if method == ortq.CalibrationMethod.Percentile:
-                    extra["CalibPercentile"] = q.percentile
-                reader = _MelReader(input_name, mels, progress)
+            method, reader, kw = _calibration(ortq, q, pre, mels, Path(tmp), input_name, extra, progress)
             ortq.quantize_static(
                 str(pre), str(dst), reader,
                 quant_format=ortq.QuantFormat.QDQ, per_channel=q.per_channel,
@@ -132,17 +123,39 @@ def quantize_onnx(src: str | Path, dst: str | Path, q: QuantizationConfig,
                 calibrate_method=method, nodes_to_exclude=exclude, extra_options=extra, **kw)
             _check_kernels(dst, mels)
             if report_path is not None:
-                from dymn_edge.export.quant_report import quant_report, write_report  # noqa: PLC0415
-
-                idx = np.unique(np.linspace(0, len(mels) - 1, min(len(mels), REPORT_CLIPS)).round().astype(int))
-                rep = quant_report(pre, dst, mels[idx])
-                for f in write_report(rep, report_path):
-                    log.info("quantization report: %s", f)
+                _write_quant_report(pre, dst, mels, report_path)
         except ExportError:
             raise
         except Exception as exc:  # the quantizer raises many types
             raise ExportError(f"ONNX int8 quantization failed: {one_line(exc)}") from exc
     return dst
+
+
+def _calibration(ortq, q: QuantizationConfig, pre: Path, mels: np.ndarray, tmp: Path, input_name: str,
+                 extra: dict, progress: bool) -> tuple[object, object, dict]:
+    """(ORT calibration method, data reader, extra quantize_static kwargs) of ``q``'s method.
+
+    clipwise ranges are computed here and handed to ORT as a calibration cache (MinMax over
+    them); the other methods read the clips through ORT's own calibrators.
+    """
+    if q.calibration_method is CalibrationMethod.CLIPWISE:
+        cache = tmp / "ranges.json"
+        ortq.calibrate.save_tensors_data(clipwise_ranges(pre, mels), cache)
+        return ortq.CalibrationMethod.MinMax, None, {"calibration_cache_path": str(cache)}
+    method = {CalibrationMethod.MINMAX: ortq.CalibrationMethod.MinMax,
+              CalibrationMethod.PERCENTILE: ortq.CalibrationMethod.Percentile,
+              CalibrationMethod.ENTROPY: ortq.CalibrationMethod.Entropy}[q.calibration_method]
+    if method == ortq.CalibrationMethod.Percentile:
+        extra["CalibPercentile"] = q.percentile
+    return method, _MelReader(input_name, mels, progress), {}
+
+
+def _write_quant_report(pre: Path, dst: Path, mels: np.ndarray, report_path: str | Path) -> None:
+    """The per-node error report of ``dst`` against its float graph on a few clips."""
+    idx = np.unique(np.linspace(0, len(mels) - 1, min(len(mels), REPORT_CLIPS)).round().astype(int))
+    rep = quant_report(pre, dst, mels[idx])
+    for f in write_report(rep, report_path):
+        log.info("quantization report: %s", f)
 
 
 #: calibration clips the per-node report runs (it keeps every activation of each in memory)
@@ -160,7 +173,6 @@ def _check_kernels(path: Path, mels: np.ndarray, clips: int = 4) -> dict[str, fl
     SQNR, -5 accuracy points on the FSDD DyMN-S). Sound kernels agree to 33-170 dB per clip
     (a rounding tie decided differently early on propagates; 7-bit weights, FSDD DyMN-S).
     """
-    from dymn_edge.export.quant_report import kernel_sqnr  # noqa: PLC0415
 
     idx = np.unique(np.linspace(0, len(mels) - 1, min(len(mels), clips)).round().astype(int))
     sq = kernel_sqnr(path, mels[idx])
@@ -185,7 +197,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
     try:
         ortq.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return dst
-    except Exception as exc:  # noqa: BLE001 - pre-processing is optional
+    except Exception as exc:  # pre-processing is optional
         log.debug("quant_pre_process skipped (%s)", one_line(exc, 200))
         return src
 
@@ -320,8 +332,6 @@ def tflite_int8(data: bytes, qcfg: QuantizationConfig, mels: np.ndarray | None =
 
 def _tflite_full_int8(data: bytes, mels: np.ndarray | None) -> bytes:
     """Full-integer int8 (int8 I/O, every op int8) of the fp32 flatbuffer ``data``."""
-    from dymn_edge.export.full_int8 import quantize_full_int8_tflite  # noqa: PLC0415
-
     if mels is None or len(mels) == 0:
         raise ExportError("full-integer int8 needs calibration audio (--calibration DIR)")
     with tempfile.TemporaryDirectory(prefix="dymn-edge-fullint8-") as tmp:
@@ -329,3 +339,21 @@ def _tflite_full_int8(data: bytes, mels: np.ndarray | None) -> bytes:
         info = quantize_full_int8_tflite(None, int(mels.shape[3]), mels, out, fp32=data)
         log.info("full int8: ops outside XNNPACK %s", info["outside_xnnpack"])
         return out.read_bytes()
+
+
+def quantize_onnx_file(path: Path, precision: Precision | str, q: QuantizationConfig, mels: np.ndarray | None, *,
+                       progress: bool = False, report_path: Path | None = None) -> None:
+    """The formats table's ONNX quantizer: ``path`` (fp32) is replaced by its int8 file."""
+    src = path.with_name("fp32.onnx")
+    path.rename(src)
+    quantize_onnx(src, path, q, mels, progress=progress, report_path=report_path)
+
+
+def quantize_tflite_file(path: Path, precision: Precision | str, q: QuantizationConfig, mels: np.ndarray | None, *,
+                         progress: bool = False, report_path: Path | None = None) -> None:
+    """The formats table's TFLite quantizer: ``path`` (fp32) is rewritten as fp16 or int8."""
+    data = path.read_bytes()
+    if Precision(precision) is Precision.FP16:
+        path.write_bytes(tflite_fp16(data))
+    else:
+        path.write_bytes(tflite_int8(data, q, mels))

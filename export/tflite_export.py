@@ -10,14 +10,18 @@ signature ``serving_default``). fp16 / int8 are derived from this fp32 flatbuffe
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.export.formats import GraphIO, mel_io
+from dymn_edge.export.mediapipe_metadata import add_mediapipe_metadata
+from dymn_edge.export.waveform import mediapipe_info
+from dymn_edge.metadata import METADATA_KEY, ModelMetadata, TensorInfo
 from dymn_edge.native_output import converter_output
-from dymn_edge.metadata import METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +169,58 @@ def export_tflite(module, path: str | Path, *, io: GraphIO, dynamic_batch: bool 
     if dynamic_batch:
         raise ExportError("TFLite files are fixed-shape: no dynamic batch")
     return write_tflite(convert_tflite(module, io=io), path)
+
+
+#: output order of the metadata (the signature's dict order is alphabetical)
+_OUTPUT_ORDER = {"logits": 0, "probabilities": 0, "embedding": 1}
+
+
+def io_info(path: str | Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The formats table's I/O reader: signature inputs and outputs as metadata entries."""
+    ins, outs = tflite_io(Path(path).read_bytes())
+    outs = sorted(outs, key=lambda d: _OUTPUT_ORDER.get(d["name"], 2))
+    return [TensorInfo(**d) for d in ins], [TensorInfo(**d) for d in outs]
+
+
+def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
+    """The formats table's metadata writer: the JSON entry, then MediaPipe's for waveform files."""
+    path = Path(path)
+    write_tflite(path.read_bytes(), path, meta.to_json())
+    if meta.takes_waveform:  # last: repacking the flatbuffer drops the appended labels ZIP
+        path.write_bytes(add_mediapipe_metadata(path.read_bytes(), mediapipe_info(meta)))
+
+
+@lru_cache(maxsize=1)
+def _op_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415  (the litert extra)
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items()
+            if not k.startswith("_") and isinstance(v, int)}
+
+
+def count_ops(path: Path) -> Counter:
+    """The formats table's op counter, read with the flatbuffer schema of ``ai-edge-litert``."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415  (the litert extra)
+    except ImportError as exc:
+        raise ExportError(f"counting TFLite ops needs ai-edge-litert ({exc})") from None
+    try:
+        model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    except Exception as exc:  # a truncated or foreign file: flatbuffers raises anything
+        raise ExportError(f"{path}: not a readable TFLite flatbuffer ({exc})") from None
+    names = _op_names()
+    codes = []
+    for oc in model.operatorCodes or []:
+        # builtinCode holds codes > 127; old files only set deprecatedBuiltinCode (max() is
+        # the schema's documented rule for reading both)
+        code = max(oc.builtinCode or 0, oc.deprecatedBuiltinCode or 0)
+        name = names.get(code, f"BUILTIN_{code}")
+        if name == "CUSTOM" and oc.customCode:
+            cc = oc.customCode
+            name = f"CUSTOM:{cc.decode() if isinstance(cc, bytes) else cc}"
+        codes.append(name)
+    counts: Counter = Counter()
+    for sg in model.subgraphs or []:
+        for op in sg.operators or []:
+            counts[codes[op.opcodeIndex]] += 1
+    return counts

@@ -332,7 +332,7 @@ def _judge(runner: Runner, reference: Runner, label: str, x: np.ndarray, oracle:
     """Run the file on one case and record a check per output (errors for judged failures)."""
     try:
         got = runner(x)
-    except Exception as exc:  # noqa: BLE001 - a failing engine is a failed validation
+    except Exception as exc:  # a failing engine is a failed validation
         report.errors.append(f"{label}: the file does not run ({one_line(exc, 200)})")
         return
     ref = reference(x) if oracle is None else oracle.ref64
@@ -445,7 +445,7 @@ def ops_outside_xnnpack(path: str | Path) -> list[str]:
 
     it = Interpreter(model_path=str(path), num_threads=1)
     it.allocate_tensors()
-    w = it._interpreter  # noqa: SLF001 - the public API exposes no execution plan
+    w = it._interpreter  # the public API exposes no execution plan
     nodes = [(w.NodeName(i), list(w.NodeInputs(i)), list(w.NodeOutputs(i))) for i in range(w.NumNodes())]
     delegates = [n for n in nodes if n[0] == "DELEGATE"]
     ops = [n for n in nodes if n[0] != "DELEGATE"]

@@ -16,7 +16,7 @@ that export badly. :func:`make_exportable` rewrites a deep copy (as timm's
   matmul (a rank-4 BATCH_MATMUL TFLite rejects) and batch-folded grouped conv (no dynamic
   batch) are gone.
 - Depthwise Dy-Conv in one of the exact forms of :class:`DynConvStrategy`, chosen per
-  format from measurements (``export/formats.py``).
+  format from measurements (``dymn_edge/formats.py``).
 - BatchNorm folded into every kernel bank (exact: the attention sums to 1, so a per-channel
   shift after the conv is the shift of every kernel) and into the ordinary conv-BN pairs.
 - Dy-ReLU in 4-D: ``max_j(a_j * x + b_j)`` with ``a, b = 2 lambda sigmoid(z) + (init - lambda)``
