@@ -28,7 +28,7 @@ from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_gu
 from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 from dymn_edge.runtime.device.options import TOKEN_ENV, import_aiohttp, parse_web_address, read_env_file, web_token
 
-__all__ = ["main", "serve_main", "build_serve_parser", "parse_time", "summary_rows"]
+__all__ = ["main", "build_parser", "build_serve_parser", "parse_time", "summary_rows"]
 
 EXAMPLES = """\
 examples:
@@ -168,9 +168,22 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EventsParser(OneLineErrorParser):
+    """``dymn-events serve ...`` goes to the serve parser, so one parser checks every
+    documented dymn-events command line (a database file named 'serve' is ./serve)."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["serve"]:
+            ns = build_serve_parser().parse_args(argv[1:], namespace)
+            ns.command = "serve"
+            return ns
+        return super().parse_args(argv, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dymn-events`` parser (tests check the documented command lines against it)."""
-    p = OneLineErrorParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
+    p = _EventsParser(prog="dymn-events", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("db", type=non_empty, metavar="DB", help="SQLite file written by dymn-listen --db")
     p.add_argument("--label", action="append", default=[], metavar="NAME|MID",
@@ -233,18 +246,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     return p
 
 
-def serve_main(argv: Sequence[str]) -> int:
-    """``dymn-events serve``: the dashboard of an existing log."""
-    args = build_serve_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_guarded(lambda: _serve(args), "dymn-events serve", verbose=args.verbose)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dymn-events`` (``dymn-events serve ...``: the dashboard)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # a database file named 'serve' is ./serve
-        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if getattr(args, "command", None) == "serve":
+        return run_guarded(lambda: _serve(args), "dymn-events serve", verbose=args.verbose)
     return run_guarded(lambda: _events(args), "dymn-events", verbose=args.verbose)

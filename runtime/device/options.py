@@ -251,7 +251,7 @@ def check_device(args: argparse.Namespace, labels: Sequence[Any], filt: Any) -> 
         plan.web_token = web_token(args.web_token, env)
         import_aiohttp()
     if args.env_file and not (args.mqtt or args.web):
-        raise DymnEdgeError("--env-file holds secrets for --mqtt / --web; it is used only with them")
+        raise DymnEdgeError("--env-file holds secrets for --mqtt and --web; it is used only with --mqtt or --web")
     return plan
 
 

@@ -14,7 +14,9 @@ Why it is built this way:
   page needs it: ``Authorization: Bearer TOKEN`` or the session cookie set by the login
   form (HttpOnly, SameSite=Strict; it holds an HMAC of the token, not the token). Queries
   go in POST bodies and clips are named by event id, so no token or event data ends up in
-  URLs (proxy / access logs); aiohttp's access log is off.
+  URLs (proxy / access logs); aiohttp's access log is off. Bound to a loopback address, it
+  answers only requests naming a loopback host (``Host: 127.0.0.1 / localhost / [::1]``), so a
+  web page elsewhere cannot read it through DNS rebinding.
 - A clip is served only from inside the clips folder (resolved paths; ``..``, absolute
   paths and symlinks out of it are refused), as ``audio/flac`` with range requests. Its
   spectrogram is drawn here with numpy and written as a PNG by a small encoder (zlib),
@@ -487,7 +489,8 @@ class WebServer:
 
     # routes
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers, self._auth], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers, self._host, self._auth], client_max_size=64 * 1024)
+        app.on_response_prepare.append(self._server_header)
         app.router.add_get("/", self._index)
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/login", self._login)
@@ -515,6 +518,18 @@ class WebServer:
             for k, v in SECURITY_HEADERS.items():
                 resp.headers.setdefault(k, v)
         return resp
+
+    @staticmethod
+    async def _server_header(request: web.Request, resp: web.StreamResponse) -> None:
+        resp.headers["Server"] = "dymn-edge"  # not the framework and its version
+
+    @web.middleware
+    async def _host(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """On a loopback bind, only loopback Host names (DNS rebinding: evil.example -> 127.0.0.1)."""
+        if is_loopback(self.host) and not is_loopback((request.url.host or "").strip("[]")):
+            raise web.HTTPMisdirectedRequest(text=json.dumps({"error": "this server answers loopback host names only"}),
+                                             content_type="application/json")
+        return await handler(request)
 
     def authorized(self, request: web.Request) -> bool:
         """The token as ``Authorization: Bearer``, or the login cookie (constant-time compares)."""

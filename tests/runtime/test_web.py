@@ -314,6 +314,19 @@ def test_token_header_and_login_cookie(served) -> None:
     assert anon.request("GET", "/api/info", headers={"Cookie": value[:-1] + "0"})[0] == 401
 
 
+def test_loopback_answers_loopback_host_names_only(served) -> None:
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends Host: evil.example."""
+    start, _, _, _ = served
+    server = start()
+    c = Client(server)
+    for host in (f"evil.example:{server.port}", "192.168.1.10", f"127.0.0.1.evil.example:{server.port}"):
+        status, _, data = c.request("GET", "/api/info", headers={"Host": host})
+        assert status == 421 and "loopback" in json.loads(data)["error"], host
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "localhost"):
+        status, headers, _ = c.request("GET", "/api/info", headers={"Host": host})
+        assert status == 200 and headers["Server"] == "dymn-edge", host
+
+
 def test_clip_served_from_the_folder_only(tmp_path: Path) -> None:
     db, clips = tmp_path / "events.db", tmp_path / "clips"
     good = _tone(clips / "2026-05-28" / "20260528T202640.000Z_Dog.flac", 440.0)
