@@ -280,6 +280,29 @@ def test_bad_json_and_bucket(served) -> None:
     assert status == 400
 
 
+def test_schema_1_log_is_served_read_only(tmp_path: Path) -> None:
+    """A log of the first schema (no raw peak, the smoothed one named peak_prob) is read as
+    dymn-events reads it, and left as it is."""
+    from .test_device_parts import _SCHEMA_1
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(_SCHEMA_1)
+    server = WebServer(db=db, clips=None, port=0)
+    server.start()
+    try:
+        c = Client(server)
+        row = c.json("POST", "/api/events", {"limit": 5})["events"][0]
+        assert (row["label"], row["peak_raw_prob"], row["peak_smoothed_prob"], row["mean_prob"]) == ("Dog", None, 0.7, 0.6)
+        assert len(c.json("POST", "/api/events", {"min_prob": 0.65})["events"]) == 1  # its smoothed peak
+        assert c.json("POST", "/api/events", {"min_prob": 0.75})["events"] == []
+        assert c.json("GET", "/api/events/1")["peak_smoothed_prob"] == 0.7
+    finally:
+        server.stop()
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
 # -- security --------------------------------------------------------------------------------
 
 
