@@ -26,7 +26,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
@@ -153,7 +152,8 @@ class LiveState:
         self.tracker = tracker
         self.seq = 0
         self._last: tuple[Any, ...] | None = None
-        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=recent)
+        self.recent = recent
+        self.events: tuple[dict[str, Any], ...] = ()  # replaced, never mutated: read from another thread
         self._failed = False
 
     def hop(self, scores: Any, events: Sequence[Any], stats: Any) -> None:
@@ -165,11 +165,11 @@ class LiveState:
                           level, gated, float(stats.audio_seconds), int(stats.hops_run), int(stats.hops_skipped),
                           int(stats.overflows), float(stats.dropped_seconds), float(stats.mean_ms), float(stats.rtf),
                           str(stats.device))
-            for ev in events:
-                self.events.append({"event": ev.kind, "label": ev.label.display_name, "index": ev.label.index,
-                                    "start": round(float(ev.start), 3),
-                                    "end": None if ev.end is None else round(float(ev.end), 3),
-                                    "probability": round(float(ev.probability), 4), "utc": time.time()})
+            if events:
+                new = tuple({"event": ev.kind, "label": ev.label.display_name, "index": ev.label.index,
+                             "start": round(float(ev.start), 3), "end": None if ev.end is None else round(float(ev.end), 3),
+                             "probability": round(float(ev.probability), 4), "utc": time.time()} for ev in events)
+                self.events = (self.events + new)[-self.recent:]
             self.seq += 1
         except Exception as exc:  # the dashboard must never stop the listener
             if not self._failed:
