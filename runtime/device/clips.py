@@ -102,6 +102,8 @@ def apply_retention(root: Path, *, max_bytes: int | None, max_days: float | None
             deleted.append(p)
         except FileNotFoundError:
             pass
+        # the dashboard's cached spectrogram (NAME.png beside NAME.flac) goes with its clip
+        p.with_suffix(".png").unlink(missing_ok=True)
         try:  # drop the day folder once empty
             if p.parent != root and not any(p.parent.iterdir()):
                 p.parent.rmdir()

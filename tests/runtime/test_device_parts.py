@@ -277,10 +277,13 @@ def _touch_clip(root: Path, stamp: str, size: int) -> Path:
 def test_retention_deletes_oldest_first_and_only_clips(tmp_path: Path) -> None:
     stamps = ["20260101T000000.000", "20260102T000000.000", "20260103T000000.000", "20260104T120000.000"]
     paths = [_touch_clip(tmp_path, s, 400_000) for s in stamps]
+    for p in paths[:2]:  # the dashboard's cached spectrograms
+        p.with_suffix(".png").write_bytes(b"png")
     mine = tmp_path / "notes.txt"
     mine.write_text("keep me")
     deleted = apply_retention(tmp_path, max_bytes=1_000_000, max_days=None)
     assert deleted == paths[:2]  # oldest first, down to <= 1 MB
+    assert not any(p.with_suffix(".png").exists() for p in paths[:2])  # spectrograms go with their clip
     assert [p for _, p, _ in clip_files(tmp_path)] == paths[2:] and mine.exists()
     assert not (tmp_path / "2026-01-01").exists()  # emptied day folders go too
     now = 1767571200.0  # 2026-01-05T00:00Z
