@@ -22,6 +22,16 @@ def test_wheel_has_nothing_generic_at_top_level(tmp_path: Path) -> None:
     for sub in ("export", "runtime", "benchmarks", "models"):
         assert f"dymn_edge/{sub}/__init__.py" in names
     assert "dymn_edge/data/class_labels_indices.csv" in names
+    # every source module and the dashboard page ship: a sub-package missing from pyproject's
+    # `packages` list would otherwise drop out of the wheel (or ship with a setuptools warning)
+    roots = {"dymn_edge": REPO / "dymn_edge", "dymn_edge/export": REPO / "export",
+             "dymn_edge/runtime": REPO / "runtime", "dymn_edge/benchmarks": REPO / "benchmarks"}
+    for prefix, root in roots.items():
+        for src in root.rglob("*.py"):
+            if "__pycache__" not in src.parts:
+                assert f"{prefix}/{src.relative_to(root).as_posix()}" in names, src
+    for page in (REPO / "runtime" / "device" / "web_static").iterdir():
+        assert f"dymn_edge/runtime/device/web_static/{page.name}" in names, page
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for script in ("dymn-export", "dymn-listen", "dymn-tag", "dymn-bench", "dymn-events", "dymn-info"):
