@@ -453,7 +453,7 @@ def _main(args: argparse.Namespace) -> int:
     max_ratio = parse_percent(args.max_ratio_regression or DEFAULT_MAX_RATIO_REGRESSION, "--max-ratio-regression")
     cfg = _config_from_args(args)
     result = runner.run_benchmark(cfg)
-    result["config"]["threads_default"] = getattr(args, "threads_default", None)  # header line
+    result.setdefault("config", {})["threads_default"] = getattr(args, "threads_default", None)  # header line
     print(report.format_report(result))
     if args.json:
         print(f"JSON: {report.write_json(result, args.json)}")
