@@ -33,12 +33,7 @@ def _long_functions(folder: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("folder", [
-    "dymn_edge", "export", "benchmarks",
-    # runtime/ is being split by the runtime part of issue 21 (run_archive, _listen,
-    # parse_mqtt_url were over the limit when this test was written): xfail until then
-    pytest.param("runtime", marks=pytest.mark.xfail(strict=False, reason="runtime/ split in progress")),
-])
+@pytest.mark.parametrize("folder", ["dymn_edge", "export", "benchmarks", "runtime"])
 def test_no_function_over_60_lines(folder: str) -> None:
     assert (ROOT / folder).is_dir()
     long = _long_functions(folder)
