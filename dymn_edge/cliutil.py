@@ -32,7 +32,7 @@ import dymn_edge
 from dymn_edge.errors import DymnEdgeError, ValidationError
 from dymn_edge.threads import pin_blas_threads
 
-__all__ = ["OneLineErrorParser", "add_version", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
+__all__ = ["OneLineErrorParser", "add_version", "add_verbose_and_version", "finite", "positive", "non_empty", "thread_count", "MAX_THREADS",
            "check_input_file", "check_output_file", "check_writable_folder", "check_stdout",
            "setup_logging", "run_guarded", "exit_code",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -57,6 +57,12 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--version``: ``prog X.Y.Z`` from the one version source (``dymn_edge.__version__``)."""
     parser.add_argument("--version", action="version", version=f"%(prog)s {dymn_edge.__version__}")
     return parser
+
+
+def add_verbose_and_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--verbose`` (debug logging, tracebacks) and ``--version``: the tail of every small tool."""
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    return add_version(parser)
 
 
 def finite(text: str) -> float:

@@ -126,12 +126,7 @@ class Engine(abc.ABC):
         if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != self.input_spec.n_mels:
             raise EngineError(f"{self.path.name}: expected log-mels of shape (B, 1, "
                               f"{self.input_spec.n_mels}, T), got {x.shape}")
-        frames = self.input_spec.frames
-        if frames is not None and x.shape[3] != frames:
-            raise EngineError(
-                f"{self.path.name}: this file was exported for {frames} frames "
-                f"({self.metadata.window_seconds:g} s) and got {x.shape[3]}; pad or cut the "
-                "audio to the model window (the tagger does), or export a dynamic-time ONNX file")
+        self._check_length(x.shape[3], self.input_spec.frames, "frames", "dynamic-time")
         return x
 
     def _checked_wave(self, wave: np.ndarray) -> np.ndarray:
@@ -140,13 +135,16 @@ class Engine(abc.ABC):
             x = x[None]
         if x.ndim != 2:
             raise EngineError(f"{self.path.name}: this file takes waveforms of shape (B, N), got {x.shape}")
-        n = self.input_spec.samples
-        if n is not None and x.shape[1] != n:
-            raise EngineError(
-                f"{self.path.name}: this file was exported for {n} samples "
-                f"({self.metadata.window_seconds:g} s) and got {x.shape[1]}; pad or cut the audio "
-                "to the model window (the tagger does), or export a dynamic-length ONNX file")
+        self._check_length(x.shape[1], self.input_spec.samples, "samples", "dynamic-length")
         return x
+
+    def _check_length(self, got: int, fixed: int | None, unit: str, dynamic: str) -> None:
+        """A fixed-window file refuses another length with what to do instead."""
+        if fixed is not None and got != fixed:
+            raise EngineError(
+                f"{self.path.name}: this file was exported for {fixed} {unit} "
+                f"({self.metadata.window_seconds:g} s) and got {got}; pad or cut the audio "
+                f"to the model window (the tagger does), or export a {dynamic} ONNX file")
 
     @abc.abstractmethod
     def _run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, add_verbose_and_version, non_empty, run_guarded, setup_logging
 from dymn_edge.metadata import ModelMetadata, read_metadata
 from dymn_edge.runtime.engines import auto_order
 
@@ -153,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Describe an exported DyMN/MN model file from its metadata.")
     p.add_argument("file", type=non_empty, metavar="MODEL", help="an .onnx or .tflite file written by dymn-export")
     p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    add_version(p)
+    add_verbose_and_version(p)
     return p
 
 

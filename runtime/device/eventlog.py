@@ -39,6 +39,7 @@ from dymn_edge.runtime.sinks import EventSink
 log = logging.getLogger(__name__)
 
 __all__ = ["EventLog", "EventLogError", "EventQuery", "SCHEMA_VERSION", "file_sha256", "utc_iso", "query_events",
+           "time_and_prob_clauses",
            "open_readonly", "check_event_db", "COLUMNS"]
 
 SCHEMA_VERSION = 2
@@ -268,6 +269,26 @@ class EventQuery:
     newest_first: bool = False
 
 
+def time_and_prob_clauses(since: str | None, until: str | None, min_prob: float | None,
+                          expr: dict[str, str]) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and arguments for a UTC start range and a minimum peak probability.
+
+    Shared by ``dymn-events`` and the dashboard so both read a filter the same way; ``expr``
+    maps each column to its expression in this log's schema (schema-1 rows lack the raw peak).
+    """
+    where, args = [], []  # type: list[str], list[Any]
+    if since:
+        where.append("start_utc >= ?")
+        args.append(since)
+    if until:
+        where.append("start_utc < ?")
+        args.append(until)
+    if min_prob is not None:
+        where.append(f"coalesce({expr['peak_raw_prob']}, {expr['peak_smoothed_prob']}) >= ?")
+        args.append(min_prob)
+    return where, args
+
+
 def query_events(conn: sqlite3.Connection, q: EventQuery) -> Iterator[dict[str, Any]]:
     """Rows of ``events`` matching ``q``, as dicts, in start time order."""
     where, args = [], []  # type: list[str], list[Any]
@@ -276,17 +297,10 @@ def query_events(conn: sqlite3.Connection, q: EventQuery) -> Iterator[dict[str, 
         where.append("(" + " OR ".join(["lower(label) = lower(?) OR mid = ?"] * len(names)) + ")")
         for n in names:
             args += [n, n]
-    if q.since:
-        where.append("start_utc >= ?")
-        args.append(q.since)
-    if q.until:
-        where.append("start_utc < ?")
-        args.append(q.until)
     version = int(conn.execute("SELECT max(version) FROM schema_version").fetchone()[0])
     expr = {c: _READ_AS.get(version, {}).get(c, c) for c in COLUMNS}
-    if q.min_prob is not None:
-        where.append(f"coalesce({expr['peak_raw_prob']}, {expr['peak_smoothed_prob']}) >= ?")
-        args.append(q.min_prob)
+    more, more_args = time_and_prob_clauses(q.since, q.until, q.min_prob, expr)
+    where, args = where + more, args + more_args
     sql = f"SELECT {', '.join(f'{e} AS {c}' for c, e in expr.items())} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from dymn_edge.errors import DymnEdgeError
-from dymn_edge.cliutil import OneLineErrorParser, add_version, non_empty, run_guarded, setup_logging
+from dymn_edge.cliutil import OneLineErrorParser, add_verbose_and_version, non_empty, run_guarded, setup_logging
 from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, EventQuery, open_readonly, query_events, utc_iso
 from dymn_edge.runtime.device.options import TOKEN_ENV, import_aiohttp, parse_web_address, read_env_file, web_token
 
@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table",
                    help="output format (default: a table; csv / jsonl carry every column)")
     p.add_argument("--summary", action="store_true", help="events per UTC hour and label instead of events")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    add_version(p)
+    add_verbose_and_version(p)
     return p
 
 
@@ -241,8 +240,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help=f"ask for this token (better: {TOKEN_ENV}=... in --env-file or the environment)")
     p.add_argument("--env-file", type=non_empty, default=None, metavar="FILE",
                    help=f"KEY=VALUE lines (mode 0600) with {TOKEN_ENV}")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    add_version(p)
+    add_verbose_and_version(p)
     return p
 
 

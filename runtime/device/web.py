@@ -49,7 +49,7 @@ import numpy as np
 import soundfile as sf
 from aiohttp import web
 
-from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, open_readonly
+from dymn_edge.runtime.device.eventlog import COLUMNS, EventLogError, open_readonly, time_and_prob_clauses
 from dymn_edge.runtime.device.options import TOKEN_ENV, WebError, is_loopback, parse_web_address
 
 log = logging.getLogger(__name__)
@@ -301,16 +301,8 @@ class EventStore:
         if f.labels:
             where.append(f"label IN ({','.join('?' * len(f.labels))})")
             args += list(f.labels)
-        if f.since:
-            where.append("start_utc >= ?")
-            args.append(f.since)
-        if f.until:
-            where.append("start_utc < ?")
-            args.append(f.until)
-        if f.min_prob is not None:
-            where.append(f"coalesce({expr['peak_raw_prob']}, {expr['peak_smoothed_prob']}) >= ?")
-            args.append(f.min_prob)
-        return where, args
+        more, more_args = time_and_prob_clauses(f.since, f.until, f.min_prob, expr)
+        return where + more, args + more_args
 
     def history_sql(self, f: Filters, bucket: str) -> tuple[str, list[Any]]:
         """Events per label and hour / day: the statement and its arguments."""

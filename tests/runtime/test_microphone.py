@@ -116,17 +116,18 @@ def _listen_cmd(*args: str) -> list[str]:
             "sys.exit(listen_main())", *args]
 
 
-def _play_into_fifo(env: dict[str, str], signal: np.ndarray, proc: subprocess.Popen,
-                    go: threading.Event | None = None) -> None:
+def _play_into_fifo(env: dict[str, str], signal: np.ndarray, proc: subprocess.Popen | None,
+                    go: threading.Event | None = None, stop: threading.Event | None = None) -> None:
     """Write s16le 32 kHz PCM in real time (silence until ``go`` is set, so nothing is
-    played while the recorder is still loading its model), then silence until it exits."""
+    played while the recorder is still loading its model), then silence until the recorder
+    process ``proc`` exits or ``stop`` is set (an in-process listener)."""
     pcm = (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
     block = 640 * 2  # 20 ms
     silence = bytes(block)
     fd = os.open(env["VMIC_FIFO"], os.O_WRONLY)
     try:
         t0, n, i = time.monotonic(), 0, 0
-        while proc.poll() is None:
+        while (proc is None or proc.poll() is None) and (stop is None or not stop.is_set()):
             if go is None or go.is_set():
                 os.write(fd, pcm[i:i + block] if i < len(pcm) else silence)
                 i += block

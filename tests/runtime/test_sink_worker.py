@@ -6,7 +6,6 @@ without sinks and every event reaches the sink."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from dymn_edge.runtime.stream import StreamingScorer
 from dymn_edge.runtime.tagger import Tagger
 
 from .conftest import spoken_digits
-from .test_microphone import vmic  # noqa: F401 (fixture)
+from .test_microphone import _play_into_fifo, vmic  # noqa: F401 (fixture)
 
 LABEL = Label(0, "/m/x", "x")
 
@@ -178,23 +177,6 @@ class Sleepy(EventSink):
         self.events.append((ev.kind, ev.label.index, ev.start))
 
 
-def _feed(fifo: str, wave: np.ndarray, stop: threading.Event) -> None:
-    """s16le 32 kHz into the FIFO microphone in real time, then silence until ``stop``."""
-    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
-    block = 640 * 2  # 20 ms
-    fd = os.open(fifo, os.O_WRONLY)
-    try:
-        t0, i = time.monotonic(), 0
-        while not stop.is_set():
-            os.write(fd, pcm[i:i + block] if i < len(pcm) else bytes(block))
-            i += block
-            wait = t0 + i / 2 / 32000 - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-    finally:
-        os.close(fd)
-
-
 def _live_run(env: dict[str, str], model: Path, wave: np.ndarray, seconds: float,
               sinks: SinkSet | None) -> dict:
     tagger = Tagger(load_engine(model, threads=1))
@@ -213,7 +195,7 @@ def _live_run(env: dict[str, str], model: Path, wave: np.ndarray, seconds: float
         seen.extend((e.kind, e.label.index, e.start) for e in events)
 
     stop = threading.Event()
-    writer = threading.Thread(target=_feed, args=(env["VMIC_FIFO"], wave, stop), daemon=True)
+    writer = threading.Thread(target=_play_into_fifo, args=(env, wave, None), kwargs={"stop": stop}, daemon=True)
     writer.start()
     try:
         stats = lis.run(duration=seconds, on_hop=on_hop)
