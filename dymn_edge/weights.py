@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -37,8 +38,14 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` atomically, with a progress bar and optional hash check."""
+def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically, with a progress bar and optional hash check.
+
+    ``progress=None``: a bar only when standard error is a terminal (a redirected log gets no
+    carriage-return stream).
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")[1])
     try:
@@ -62,7 +69,7 @@ def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool 
 
 
 def resolve_weights(spec: ModelSpec, weights: str | Path | None = None, *,
-                    allow_download: bool = True, progress: bool = True) -> Path:
+                    allow_download: bool = True, progress: bool | None = None) -> Path:
     """Find the checkpoint: explicit path, then the cache, then the release URL."""
     if weights is not None:
         p = Path(weights).expanduser()

@@ -183,3 +183,21 @@ def test_released_mn_file_names_carry_their_mAP() -> None:
     assert len(mns) == 6
     for spec in mns:
         assert spec.filename == f"mn{round(spec.width * 10):02d}_as_mAP_{round(spec.published_mAP * 10)}.pt"
+
+
+def test_download_shows_no_bar_off_a_terminal(tmp_path: Path, capfd) -> None:
+    """A redirected run (stderr not a terminal) downloads quietly: no carriage-return bar."""
+    from dymn_edge.weights import download
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "w.pt").write_bytes(bytes(range(256)) * 4096)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = download(f"http://127.0.0.1:{server.server_port}/w.pt", tmp_path / "cache" / "w.pt")
+    finally:
+        server.shutdown()
+    assert dest.read_bytes() == (served / "w.pt").read_bytes()
+    assert "\r" not in capfd.readouterr().err
