@@ -156,14 +156,14 @@ def test_export_validation_failure_is_exit_1(monkeypatch: pytest.MonkeyPatch, tm
                                              capsys: pytest.CaptureFixture) -> None:
     """dymn-export: a file that fails validation (ValidationError from export_model) exits 1."""
     from dymn_edge.errors import ValidationError
-    from dymn_edge.export import api
+    from dymn_edge.export import cli
     from dymn_edge.export.cli import main
 
     def failing_export(cfg, progress=True):
         raise ValidationError(f"validation failed: logits differ (the file is kept for inspection "
                               f"as {cfg.output_path('dymn-s')})")
 
-    monkeypatch.setattr(api, "export_model", failing_export)
+    monkeypatch.setattr(cli, "export_model", failing_export)  # the name dymn-export calls
     rc = main(["--model", "dymn-s", "--random-init", "--format", "onnx", "--output", str(tmp_path) + "/"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith("dymn-export: error: validation failed")
