@@ -207,9 +207,14 @@ def _local_cluster(workers: int, local_cluster: Any) -> Any:
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # Dask's own log lines in the workers: a heartbeat racing the shutdown prints a traceback
+    # ("Failed to communicate with scheduler during heartbeat") into a run that succeeded.
+    # Lost workers and failed tasks are reported by us (error rows, the summary), so the
+    # workers speak only on CRITICAL unless --verbose asked for debug logging.
+    quiet = logging.WARNING if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):  # read once per nanny
         return local_cluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None)
+                             dashboard_address=None, silence_logs=quiet)
 
 
 def _take(it: Iterator[Task], n: int) -> list[Task]:
