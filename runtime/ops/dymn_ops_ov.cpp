@@ -1,0 +1,480 @@
+// dymn-edge fused operations for OpenVINO (CPU), compiled on first use for this machine by
+// dymn_edge.runtime.ops.extension_path() against the headers inside the openvino wheel.
+//
+// Two ops replace the parts of a DyMN block that OpenVINO runs as many small kernels:
+//   MixBanks(att (B,K), bank (K,N)) -> (B,N): y[b,n] = sum_k att[b,k] * bank[k,n]
+//   DyTail(x, x_bias, att, bank, bias, coef, gate_f, gate_t) -> (B,C,F',T'):
+//     u = act(x + x_bias), zero-padded by `pad`; a depthwise kxk conv (stride `stride`) whose
+//     kernel is mixed per sample from the K-bank, plus bias; the Dy-ReLU max over `m` maps
+//     (coef map-major: slopes then offsets); times sigmoid(gate_f) and sigmoid(gate_t).
+// Float32 only, single-threaded (the runtime benchmarks one thread). The ONNX frontend maps
+// the nodes of domain "dymn.edge" (version 1) onto them.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "openvino/core/extension.hpp"
+#include "openvino/core/op_extension.hpp"
+#include "openvino/frontend/onnx/extension/conversion.hpp"
+#include "openvino/op/op.hpp"
+
+namespace dymn {
+
+// ---------------------------------------------------------------------------------------
+// shapes
+
+// Length of a padded, strided window sweep over n elements (0 when the window does not fit).
+static int64_t window_len(int64_t n, int64_t k, int64_t pad, int64_t stride) {
+    const int64_t span = n + 2 * pad - k;
+    return span < 0 ? 0 : span / stride + 1;
+}
+
+// The same over a (possibly dynamic, possibly bounded) dimension.
+static ov::Dimension window_dim(const ov::Dimension& d, const ov::Dimension& k, int64_t pad, int64_t stride) {
+    if (!k.is_static())
+        return ov::Dimension::dynamic();
+    const int64_t kk = k.get_length();
+    if (d.is_static())
+        return ov::Dimension(window_len(d.get_length(), kk, pad, stride));
+    const int64_t lo = window_len(std::max<int64_t>(d.get_min_length(), 0), kk, pad, stride);
+    const int64_t hi = d.get_max_length() < 0 ? -1 : window_len(d.get_max_length(), kk, pad, stride);
+    return ov::Dimension(lo, hi);
+}
+
+// Merge b into a (the dims must agree where both are known).
+static bool merge_into(ov::Dimension& a, const ov::Dimension& b) {
+    return ov::Dimension::merge(a, a, b);
+}
+
+static bool f32_or_dynamic(const ov::element::Type& t) {
+    return t == ov::element::f32 || t.is_dynamic();
+}
+
+// ---------------------------------------------------------------------------------------
+// MixBanks
+
+class MixBanks : public ov::op::Op {
+public:
+    OPENVINO_OP("MixBanks", "dymn_edge");
+
+    MixBanks() = default;
+    explicit MixBanks(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 2, "MixBanks takes 2 inputs (att, bank), got ",
+                              get_input_size());
+        for (size_t i = 0; i < 2; ++i)
+            NODE_VALIDATION_CHECK(this, f32_or_dynamic(get_input_element_type(i)), "MixBanks input ", i,
+                                  " must be float32, got ", get_input_element_type(i));
+        const auto& att = get_input_partial_shape(0);
+        const auto& bank = get_input_partial_shape(1);
+        NODE_VALIDATION_CHECK(this, att.rank().compatible(2) && bank.rank().compatible(2),
+                              "MixBanks wants att (B, K) and bank (K, N), got ", att, " and ", bank);
+        ov::Dimension batch = att.rank().is_static() ? att[0] : ov::Dimension::dynamic();
+        ov::Dimension n = bank.rank().is_static() ? bank[1] : ov::Dimension::dynamic();
+        if (att.rank().is_static() && bank.rank().is_static())
+            NODE_VALIDATION_CHECK(this, att[1].compatible(bank[0]), "MixBanks: att ", att,
+                                  " and bank ", bank, " disagree on K");
+        set_output_type(0, ov::element::f32, ov::PartialShape{batch, n});
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<MixBanks>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+
+    bool has_evaluate() const override {
+        return get_input_element_type(0) == ov::element::f32 && get_input_element_type(1) == ov::element::f32;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+};
+
+// y (B, N) = att (B, K) @ bank (K, N), in column blocks that stay in L1 while the K bank rows
+// stream past once for the whole batch.
+static void mix_banks(const float* att, const float* bank, float* y, int64_t batch, int64_t k_count,
+                      int64_t n) {
+    constexpr int64_t block = 1024;
+    for (int64_t n0 = 0; n0 < n; n0 += block) {
+        const int64_t len = std::min(block, n - n0);
+        for (int64_t b = 0; b < batch; ++b) {
+            const float* a = att + b * k_count;
+            float* out = y + b * n + n0;
+            if (k_count == 0) {
+                std::fill(out, out + len, 0.0f);
+                continue;
+            }
+            const float a0 = a[0];
+            const float* r0 = bank + n0;
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i)
+                out[i] = a0 * r0[i];
+            for (int64_t k = 1; k < k_count; ++k) {
+                const float ak = a[k];
+                const float* rk = bank + k * n + n0;
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i)
+                    out[i] += ak * rk[i];
+            }
+        }
+    }
+}
+
+bool MixBanks::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    const auto& att_shape = inputs[0].get_shape();
+    const auto& bank_shape = inputs[1].get_shape();
+    OPENVINO_ASSERT(att_shape.size() == 2 && bank_shape.size() == 2 && att_shape[1] == bank_shape[0],
+                    "MixBanks: att ", att_shape, " and bank ", bank_shape, " do not multiply");
+    const int64_t batch = att_shape[0], k_count = att_shape[1], n = bank_shape[1];
+    outputs[0].set_shape(ov::Shape{att_shape[0], bank_shape[1]});
+    mix_banks(inputs[0].data<const float>(), inputs[1].data<const float>(), outputs[0].data<float>(), batch,
+              k_count, n);
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// DyTail
+
+enum Act : int64_t { kIdentity = 0, kRelu = 1, kHardswish = 2 };
+
+class DyTail : public ov::op::Op {
+public:
+    OPENVINO_OP("DyTail", "dymn_edge");
+
+    DyTail() = default;
+    DyTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
+        : Op(args), m_stride(stride), m_pad(pad), m_act(act), m_m(m) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override;
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<DyTail>(args, m_stride, m_pad, m_act, m_m);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("stride", m_stride);
+        visitor.on_attribute("pad", m_pad);
+        visitor.on_attribute("act", m_act);
+        visitor.on_attribute("m", m_m);
+        return true;
+    }
+
+    bool has_evaluate() const override {
+        for (size_t i = 0; i < get_input_size(); ++i)
+            if (get_input_element_type(i) != ov::element::f32)
+                return false;
+        return true;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+    int64_t m_stride = 1;
+    int64_t m_pad = 0;
+    int64_t m_act = kIdentity;
+    int64_t m_m = 2;
+};
+
+void DyTail::validate_and_infer_types() {
+    NODE_VALIDATION_CHECK(this, get_input_size() == 8,
+                          "DyTail takes 8 inputs (x, x_bias, att, bank, bias, coef, gate_f, gate_t), got ",
+                          get_input_size());
+    NODE_VALIDATION_CHECK(this, m_stride >= 1 && m_pad >= 0 && m_m >= 1, "DyTail: stride ", m_stride, ", pad ",
+                          m_pad, ", m ", m_m, " (want stride >= 1, pad >= 0, m >= 1)");
+    NODE_VALIDATION_CHECK(this, m_act >= kIdentity && m_act <= kHardswish, "DyTail: act ", m_act,
+                          " (0 identity, 1 relu, 2 hardswish)");
+    static const int64_t ranks[8] = {4, 1, 2, 4, 1, 2, 4, 4};
+    static const char* names[8] = {"x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"};
+    for (size_t i = 0; i < 8; ++i) {
+        NODE_VALIDATION_CHECK(this, f32_or_dynamic(get_input_element_type(i)), "DyTail input ", names[i],
+                              " must be float32, got ", get_input_element_type(i));
+        NODE_VALIDATION_CHECK(this, get_input_partial_shape(i).rank().compatible(ranks[i]), "DyTail input ",
+                              names[i], " must have rank ", ranks[i], ", got ", get_input_partial_shape(i));
+    }
+    auto dim = [this](size_t input, size_t axis) {
+        const auto& s = get_input_partial_shape(input);
+        return s.rank().is_static() ? s[axis] : ov::Dimension::dynamic();
+    };
+    ov::Dimension batch = dim(0, 0), channels = dim(0, 1), k = dim(3, 2), kw = dim(3, 3);
+    bool ok = merge_into(batch, dim(2, 0)) && merge_into(batch, dim(5, 0));
+    NODE_VALIDATION_CHECK(this, ok, "DyTail: x, att and coef disagree on the batch");
+    ok = merge_into(channels, dim(1, 0)) && merge_into(channels, dim(3, 1)) && merge_into(channels, dim(4, 0));
+    NODE_VALIDATION_CHECK(this, ok, "DyTail: x, x_bias, bank and bias disagree on the channels");
+    NODE_VALIDATION_CHECK(this, merge_into(k, kw), "DyTail: the bank's kernel must be square, got ",
+                          get_input_partial_shape(3));
+    NODE_VALIDATION_CHECK(this, dim(2, 1).compatible(dim(3, 0)), "DyTail: att and bank disagree on K");
+    if (channels.is_static() && dim(5, 1).is_static())
+        NODE_VALIDATION_CHECK(this, dim(5, 1).get_length() == 2 * m_m * channels.get_length(), "DyTail: coef has ",
+                              dim(5, 1), " columns, want 2 * m * C = ", 2 * m_m * channels.get_length());
+    const ov::Dimension f_out = window_dim(dim(0, 2), k, m_pad, m_stride);
+    const ov::Dimension t_out = window_dim(dim(0, 3), k, m_pad, m_stride);
+    NODE_VALIDATION_CHECK(this, dim(6, 2).compatible(f_out) && dim(6, 3).compatible(1),
+                          "DyTail: gate_f ", get_input_partial_shape(6), " is not (B, C, F', 1) with F' = ", f_out);
+    NODE_VALIDATION_CHECK(this, dim(7, 3).compatible(t_out) && dim(7, 2).compatible(1),
+                          "DyTail: gate_t ", get_input_partial_shape(7), " is not (B, C, 1, T') with T' = ", t_out);
+    set_output_type(0, ov::element::f32, ov::PartialShape{batch, channels, f_out, t_out});
+}
+
+// The geometry of one evaluate call.
+struct TailGeom {
+    int64_t batch, channels, f_in, t_in, k, k_count, f_out, t_out, stride, pad, m;
+    int64_t rows;   // padded rows held in the plane
+    int64_t width;  // floats per plane row
+    int64_t even;   // stride 2: the even columns come first, the odd ones from here
+};
+
+static float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+template <int ACT>
+static inline float act_fn(float v) {
+    if (ACT == kRelu)
+        return std::max(v, 0.0f);
+    if (ACT == kHardswish)
+        return v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    return v;
+}
+
+// One (b, c) plane of act(x + x_bias), zero-padded; for stride 2 each row is stored
+// de-interleaved (even columns, then odd) so every tap reads a contiguous run.
+template <int ACT>
+static void fill_plane(const float* x, float xb, const TailGeom& g, float* plane, float* row_tmp) {
+    const int64_t padded_t = g.t_in + 2 * g.pad;
+    for (int64_t r = 0; r < g.rows; ++r) {
+        float* row = plane + r * g.width;
+        const int64_t f = r - g.pad;
+        if (f < 0 || f >= g.f_in) {
+            std::fill(row, row + g.width, 0.0f);
+            continue;
+        }
+        float* dst = g.stride == 2 ? row_tmp : row;
+        const float* src = x + f * g.t_in;
+        std::fill(dst, dst + g.pad, 0.0f);
+#pragma omp simd
+        for (int64_t t = 0; t < g.t_in; ++t)
+            dst[g.pad + t] = act_fn<ACT>(src[t] + xb);
+        std::fill(dst + g.pad + g.t_in, dst + padded_t, 0.0f);
+        if (g.stride == 2) {
+            for (int64_t e = 0; e < g.even; ++e)
+                row[e] = row_tmp[2 * e];
+            for (int64_t o = 0; 2 * o + 1 < padded_t; ++o)
+                row[g.even + o] = row_tmp[2 * o + 1];
+        }
+    }
+}
+
+// The per-(b, c) constants of the output pass.
+struct TailChannel {
+    const float* w;       // k*k mixed kernel
+    float bias;
+    const float* gate_t;  // sigmoid(gate_t), T' values
+};
+
+// Dy-ReLU over m maps: max_j (a_j * d + b_j).
+template <int M>
+static inline float dy_relu(float d, const float* a, const float* b) {
+    float z = a[0] * d + b[0];
+    for (int j = 1; j < M; ++j)
+        z = std::max(z, a[j] * d + b[j]);
+    return z;
+}
+
+// One output row of a K x K, stride S kernel (K, S known at compile time; M maps, 0 = any).
+template <int K, int S, int M>
+static void tail_row(const float* rows, const TailGeom& g, const TailChannel& ch, float gate_f, int m,
+                     const float* a, const float* b, float* out) {
+    const float* tap[K][K];
+    for (int i = 0; i < K; ++i)
+        for (int j = 0; j < K; ++j)
+            tap[i][j] = rows + i * g.width + (S == 2 ? (j & 1) * g.even + (j >> 1) : j);
+    float w[K * K];
+    for (int i = 0; i < K * K; ++i)
+        w[i] = ch.w[i];
+    const float bias = ch.bias;
+    const float* gt = ch.gate_t;
+#pragma omp simd
+    for (int64_t t = 0; t < g.t_out; ++t) {
+        float d = bias;
+        for (int i = 0; i < K; ++i)
+            for (int j = 0; j < K; ++j)
+                d += w[i * K + j] * tap[i][j][t];
+        float z;
+        if (M > 0) {
+            z = dy_relu<M>(d, a, b);
+        } else {
+            z = a[0] * d + b[0];
+            for (int jm = 1; jm < m; ++jm)
+                z = std::max(z, a[jm] * d + b[jm]);
+        }
+        out[t] = z * gate_f * gt[t];
+    }
+}
+
+// Any kernel size and stride (stride 2 reads the de-interleaved rows).
+static void tail_row_generic(const float* rows, const TailGeom& g, const TailChannel& ch, float gate_f, int m,
+                             const float* a, const float* b, float* out) {
+    for (int64_t t = 0; t < g.t_out; ++t) {
+        float d = ch.bias;
+        for (int64_t i = 0; i < g.k; ++i) {
+            const float* row = rows + i * g.width;
+            for (int64_t j = 0; j < g.k; ++j) {
+                const int64_t col = t * g.stride + j;
+                const float v = g.stride == 2 ? row[(col & 1) * g.even + (col >> 1)] : row[col];
+                d += ch.w[i * g.k + j] * v;
+            }
+        }
+        float z = a[0] * d + b[0];
+        for (int jm = 1; jm < m; ++jm)
+            z = std::max(z, a[jm] * d + b[jm]);
+        out[t] = z * gate_f * ch.gate_t[t];
+    }
+}
+
+using RowFn = void (*)(const float*, const TailGeom&, const TailChannel&, float, int, const float*, const float*,
+                       float*);
+
+template <int K, int S>
+static RowFn pick_row_m(int64_t m) {
+    if (m == 1)
+        return tail_row<K, S, 1>;
+    if (m == 2)
+        return tail_row<K, S, 2>;
+    return tail_row<K, S, 0>;
+}
+
+static RowFn pick_row(const TailGeom& g) {
+    if (g.k == 3 && g.stride == 1)
+        return pick_row_m<3, 1>(g.m);
+    if (g.k == 3 && g.stride == 2)
+        return pick_row_m<3, 2>(g.m);
+    if (g.k == 5 && g.stride == 1)
+        return pick_row_m<5, 1>(g.m);
+    if (g.k == 5 && g.stride == 2)
+        return pick_row_m<5, 2>(g.m);
+    return tail_row_generic;
+}
+
+using FillFn = void (*)(const float*, float, const TailGeom&, float*, float*);
+
+static FillFn pick_fill(int64_t act) {
+    if (act == kRelu)
+        return fill_plane<kRelu>;
+    if (act == kHardswish)
+        return fill_plane<kHardswish>;
+    return fill_plane<kIdentity>;
+}
+
+static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_t pad, int64_t m) {
+    const auto& xs = in[0].get_shape();
+    const auto& bank = in[3].get_shape();
+    OPENVINO_ASSERT(xs.size() == 4 && bank.size() == 4 && bank[2] == bank[3] && bank[1] == xs[1],
+                    "DyTail: x ", xs, " and bank ", bank, " do not match");
+    TailGeom g{};
+    g.batch = xs[0], g.channels = xs[1], g.f_in = xs[2], g.t_in = xs[3];
+    g.k = bank[2], g.k_count = bank[0], g.stride = stride, g.pad = pad, g.m = m;
+    g.f_out = window_len(g.f_in, g.k, pad, stride);
+    g.t_out = window_len(g.t_in, g.k, pad, stride);
+    const ov::Shape want[8] = {
+        xs, {xs[1]}, {xs[0], bank[0]}, bank, {xs[1]}, {xs[0], static_cast<size_t>(2 * m) * xs[1]},
+        {xs[0], xs[1], static_cast<size_t>(g.f_out), 1}, {xs[0], xs[1], 1, static_cast<size_t>(g.t_out)}};
+    for (size_t i = 1; i < 8; ++i)
+        OPENVINO_ASSERT(in[i].get_shape() == want[i], "DyTail: input ", i, " has shape ", in[i].get_shape(),
+                        ", want ", want[i]);
+    const int64_t padded_t = g.t_in + 2 * pad;
+    g.rows = g.f_out > 0 ? (g.f_out - 1) * stride + g.k : 0;
+    g.width = padded_t;
+    g.even = (padded_t + 1) / 2;
+    return g;
+}
+
+// sigmoid of both gates, once per call.
+static void gate_sigmoids(const float* src, int64_t count, std::vector<float>& dst) {
+    dst.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i)
+        dst[i] = sigmoid(src[i]);
+}
+
+bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    const TailGeom g = tail_geometry(inputs, m_stride, m_pad, m_m);
+    outputs[0].set_shape(ov::Shape{static_cast<size_t>(g.batch), static_cast<size_t>(g.channels),
+                                   static_cast<size_t>(g.f_out), static_cast<size_t>(g.t_out)});
+    if (g.batch * g.channels * g.f_out * g.t_out == 0)
+        return true;
+    const float* x = inputs[0].data<const float>();
+    const float* x_bias = inputs[1].data<const float>();
+    const float* att = inputs[2].data<const float>();
+    const float* bank = inputs[3].data<const float>();
+    const float* bias = inputs[4].data<const float>();
+    const float* coef = inputs[5].data<const float>();
+    float* y = outputs[0].data<float>();
+    std::vector<float> sig_f, sig_t, plane(static_cast<size_t>(g.rows * g.width));
+    std::vector<float> row_tmp(static_cast<size_t>(g.width)), w(static_cast<size_t>(g.k * g.k));
+    std::vector<float> a(static_cast<size_t>(m_m)), b(static_cast<size_t>(m_m));
+    gate_sigmoids(inputs[6].data<const float>(), g.batch * g.channels * g.f_out, sig_f);
+    gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
+    const RowFn row_fn = pick_row(g);
+    const FillFn fill_fn = pick_fill(m_act);
+    const int64_t kk = g.k * g.k, plane_in = g.f_in * g.t_in, plane_out = g.f_out * g.t_out;
+    for (int64_t bi = 0; bi < g.batch; ++bi) {
+        const float* att_b = att + bi * g.k_count;
+        const float* coef_b = coef + bi * 2 * m_m * g.channels;
+        for (int64_t c = 0; c < g.channels; ++c) {
+            const int64_t bc = bi * g.channels + c;
+            for (int64_t i = 0; i < kk; ++i) {
+                float s = 0.0f;
+                for (int64_t q = 0; q < g.k_count; ++q)
+                    s += att_b[q] * bank[(q * g.channels + c) * kk + i];
+                w[i] = s;
+            }
+            for (int64_t j = 0; j < m_m; ++j) {
+                a[j] = coef_b[j * g.channels + c];
+                b[j] = coef_b[(m_m + j) * g.channels + c];
+            }
+            fill_fn(x + bc * plane_in, x_bias[c], g, plane.data(), row_tmp.data());
+            const TailChannel ch{w.data(), bias[c], sig_t.data() + bc * g.t_out};
+            float* out = y + bc * plane_out;
+            for (int64_t fo = 0; fo < g.f_out; ++fo)
+                row_fn(plane.data() + fo * g.stride * g.width, g, ch, sig_f[bc * g.f_out + fo],
+                       static_cast<int>(m_m), a.data(), b.data(), out + fo * g.t_out);
+        }
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// ONNX frontend: nodes of domain "dymn.edge"
+
+static ov::OutputVector inputs_of(const ov::frontend::NodeContext& node) {
+    ov::OutputVector in;
+    for (size_t i = 0; i < node.get_input_size(); ++i)
+        in.push_back(node.get_input(static_cast<int>(i)));
+    return in;
+}
+
+static ov::OutputVector convert_mix_banks(const ov::frontend::NodeContext& node) {
+    return std::make_shared<MixBanks>(inputs_of(node))->outputs();
+}
+
+static ov::OutputVector convert_dy_tail(const ov::frontend::NodeContext& node) {
+    const int64_t stride = node.get_attribute<int64_t>("stride", 1);
+    const int64_t pad = node.get_attribute<int64_t>("pad", 0);
+    const int64_t act = node.get_attribute<int64_t>("act", 0);
+    const int64_t m = node.get_attribute<int64_t>("m", 2);
+    return std::make_shared<DyTail>(inputs_of(node), stride, pad, act, m)->outputs();
+}
+
+}  // namespace dymn
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
+    std::make_shared<ov::OpExtension<dymn::MixBanks>>(),
+    std::make_shared<ov::OpExtension<dymn::DyTail>>(),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("MixBanks", "dymn.edge", dymn::convert_mix_banks),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("DyTail", "dymn.edge", dymn::convert_dy_tail),
+}));

@@ -1,0 +1,256 @@
+"""The fused OpenVINO ops (dymn_edge.runtime.ops): real g++, real OpenVINO, a NumPy reference.
+
+Each case is an ONNX graph holding one ``dymn.edge`` node (opset 18 + dymn.edge v1), read by
+OpenVINO after ``add_to_core``, compiled for CPU in f32 on one thread, and compared with a
+float64 NumPy reference of the op's definition: max abs error / max |y| below 1e-5. The
+builder's cache, rebuild, lock and error paths run the real compiler too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+from onnx import TensorProto, helper
+
+from dymn_edge.runtime import ops
+
+TOL = 1e-5
+CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+INPUTS = ("x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t")
+#: (F, T) at the op's input: odd and even, and smaller than the 5x5 kernel
+SIZES = [(9, 12), (8, 11), (2, 3), (1, 4), (5, 1)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """A private $DYMN_EDGE_CACHE holding the library built once for this module."""
+    root = tmp_path_factory.mktemp("ops_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DYMN_EDGE_CACHE", str(root))
+        yield root, ops.extension_path()
+
+
+# ------------------------------------------------------------------------------------------
+# references (float64)
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _act(v: np.ndarray, act: int) -> np.ndarray:
+    if act == 1:
+        return np.maximum(v, 0.0)
+    if act == 2:
+        return v * np.clip(v + 3.0, 0.0, 6.0) / 6.0
+    return v
+
+
+def dy_tail_ref(feeds: dict[str, np.ndarray], *, stride: int, pad: int, act: int, m: int) -> np.ndarray:
+    """The DyTail definition, written out in float64."""
+    f = {k: v.astype(np.float64) for k, v in feeds.items()}
+    batch, channels = f["x"].shape[:2]
+    k = f["bank"].shape[2]
+    u = _act(f["x"] + f["x_bias"][None, :, None, None], act)
+    u = np.pad(u, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    f_out = (u.shape[2] - k) // stride + 1
+    t_out = (u.shape[3] - k) // stride + 1
+    w = np.einsum("bk,kcij->bcij", f["att"], f["bank"])
+    d = np.broadcast_to(f["bias"][None, :, None, None], (batch, channels, f_out, t_out)).copy()
+    for i, j in itertools.product(range(k), range(k)):
+        window = u[:, :, i:i + stride * (f_out - 1) + 1:stride, j:j + stride * (t_out - 1) + 1:stride]
+        d += w[:, :, i, j][:, :, None, None] * window
+    a = f["coef"][:, :m * channels].reshape(batch, m, channels)[..., None, None]
+    b = f["coef"][:, m * channels:].reshape(batch, m, channels)[..., None, None]
+    z = np.max(a * d[:, None] + b, axis=1)
+    return z * _sigmoid(f["gate_f"]) * _sigmoid(f["gate_t"])
+
+
+# ------------------------------------------------------------------------------------------
+# graphs
+
+def _model(node: onnx.NodeProto, inputs: list[tuple[str, list]]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [node], "fused", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid(ops.GRAPH_DOMAIN, 1)])
+
+
+def dy_tail_shapes(batch, channels, f, t, *, k: int, stride: int, pad: int, m: int, k_count: int = 4) -> list:
+    """(name, shape) of the eight inputs; int sizes, or strings for dynamic dims."""
+    def out(n):
+        return (n + 2 * pad - k) // stride + 1 if isinstance(n, int) else f"{n}_out"
+    return list(zip(INPUTS, [[batch, channels, f, t], [channels], [batch, k_count], [k_count, channels, k, k],
+                             [channels], [batch, 2 * m * channels], [batch, channels, out(f), 1],
+                             [batch, channels, 1, out(t)]]))
+
+
+def dy_tail_model(shapes: list, *, stride: int, pad: int, act: int, m: int) -> onnx.ModelProto:
+    node = helper.make_node("DyTail", list(INPUTS), ["y"], domain=ops.GRAPH_DOMAIN,
+                            stride=stride, pad=pad, act=act, m=m)
+    return _model(node, shapes)
+
+
+def random_feeds(shapes: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs spread over the activations' kinks (hardswish bends at -3 and 3)."""
+    return {n: (rng.standard_normal(s) * (2.5 if n in ("x", "x_bias") else 1.0)).astype(np.float32)
+            for n, s in shapes}
+
+
+def compile_onnx(model: onnx.ModelProto, folder: Path) -> ov.CompiledModel:
+    path = folder / "fused.onnx"
+    onnx.save(model, path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    return core.compile_model(core.read_model(str(path)), "CPU", CONFIG)
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+# ------------------------------------------------------------------------------------------
+# DyTail / MixBanks against the references
+
+CASES = list(itertools.product([3, 5], [1, 2], [0, 1, 2], [1, 2], [1, 2]))
+
+
+@pytest.mark.parametrize(("k", "stride", "act", "m", "batch"), CASES)
+def test_dy_tail_matches_reference(cache, tmp_path: Path, k: int, stride: int, act: int, m: int,
+                                   batch: int) -> None:
+    rng = np.random.default_rng(CASES.index((k, stride, act, m, batch)))
+    pad = (k - 1) // 2
+    for f, t in SIZES:
+        shapes = dy_tail_shapes(batch, 6, f, t, k=k, stride=stride, pad=pad, m=m)
+        compiled = compile_onnx(dy_tail_model(shapes, stride=stride, pad=pad, act=act, m=m), tmp_path)
+        feeds = random_feeds(shapes, rng)
+        got = compiled(feeds)[0]
+        want = dy_tail_ref(feeds, stride=stride, pad=pad, act=act, m=m)
+        assert rel_error(got, want) < TOL, (f, t)
+
+
+def test_dy_tail_dynamic_shapes(cache, tmp_path: Path) -> None:
+    """Compiled without a reshape: the output's partial shape follows the inputs and attrs, and
+    two lengths run through the one compiled model."""
+    k, stride, pad, m = 5, 2, 2, 2
+    shapes = dy_tail_shapes("B", 4, 16, "T", k=k, stride=stride, pad=pad, m=m)
+    compiled = compile_onnx(dy_tail_model(shapes, stride=stride, pad=pad, act=2, m=m), tmp_path)
+    assert str(compiled.output(0).get_partial_shape()) == "[?,4,8,?]"
+    rng = np.random.default_rng(7)
+    for batch, t in ((1, 10), (2, 23)):
+        concrete = dy_tail_shapes(batch, 4, 16, t, k=k, stride=stride, pad=pad, m=m)
+        feeds = random_feeds(concrete, rng)
+        got = compiled(feeds)[0]
+        assert got.shape == (batch, 4, 8, (t + 2 * pad - k) // stride + 1)
+        assert rel_error(got, dy_tail_ref(feeds, stride=stride, pad=pad, act=2, m=m)) < TOL
+
+
+def test_dy_tail_refuses_a_coef_of_the_wrong_width(cache, tmp_path: Path) -> None:
+    shapes = dy_tail_shapes(1, 4, 8, 8, k=3, stride=1, pad=1, m=2)
+    shapes[5] = ("coef", [1, 12])  # 2 * m * C = 16
+    with pytest.raises(Exception, match="2 \\* m \\* C = 16"):
+        compile_onnx(dy_tail_model(shapes, stride=1, pad=1, act=1, m=2), tmp_path)
+
+
+@pytest.mark.parametrize(("batch", "k_count", "n"), [(1, 4, 1), (2, 4, 7), (1, 1, 1024), (2, 5, 3000), (3, 4, 153600)])
+def test_mix_banks_matches_reference(cache, tmp_path: Path, batch: int, k_count: int, n: int) -> None:
+    node = helper.make_node("MixBanks", ["att", "bank"], ["y"], domain=ops.GRAPH_DOMAIN)
+    compiled = compile_onnx(_model(node, [("att", [batch, k_count]), ("bank", [k_count, n])]), tmp_path)
+    rng = np.random.default_rng(n)
+    att = rng.random((batch, k_count), dtype=np.float32)
+    bank = rng.standard_normal((k_count, n)).astype(np.float32)
+    got = compiled({"att": att, "bank": bank})[0]
+    assert rel_error(got, att.astype(np.float64) @ bank.astype(np.float64)) < TOL
+
+
+def test_mix_banks_dynamic_batch(cache, tmp_path: Path) -> None:
+    node = helper.make_node("MixBanks", ["att", "bank"], ["y"], domain=ops.GRAPH_DOMAIN)
+    compiled = compile_onnx(_model(node, [("att", ["B", 4]), ("bank", [4, 50])]), tmp_path)
+    assert str(compiled.output(0).get_partial_shape()) == "[?,50]"
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        att = rng.random((batch, 4), dtype=np.float32)
+        bank = rng.standard_normal((4, 50)).astype(np.float32)
+        assert rel_error(compiled({"att": att, "bank": bank})[0], att.astype(np.float64) @ bank) < TOL
+
+
+def test_uses_fused_ops(tmp_path: Path) -> None:
+    fused = tmp_path / "fused.onnx"
+    onnx.save(dy_tail_model(dy_tail_shapes(1, 2, 4, 4, k=3, stride=1, pad=1, m=2), stride=1, pad=1, act=0, m=2),
+              fused)
+    plain = tmp_path / "plain.onnx"
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    onnx.save(helper.make_model(helper.make_graph(
+        [relu], "plain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])), plain)
+    assert ops.uses_fused_ops(fused) and not ops.uses_fused_ops(plain)
+
+
+# ------------------------------------------------------------------------------------------
+# the builder: cache, key, rebuild, lock, errors
+
+def test_cached_library_is_reused_and_a_new_key_builds_anew(cache, monkeypatch) -> None:
+    root, first = cache
+    assert first.is_file() and first.is_relative_to(root / "ops")
+    mtime = first.stat().st_mtime_ns
+    assert ops.extension_path() == first and first.stat().st_mtime_ns == mtime
+    monkeypatch.setattr(ops, "BASE_FLAGS", (*ops.BASE_FLAGS, "-DDYMN_TEST_KEY=1"))
+    other = ops.extension_path()
+    assert other != first and other.is_file() and first.stat().st_mtime_ns == mtime
+    assert not [p for p in other.parent.iterdir() if p.name.startswith(".build-")]  # temp file moved in place
+
+
+def test_rebuild_replaces_the_library(cache) -> None:
+    _, first = cache
+    before = first.stat().st_mtime_ns
+    assert ops.extension_path(rebuild=True) == first
+    assert first.stat().st_mtime_ns > before
+
+
+def test_two_processes_build_once(tmp_path: Path) -> None:
+    """The file lock: two processes on an empty cache, one compile, one library."""
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+            "from dymn_edge.runtime import ops; print('PATH', ops.extension_path())")
+    env = {**os.environ, "DYMN_EDGE_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {ln.split(" ", 1)[1] for out in outs for ln in out.splitlines() if ln.startswith("PATH ")}
+    assert len(paths) == 1 and Path(paths.pop()).is_file()
+    assert sum(out.count("building the dymn-edge OpenVINO ops") for out in outs) == 1, outs
+
+
+def test_missing_compiler_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent")
+    with pytest.raises(ops.ExtensionBuildError) as err:
+        ops.extension_path()
+    assert "\n" not in str(err.value) and "/nonexistent" in str(err.value) and "apt install g++" in str(err.value)
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    with pytest.raises(ops.ExtensionBuildError, match="needs a C\\+\\+ compiler") as err:
+        ops.extension_path()
+    assert "\n" not in str(err.value)
+
+
+def test_failed_compile_is_one_line_with_the_error(tmp_path: Path, monkeypatch) -> None:
+    fake = tmp_path / "fake++"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\n"
+                    "echo 'In file included from x.hpp' >&2; echo 'x.cpp:1:2: error: boom' >&2; exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(fake))
+    with pytest.raises(ops.ExtensionBuildError, match="fake\\+\\+ exit 1\\): x.cpp:1:2: error: boom") as err:
+        ops.extension_path()
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built left in the cache
