@@ -223,12 +223,17 @@ void DyTail::validate_and_infer_types() {
     set_output_type(0, ov::element::f32, ov::PartialShape{batch, channels, f_out, t_out});
 }
 
-// The geometry of one evaluate call.
+// The geometry of one evaluate call. The activated, zero-padded input of one (b, c) is held
+// as stride x stride phase planes: phase (pr, pc) holds padded element (S*r + pr, S*c + pc), so
+// a strided tap reads a contiguous run and output row f' of tap row i is row f' + i/S of phase
+// i%S. Output rows are computed in chunks that read the planes as one flat run (the few
+// columns past T' in each row are computed and dropped), which keeps short rows vectorized.
 struct TailGeom {
     int64_t batch, channels, f_in, t_in, k, k_count, f_out, t_out, stride, pad, m;
-    int64_t rows;   // padded rows held in the plane
-    int64_t width;  // floats per plane row
-    int64_t even;   // stride 2: the even columns come first, the odd ones from here
+    int64_t phase_rows;   // rows of one phase plane
+    int64_t pitch;        // floats per phase-plane row
+    int64_t phase_size;   // floats per phase plane
+    int64_t chunk_rows;   // output rows per flat run
 };
 
 static float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
@@ -242,133 +247,101 @@ static inline float act_fn(float v) {
     return v;
 }
 
-// One (b, c) plane of act(x + x_bias), zero-padded; for stride 2 each row is stored
-// de-interleaved (even columns, then odd) so every tap reads a contiguous run.
+// Writes act(x + x_bias) of one (b, c) into the phase planes (the zero border, written once per
+// call, is never touched).
 template <int ACT>
-static void fill_plane(const float* x, float xb, const TailGeom& g, float* plane, float* row_tmp) {
-    const int64_t padded_t = g.t_in + 2 * g.pad;
-    for (int64_t r = 0; r < g.rows; ++r) {
-        float* row = plane + r * g.width;
-        const int64_t f = r - g.pad;
-        if (f < 0 || f >= g.f_in) {
-            std::fill(row, row + g.width, 0.0f);
-            continue;
-        }
-        float* dst = g.stride == 2 ? row_tmp : row;
+static void fill_planes(const float* x, float xb, const TailGeom& g, float* planes) {
+    const int64_t s = g.stride;
+    for (int64_t f = 0; f < g.f_in; ++f) {
+        const int64_t r = f + g.pad;
         const float* src = x + f * g.t_in;
-        std::fill(dst, dst + g.pad, 0.0f);
+        for (int64_t pc = 0; pc < s; ++pc) {
+            // input columns t with (t + pad) % s == pc land at phase column (t + pad) / s
+            const int64_t t0 = ((pc - g.pad) % s + s) % s;
+            if (t0 >= g.t_in)
+                continue;
+            float* dst = planes + ((r % s) * s + pc) * g.phase_size + (r / s) * g.pitch + (t0 + g.pad) / s;
+            const int64_t n = (g.t_in - t0 + s - 1) / s;
+            const float* in = src + t0;
 #pragma omp simd
-        for (int64_t t = 0; t < g.t_in; ++t)
-            dst[g.pad + t] = act_fn<ACT>(src[t] + xb);
-        std::fill(dst + g.pad + g.t_in, dst + padded_t, 0.0f);
-        if (g.stride == 2) {
-            for (int64_t e = 0; e < g.even; ++e)
-                row[e] = row_tmp[2 * e];
-            for (int64_t o = 0; 2 * o + 1 < padded_t; ++o)
-                row[g.even + o] = row_tmp[2 * o + 1];
+            for (int64_t i = 0; i < n; ++i)
+                dst[i] = act_fn<ACT>(in[i * s] + xb);
         }
     }
 }
 
-// The per-(b, c) constants of the output pass.
-struct TailChannel {
-    const float* w;       // k*k mixed kernel
-    float bias;
-    const float* gate_t;  // sigmoid(gate_t), T' values
-};
-
-// Dy-ReLU over m maps: max_j (a_j * d + b_j).
-template <int M>
-static inline float dy_relu(float d, const float* a, const float* b) {
-    float z = a[0] * d + b[0];
-    for (int j = 1; j < M; ++j)
-        z = std::max(z, a[j] * d + b[j]);
-    return z;
-}
-
-// One output row of a K x K, stride S kernel (K, S known at compile time; M maps, 0 = any).
-template <int K, int S, int M>
-static void tail_row(const float* rows, const TailGeom& g, const TailChannel& ch, float gate_f, int m,
-                     const float* a, const float* b, float* out) {
-    const float* tap[K][K];
+// d[q] = bias + sum_ij w_ij * tap_ij[q] over a flat run of n outputs (K, S known at compile time).
+template <int K, int S>
+static void conv_run(const float* planes, const TailGeom& g, const float* w, float bias, int64_t n, float* d) {
+    const float* rp[K][S];
     for (int i = 0; i < K; ++i)
-        for (int j = 0; j < K; ++j)
-            tap[i][j] = rows + i * g.width + (S == 2 ? (j & 1) * g.even + (j >> 1) : j);
-    float w[K * K];
+        for (int pc = 0; pc < S; ++pc)
+            rp[i][pc] = planes + ((i % S) * S + pc) * g.phase_size + (i / S) * g.pitch;
+    float wk[K * K];
     for (int i = 0; i < K * K; ++i)
-        w[i] = ch.w[i];
-    const float bias = ch.bias;
-    const float* gt = ch.gate_t;
+        wk[i] = w[i];
 #pragma omp simd
-    for (int64_t t = 0; t < g.t_out; ++t) {
-        float d = bias;
+    for (int64_t q = 0; q < n; ++q) {
+        float acc = bias;
         for (int i = 0; i < K; ++i)
             for (int j = 0; j < K; ++j)
-                d += w[i * K + j] * tap[i][j][t];
-        float z;
-        if (M > 0) {
-            z = dy_relu<M>(d, a, b);
-        } else {
-            z = a[0] * d + b[0];
-            for (int jm = 1; jm < m; ++jm)
-                z = std::max(z, a[jm] * d + b[jm]);
-        }
-        out[t] = z * gate_f * gt[t];
+                acc += wk[i * K + j] * rp[i][j % S][q + j / S];
+        d[q] = acc;
     }
 }
 
-// Any kernel size and stride (stride 2 reads the de-interleaved rows).
-static void tail_row_generic(const float* rows, const TailGeom& g, const TailChannel& ch, float gate_f, int m,
-                             const float* a, const float* b, float* out) {
-    for (int64_t t = 0; t < g.t_out; ++t) {
-        float d = ch.bias;
-        for (int64_t i = 0; i < g.k; ++i) {
-            const float* row = rows + i * g.width;
-            for (int64_t j = 0; j < g.k; ++j) {
-                const int64_t col = t * g.stride + j;
-                const float v = g.stride == 2 ? row[(col & 1) * g.even + (col >> 1)] : row[col];
-                d += ch.w[i * g.k + j] * v;
-            }
+// Any kernel size and stride.
+static void conv_run_generic(const float* planes, const TailGeom& g, const float* w, float bias, int64_t n,
+                             float* d) {
+    const int64_t s = g.stride;
+    std::fill(d, d + n, bias);
+    for (int64_t i = 0; i < g.k; ++i)
+        for (int64_t j = 0; j < g.k; ++j) {
+            const float* tap = planes + ((i % s) * s + j % s) * g.phase_size + (i / s) * g.pitch + j / s;
+            const float wij = w[i * g.k + j];
+#pragma omp simd
+            for (int64_t q = 0; q < n; ++q)
+                d[q] += wij * tap[q];
         }
-        float z = a[0] * d + b[0];
-        for (int jm = 1; jm < m; ++jm)
-            z = std::max(z, a[jm] * d + b[jm]);
-        out[t] = z * gate_f * ch.gate_t[t];
+}
+
+// out[t] = max_j (a_j * d[t] + b_j) * gate_f * gate_t[t]   (M maps known at compile time; 0: m)
+template <int M>
+static void epilogue(const float* d, int64_t n, int m, const float* a, const float* b, float gate_f,
+                     const float* gate_t, float* out) {
+    const int maps = M > 0 ? M : m;
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) {
+        const float v = d[t];
+        float z = a[0] * v + b[0];
+        for (int j = 1; j < maps; ++j)
+            z = std::max(z, a[j] * v + b[j]);
+        out[t] = z * gate_f * gate_t[t];
     }
 }
 
-using RowFn = void (*)(const float*, const TailGeom&, const TailChannel&, float, int, const float*, const float*,
-                       float*);
+using ConvFn = void (*)(const float*, const TailGeom&, const float*, float, int64_t, float*);
+using EpiFn = void (*)(const float*, int64_t, int, const float*, const float*, float, const float*, float*);
+using FillFn = void (*)(const float*, float, const TailGeom&, float*);
 
-template <int K, int S>
-static RowFn pick_row_m(int64_t m) {
-    if (m == 1)
-        return tail_row<K, S, 1>;
-    if (m == 2)
-        return tail_row<K, S, 2>;
-    return tail_row<K, S, 0>;
+static ConvFn pick_conv(int64_t k, int64_t s) {
+    if (k == 3 && s == 1)
+        return conv_run<3, 1>;
+    if (k == 3 && s == 2)
+        return conv_run<3, 2>;
+    if (k == 5 && s == 1)
+        return conv_run<5, 1>;
+    if (k == 5 && s == 2)
+        return conv_run<5, 2>;
+    return conv_run_generic;
 }
 
-static RowFn pick_row(const TailGeom& g) {
-    if (g.k == 3 && g.stride == 1)
-        return pick_row_m<3, 1>(g.m);
-    if (g.k == 3 && g.stride == 2)
-        return pick_row_m<3, 2>(g.m);
-    if (g.k == 5 && g.stride == 1)
-        return pick_row_m<5, 1>(g.m);
-    if (g.k == 5 && g.stride == 2)
-        return pick_row_m<5, 2>(g.m);
-    return tail_row_generic;
+static EpiFn pick_epilogue(int64_t m) {
+    return m == 1 ? epilogue<1> : m == 2 ? epilogue<2> : epilogue<0>;
 }
-
-using FillFn = void (*)(const float*, float, const TailGeom&, float*, float*);
 
 static FillFn pick_fill(int64_t act) {
-    if (act == kRelu)
-        return fill_plane<kRelu>;
-    if (act == kHardswish)
-        return fill_plane<kHardswish>;
-    return fill_plane<kIdentity>;
+    return act == kRelu ? fill_planes<kRelu> : act == kHardswish ? fill_planes<kHardswish> : fill_planes<kIdentity>;
 }
 
 static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_t pad, int64_t m) {
@@ -387,18 +360,30 @@ static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_
     for (size_t i = 1; i < 8; ++i)
         OPENVINO_ASSERT(in[i].get_shape() == want[i], "DyTail: input ", i, " has shape ", in[i].get_shape(),
                         ", want ", want[i]);
-    const int64_t padded_t = g.t_in + 2 * pad;
-    g.rows = g.f_out > 0 ? (g.f_out - 1) * stride + g.k : 0;
-    g.width = padded_t;
-    g.even = (padded_t + 1) / 2;
+    g.phase_rows = (g.f_in + 2 * pad + stride - 1) / stride;
+    g.pitch = (g.t_in + 2 * pad + stride - 1) / stride;
+    g.phase_size = g.phase_rows * g.pitch;
+    g.chunk_rows = std::min<int64_t>(std::max<int64_t>(1, 256 / g.pitch), std::max<int64_t>(g.f_out, 1));
     return g;
 }
 
-// sigmoid of both gates, once per call.
+// sigmoid of a gate, once per call.
 static void gate_sigmoids(const float* src, int64_t count, std::vector<float>& dst) {
     dst.resize(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i)
         dst[i] = sigmoid(src[i]);
+}
+
+// The (F', T') output plane of one (b, c) from its filled phase planes, chunk by chunk.
+static void tail_plane(const float* planes, const TailGeom& g, ConvFn conv, EpiFn epi, const float* w, float bias,
+                       const float* a, const float* b, const float* sig_f, const float* sig_t, float* d, float* out) {
+    for (int64_t f0 = 0; f0 < g.f_out; f0 += g.chunk_rows) {
+        const int64_t rows = std::min(g.chunk_rows, g.f_out - f0);
+        conv(planes + f0 * g.pitch, g, w, bias, (rows - 1) * g.pitch + g.t_out, d);
+        for (int64_t r = 0; r < rows; ++r)
+            epi(d + r * g.pitch, g.t_out, static_cast<int>(g.m), a, b, sig_f[f0 + r], sig_t,
+                out + (f0 + r) * g.t_out);
+    }
 }
 
 bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
@@ -409,40 +394,32 @@ bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs)
         return true;
     const float* x = inputs[0].data<const float>();
     const float* x_bias = inputs[1].data<const float>();
-    const float* att = inputs[2].data<const float>();
-    const float* bank = inputs[3].data<const float>();
     const float* bias = inputs[4].data<const float>();
     const float* coef = inputs[5].data<const float>();
     float* y = outputs[0].data<float>();
-    std::vector<float> sig_f, sig_t, plane(static_cast<size_t>(g.rows * g.width));
-    std::vector<float> row_tmp(static_cast<size_t>(g.width)), w(static_cast<size_t>(g.k * g.k));
+    const int64_t kk = g.k * g.k, plane_in = g.f_in * g.t_in, plane_out = g.f_out * g.t_out;
+    std::vector<float> sig_f, sig_t, planes(static_cast<size_t>(g.stride * g.stride * g.phase_size), 0.0f);
+    std::vector<float> w(static_cast<size_t>(g.channels * kk)), d(static_cast<size_t>(g.chunk_rows * g.pitch));
     std::vector<float> a(static_cast<size_t>(m_m)), b(static_cast<size_t>(m_m));
     gate_sigmoids(inputs[6].data<const float>(), g.batch * g.channels * g.f_out, sig_f);
     gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
-    const RowFn row_fn = pick_row(g);
-    const FillFn fill_fn = pick_fill(m_act);
-    const int64_t kk = g.k * g.k, plane_in = g.f_in * g.t_in, plane_out = g.f_out * g.t_out;
+    const ConvFn conv = pick_conv(g.k, g.stride);
+    const EpiFn epi = pick_epilogue(m_m);
+    const FillFn fill = pick_fill(m_act);
     for (int64_t bi = 0; bi < g.batch; ++bi) {
-        const float* att_b = att + bi * g.k_count;
+        // this sample's C kernels at once: att (1, K) @ bank (K, C*k*k)
+        mix_banks(inputs[2].data<const float>() + bi * g.k_count, inputs[3].data<const float>(), w.data(), 1,
+                  g.k_count, g.channels * kk);
         const float* coef_b = coef + bi * 2 * m_m * g.channels;
         for (int64_t c = 0; c < g.channels; ++c) {
             const int64_t bc = bi * g.channels + c;
-            for (int64_t i = 0; i < kk; ++i) {
-                float s = 0.0f;
-                for (int64_t q = 0; q < g.k_count; ++q)
-                    s += att_b[q] * bank[(q * g.channels + c) * kk + i];
-                w[i] = s;
-            }
             for (int64_t j = 0; j < m_m; ++j) {
                 a[j] = coef_b[j * g.channels + c];
                 b[j] = coef_b[(m_m + j) * g.channels + c];
             }
-            fill_fn(x + bc * plane_in, x_bias[c], g, plane.data(), row_tmp.data());
-            const TailChannel ch{w.data(), bias[c], sig_t.data() + bc * g.t_out};
-            float* out = y + bc * plane_out;
-            for (int64_t fo = 0; fo < g.f_out; ++fo)
-                row_fn(plane.data() + fo * g.stride * g.width, g, ch, sig_f[bc * g.f_out + fo],
-                       static_cast<int>(m_m), a.data(), b.data(), out + fo * g.t_out);
+            fill(x + bc * plane_in, x_bias[c], g, planes.data());
+            tail_plane(planes.data(), g, conv, epi, w.data() + c * kk, bias[c], a.data(), b.data(),
+                       sig_f.data() + bc * g.f_out, sig_t.data() + bc * g.t_out, d.data(), y + bc * plane_out);
         }
     }
     return true;
