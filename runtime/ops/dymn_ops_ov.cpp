@@ -236,7 +236,24 @@ struct TailGeom {
     int64_t chunk_rows;   // output rows per flat run
 };
 
-static float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+// exp(v) for the gates, written so a loop of it vectorizes (libm's expf is a scalar call): a
+// Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial (the Cephes expf
+// coefficients), within ~2 ulp of expf; v is clamped to the range where 2^n stays normal.
+static inline float exp_vec(float v) {
+    v = std::min(std::max(v, -87.3f), 88.3f);
+    // n = round(v / ln2) by the 1.5 * 2^23 trick (floor / branches would not vectorize)
+    const float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (v - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    return p * __builtin_bit_cast(float, bits);  // 2^n (GCC >= 11, clang >= 9; memcpy would not vectorize)
+}
 
 template <int ACT>
 static inline float act_fn(float v) {
@@ -370,16 +387,23 @@ static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_
 // sigmoid of a gate, once per call.
 static void gate_sigmoids(const float* src, int64_t count, std::vector<float>& dst) {
     dst.resize(static_cast<size_t>(count));
+    float* out = dst.data();
+#pragma omp simd
     for (int64_t i = 0; i < count; ++i)
-        dst[i] = sigmoid(src[i]);
+        out[i] = 1.0f / (1.0f + exp_vec(-src[i]));
 }
+
+//: floats of zeros after the planes and the run buffer, so runs round up to whole vectors
+constexpr int64_t kSlack = 16;
 
 // The (F', T') output plane of one (b, c) from its filled phase planes, chunk by chunk.
 static void tail_plane(const float* planes, const TailGeom& g, ConvFn conv, EpiFn epi, const float* w, float bias,
                        const float* a, const float* b, const float* sig_f, const float* sig_t, float* d, float* out) {
     for (int64_t f0 = 0; f0 < g.f_out; f0 += g.chunk_rows) {
         const int64_t rows = std::min(g.chunk_rows, g.f_out - f0);
-        conv(planes + f0 * g.pitch, g, w, bias, (rows - 1) * g.pitch + g.t_out, d);
+        // a whole number of vectors: the scalar tail of a short run costs as much as the run
+        const int64_t n = ((rows - 1) * g.pitch + g.t_out + kSlack - 1) / kSlack * kSlack;
+        conv(planes + f0 * g.pitch, g, w, bias, n, d);
         for (int64_t r = 0; r < rows; ++r)
             epi(d + r * g.pitch, g.t_out, static_cast<int>(g.m), a, b, sig_f[f0 + r], sig_t,
                 out + (f0 + r) * g.t_out);
@@ -398,8 +422,8 @@ bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs)
     const float* coef = inputs[5].data<const float>();
     float* y = outputs[0].data<float>();
     const int64_t kk = g.k * g.k, plane_in = g.f_in * g.t_in, plane_out = g.f_out * g.t_out;
-    std::vector<float> sig_f, sig_t, planes(static_cast<size_t>(g.stride * g.stride * g.phase_size), 0.0f);
-    std::vector<float> w(static_cast<size_t>(g.channels * kk)), d(static_cast<size_t>(g.chunk_rows * g.pitch));
+    std::vector<float> sig_f, sig_t, planes(static_cast<size_t>(g.stride * g.stride * g.phase_size + kSlack), 0.0f);
+    std::vector<float> w(static_cast<size_t>(g.channels * kk)), d(static_cast<size_t>(g.chunk_rows * g.pitch + kSlack));
     std::vector<float> a(static_cast<size_t>(m_m)), b(static_cast<size_t>(m_m));
     gate_sigmoids(inputs[6].data<const float>(), g.batch * g.channels * g.f_out, sig_f);
     gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
