@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dymn_edge.benchmarks import export_cache
-from dymn_edge.benchmarks.config import CALIBRATED, BenchConfig, variant_file
+from dymn_edge.benchmarks.config import CALIBRATED, FUSED, BenchConfig, variant_file
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.export import api as export_api
 from dymn_edge.export.config import ExportConfig, QuantizationConfig
@@ -91,9 +91,10 @@ def _export_file(model: str, variant: str, weights: str | None, random_init: boo
     row: dict[str, Any] = {"name": variant, "model": model, "format": fmt, "precision": prec}
     t0 = time.perf_counter()
     try:
-        base = "fp32" if prec == "waveform" else "int8" if quantization is not None else prec
+        base = "fp32" if prec in ("waveform", FUSED) else "int8" if quantization is not None else prec
         ec = ExportConfig(model=model, weights=weights, random_init=random_init, format=fmt,
                           precision=base, waveform=prec == "waveform",
+                          strategy=FUSED if prec == FUSED else None,
                           quantization=quantization,
                           calibration=calibration if quantization is not None else None,
                           # a row is the recipe it is named after: over the held-out bound it

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dymn_edge.arch import DynConvStrategy
 from dymn_edge.cliutil import check_input_file
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.formats import format_spec, int8_variants, iter_variants
 from dymn_edge.registry import Arch, get_spec, list_models
-from dymn_edge.runtime.engines import ENGINES
+from dymn_edge.runtime.engines import ENGINES, FUSED_ENGINES
 
 RESULT_SCHEMA = 1
 REFERENCE_NAME = "pytorch:fp32"
@@ -137,12 +138,22 @@ def variant_file(variant: str) -> tuple[str, str]:
     return variant, next(e.name for e in ENGINES if e.format == head and e.validates)
 
 
+#: the pseudo-precision of fused-form rows (``openvino:fused``: the fp32 ONNX file exported
+#: with ``--strategy fused``, timed in OpenVINO with the dymn-edge operators)
+FUSED = DynConvStrategy.FUSED.value
+
+
 def normalize_variant(text: str) -> str:
     """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table.
 
     An engine name (``openvino:fp32``) is a row of the format it runs, timed in that engine.
     """
     fmt, _, prec = text.strip().lower().partition(":")
+    if prec == FUSED:  # the fp32 ONNX file in the fused form: only its engines run it
+        if fmt not in FUSED_ENGINES:
+            raise DymnEdgeError(f"{fmt}:{FUSED} is no row: fused ONNX files run in "
+                                f"{' or '.join(FUSED_ENGINES)} only ({FUSED_ENGINES[0]}:{FUSED})")
+        return f"{fmt}:{FUSED}"
     if fmt in ENGINE_VARIANTS:
         if (prec or "fp32") == "waveform":
             raise DymnEdgeError(f"{fmt} rows take the model files (fp32, fp16, int8), not waveform ones")

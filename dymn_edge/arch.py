@@ -95,11 +95,14 @@ class DynConvStrategy(str, enum.Enum):
     STATIC_K = "static_k"  # K static depthwise convs weighted by the attention: any batch, fully XNNPACK-delegated in LiteRT
     RUNTIME_WEIGHT = "runtime_weight"  # one conv with the per-sample aggregated weight: batch 1 only
     STRIDE_SPLIT = "stride_split"  # runtime_weight at stride 1, static_k at stride 2 (ONNX Runtime's runtime-weight kernel is slow at stride 2): batch 1 only
+    FUSED = "fused"  # runtime-weight depthwise with Dy-ReLU and coordinate attention in one custom op (ONNX for OpenVINO with the dymn-edge extension): any batch
 
 
 def depthwise_form(strategy: DynConvStrategy | str, stride: int) -> DynConvStrategy:
     """The form (``static_k`` or ``runtime_weight``) one depthwise Dy-Conv of ``stride`` takes."""
     s = DynConvStrategy(strategy)
+    if s is DynConvStrategy.FUSED:  # one conv with the mixed kernel, inside DyTail
+        return DynConvStrategy.RUNTIME_WEIGHT
     if s is DynConvStrategy.STRIDE_SPLIT:
         return DynConvStrategy.STATIC_K if stride > 1 else DynConvStrategy.RUNTIME_WEIGHT
     return s
@@ -107,7 +110,7 @@ def depthwise_form(strategy: DynConvStrategy | str, stride: int) -> DynConvStrat
 
 def strategy_supports_dynamic_batch(strategy: DynConvStrategy | str) -> bool:
     """Whether a model patched with ``strategy`` runs (and exports) with any batch size."""
-    return DynConvStrategy(strategy) is DynConvStrategy.STATIC_K
+    return DynConvStrategy(strategy) in (DynConvStrategy.STATIC_K, DynConvStrategy.FUSED)
 
 
 class Layout(str, enum.Enum):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import dymn_edge
-from dymn_edge.errors import MetadataError, one_line
+from dymn_edge.errors import DymnEdgeError, MetadataError, one_line
 from dymn_edge.formats import FORMATS, format_of_bytes, format_spec
 from dymn_edge.frontend import frames_for_seconds
 from dymn_edge.ort import ort_session
@@ -225,6 +225,9 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
     except ImportError:
         pass
     except Exception as exc:  # ORT raises its own types for a truncated / corrupt file
+        fused = _fused_file_props(path)  # a file ORT cannot run, but a dymn-edge one
+        if fused is not None:
+            return fused
         raise MetadataError(f"{path}: not a readable ONNX file ({one_line(exc)})") from exc
     try:
         import onnx  # noqa: PLC0415  (optional: onnxruntime is the usual reader)
@@ -235,6 +238,19 @@ def _read_onnx_metadata_props(path: Path) -> dict[str, str]:
         raise MetadataError(
             f"{path}: reading ONNX metadata needs onnxruntime: pip install 'dymn-edge[onnx]'"
         ) from exc
+
+
+def _fused_file_props(path: Path) -> dict[str, str] | None:
+    """The metadata of a ``--strategy fused`` file, whose operators ONNX Runtime has no kernels for."""
+    # lazy: the wire-format reader lives in the runtime package, which imports this module
+    from dymn_edge.runtime.onnx_props import read_onnx_metadata_props  # noqa: PLC0415
+
+    try:
+        props = read_onnx_metadata_props(path)
+        strategy = json.loads(props.get(METADATA_KEY, "{}")).get("strategy")
+    except (DymnEdgeError, ValueError, AttributeError):
+        return None
+    return props if strategy == "fused" else None
 
 
 def read_onnx_metadata(path: Path) -> str | None:

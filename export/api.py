@@ -21,9 +21,10 @@ from typing import TextIO
 
 import numpy as np
 
-from dymn_edge.arch import strategy_supports_dynamic_batch
+from dymn_edge.arch import DynConvStrategy, strategy_supports_dynamic_batch
+from dymn_edge.export.fused_onnx import uses_fused_ops
 from dymn_edge.atomic import create_partial, remove_dead_partials
-from dymn_edge.errors import DymnEdgeError, LabelsError, ValidationError
+from dymn_edge.errors import DymnEdgeError, ExportError, LabelsError, ValidationError
 from dymn_edge.export import heldout
 from dymn_edge.export import validate as v
 from dymn_edge.export.calibration import calibration_mels
@@ -178,6 +179,8 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
     fmt, prec, fc, q = cfg.format, cfg.precision, spec.frontend, cfg.quantization
     t = time.perf_counter()
     exportable = make_exportable(model, strategy, layout=cfg.format_spec.layout)
+    if strategy == DynConvStrategy.FUSED.value and not uses_fused_ops(exportable):
+        raise ExportError(f"{spec.name} has no dynamic blocks: --strategy fused applies to DyMN models")
     with tempfile.TemporaryDirectory(prefix="dymn-edge-export-") as tmp:
         tmp_path = Path(tmp) / ("model" + cfg.format_spec.suffix)
         calib = None
@@ -210,7 +213,7 @@ def _export_to(part: Path, out_path: Path, cfg: ExportConfig, spec, model, label
         timings["heldout"] = time.perf_counter() - t
         t = time.perf_counter()
     if cfg.validate:
-        with _step(progress, f"validating in {cfg.format_spec.validator_engine}"):
+        with _step(progress, f"validating in {cfg.validator_engine}"):
             report = _validate(part, cfg, model, meta, progress)
         meta.validation = report.summary()
     else:
@@ -378,7 +381,7 @@ def _write_metadata(path: Path, fmt: Format, meta: ModelMetadata) -> None:
 def _validate(path: Path, cfg: ExportConfig, model, meta: ModelMetadata, progress: bool):
     t = time.perf_counter()
     prec, fc = cfg.precision, meta.frontend_config
-    report = v.ValidationReport(engine=cfg.format_spec.validator_engine, audio="", precision=prec.value)
+    report = v.ValidationReport(engine=cfg.validator_engine, audio="", precision=prec.value)
     try:
         engine = v.load_file(path)
     except DymnEdgeError as exc:  # the runtime cannot load what was written: a failed validation

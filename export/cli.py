@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernel mixed at run time; batch 1; the tflite default), stride_split "
                    "(runtime_weight at stride 1, static_k at stride 2; batch 1; the onnx "
                    "default) or static_k (K static convs weighted by the attention; any batch; "
-                   "one XNNPACK partition; the --full-int8 default). Defaults are measured per "
+                   "one XNNPACK partition; the --full-int8 default) or fused (onnx fp32 for "
+                   "OpenVINO: each block's depthwise conv, Dy-ReLU and coordinate attention as "
+                   "one dymn-edge operator, built on first use with the system C++ compiler; "
+                   "ONNX Runtime cannot run it; any batch). Defaults are measured per "
                    "engine (dymn_edge/formats.py)")
     _add_int8_options(p)
     p.add_argument("--labels", type=non_empty, metavar="FILE", help="CSV index,display_name[,mid] naming the classes")

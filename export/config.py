@@ -251,6 +251,7 @@ class ExportConfig:
             check_input_file(self.weights, "weights file")
         if self.strategy is not None:
             self.strategy = _enum(DynConvStrategy, self.strategy, "dynamic-conv strategy").value
+            self._check_fused()
         if self.window_seconds is not None:
             w = float(self.window_seconds)
             if not MIN_WINDOW_S <= w <= MAX_WINDOW_S:
@@ -377,6 +378,20 @@ class ExportConfig:
             raise ExportError(f"quantization scheme {q.scheme.value} is not available for "
                               f"{self.format.value} (choose from: {', '.join(ok)})")
 
+    def _check_fused(self) -> None:
+        """The fused form is an fp32 ONNX file for OpenVINO with the dymn-edge operators."""
+        if self.strategy != DynConvStrategy.FUSED.value:
+            return
+        if self.format is not Format.ONNX:
+            raise ExportError("--strategy fused writes ONNX files (run by OpenVINO with the dymn-edge "
+                              f"operators); {self.format.value} takes static_k or runtime_weight")
+        if self.precision is not Precision.FP32:
+            raise ExportError("--strategy fused files are fp32: the int8 quantizers run the graph in "
+                              "ONNX Runtime, which has no kernels for the fused operators")
+        if self.waveform:
+            raise ExportError("--strategy fused does not take --waveform: export the log-mel "
+                              "graph (the runtime computes the frontend)")
+
     def _arguments_used(self) -> list[str]:
         """The format-dependent arguments (:data:`dymn_edge.formats.ARGUMENTS`) this config sets."""
         q = self.quantization
@@ -405,6 +420,13 @@ class ExportConfig:
     @property
     def format_spec(self) -> FormatSpec:
         return format_spec(self.format)
+
+    @property
+    def validator_engine(self) -> str:
+        """The engine that validates the file: the format's, or OpenVINO for the fused form."""
+        if self.resolved_strategy == DynConvStrategy.FUSED.value:
+            return "openvino"
+        return self.format_spec.validator_engine
 
     @property
     def resolved_strategy(self) -> str:

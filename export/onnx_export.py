@@ -18,6 +18,7 @@ import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.export.formats import GraphIO, mel_io
+from dymn_edge.export.fused_onnx import translation_table, uses_fused_ops
 from dymn_edge.metadata import METADATA_KEY, ModelMetadata, TensorInfo
 from dymn_edge.ort import ort_session
 
@@ -47,6 +48,7 @@ def export_onnx(module, path: str | Path, *, io: GraphIO | None = None, frames: 
     import onnx  # noqa: PLC0415
 
     io = io or mel_io(_required(frames))
+    fused = uses_fused_ops(module)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     length = torch.export.Dim(io.length_name, min=io.length_min, max=io.length_max)
@@ -63,7 +65,8 @@ def export_onnx(module, path: str | Path, *, io: GraphIO | None = None, frames: 
             program = torch.onnx.export(module, (torch.zeros(io.example_shape),),
                                         input_names=[io.input_name], output_names=list(io.output_names),
                                         dynamic_shapes=(dyn,), opset_version=OPSET, dynamo=True,
-                                        verbose=False, optimize=True)
+                                        verbose=False, optimize=True,
+                                        custom_translation_table=translation_table() if fused else None)
     except Exception as exc:  # the exporter raises many types
         raise ExportError(f"ONNX export failed: {one_line(exc)}") from exc
     finally:
@@ -72,7 +75,9 @@ def export_onnx(module, path: str | Path, *, io: GraphIO | None = None, frames: 
     program.save(str(path))
     model = onnx.load(str(path))
     _check_free_axes(model, io, dynamic_batch)
-    if simplify:
+    # onnxsim checks its result in ONNX Runtime, which has no kernels for the fused operators;
+    # the exporter's own optimizer has already folded the constants of such a graph
+    if simplify and not fused:
         model = _simplify(model, io)
     onnx.save(model, str(path))
     return path

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import EngineError, MetadataError, one_line
 from dymn_edge.metadata import METADATA_KEY, ModelMetadata
 from dymn_edge.runtime.engine_base import (
     INT_RANGES, Engine, MissingEngineError, as_float, no_metadata_message, pick_quant, quantize,
 )
 from dymn_edge.runtime.onnx_props import read_onnx_metadata_props
+from dymn_edge.runtime.ops import add_to_core
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class OpenVINOEngine(Engine):
         self.config = compile_config(threads, precision)
         self.precision = precision
         self._core = ov.Core()
+        if metadata.strategy == DynConvStrategy.FUSED.value:  # the file's dymn.edge operators: our extension
+            add_to_core(self._core)
         try:
             self._model = self._core.read_model(str(p))
         except Exception as exc:  # OpenVINO raises RuntimeError / its own types for a bad graph

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import DymnEdgeError, EngineError, MetadataError, UnknownModelError, one_line
 from dymn_edge.ort import ort_session
 from dymn_edge.native_output import quiet_stderr
@@ -299,9 +300,14 @@ AUTO_OPENVINO_MN_MIN_SECONDS = 10.0
 
 
 def auto_order(fmt: str, precision: str | None = None, model_name: str | None = None,
-               window_seconds: float | None = None) -> list[EngineSpec]:
-    """The rows ``auto`` tries for a file, fastest measured first (then the rest of the table)."""
+               window_seconds: float | None = None, strategy: str | None = None) -> list[EngineSpec]:
+    """The rows ``auto`` tries for a file, fastest measured first (then the rest of the table).
+
+    A fused file (``strategy="fused"``) runs in the engines that have its operators only.
+    """
     rows = engines_for(fmt)
+    if strategy == DynConvStrategy.FUSED.value:
+        return [e for e in rows if e.name in FUSED_ENGINES]
     if fmt != "onnx" or precision not in AUTO_OPENVINO_PRECISIONS:
         return rows
     try:
@@ -313,24 +319,42 @@ def auto_order(fmt: str, precision: str | None = None, model_name: str | None = 
     return rows
 
 
-def _file_facts(path: Path, fmt: str) -> tuple[str | None, str | None, float | None]:
-    """(precision, model name, window) from an ONNX file's metadata, read without an engine."""
+def _file_facts(path: Path, fmt: str) -> tuple[str | None, str | None, float | None, str | None]:
+    """(precision, model name, window, strategy) from an ONNX file's metadata, read without an engine."""
     if fmt != "onnx":
-        return None, None, None
+        return None, None, None, None
     raw = read_onnx_metadata_props(path).get(METADATA_KEY)
     if raw is None:
-        return None, None, None
+        return None, None, None, None
     meta = ModelMetadata.from_json(raw, source=str(path))
-    return meta.precision, meta.model_name, meta.window_seconds
+    return meta.precision, meta.model_name, meta.window_seconds, meta.strategy
+
+
+#: the export form whose files use the dymn-edge operators (``dymn_edge/runtime/ops``): only
+#: the engines listed run them (ONNX Runtime has no kernels for them)
+FUSED_STRATEGY = DynConvStrategy.FUSED.value
+FUSED_ENGINES = ("openvino",)
+
+
+def _fused_rows(path: Path, rows: list[EngineSpec], engine: str | None) -> list[EngineSpec]:
+    """The rows that run a fused file; naming another engine is one error line."""
+    if engine is not None and engine not in FUSED_ENGINES:
+        raise EngineError(f"{path.name} was exported with --strategy fused: its dymn-edge operators "
+                          f"run in {' or '.join(FUSED_ENGINES)} only, not {engine} (use --engine "
+                          f"{FUSED_ENGINES[0]}, or export without --strategy fused)")
+    return [e for e in rows if e.name in FUSED_ENGINES]
 
 
 def _rows(path: Path, fmt: str, engine: str | None) -> list[EngineSpec]:
     """The rows to try, in order: one named engine, the format's validation engine (None), or auto."""
     rows = engines_for(fmt)
+    facts = _file_facts(path, fmt)
+    if engine == "auto":
+        return auto_order(fmt, *facts)
+    if facts[3] == FUSED_STRATEGY and (engine is None or engine in ENGINE_CHOICES):
+        return _fused_rows(path, rows, engine)
     if engine is None:
         return [e for e in rows if e.validates]
-    if engine == "auto":
-        return auto_order(fmt, *_file_facts(path, fmt))
     named = [e for e in rows if e.name == engine]
     if not named:
         if engine not in ENGINE_CHOICES:

@@ -94,7 +94,7 @@ def _validation_lines(val: dict[str, Any]) -> list[str]:
 
 def _engines_line(meta: ModelMetadata) -> str:
     """The engines of the table that run this file, in ``--engine auto``'s order, and which are here."""
-    rows = auto_order(meta.format, meta.precision, meta.model_name, meta.window_seconds)
+    rows = auto_order(meta.format, meta.precision, meta.model_name, meta.window_seconds, meta.strategy)
     names = [f"{e.name}{'' if e.installed else ' (not installed)'}" for e in rows]
     chosen = next((e.name for e in rows if e.installed), None)
     return ", ".join(names) + (f"; --engine auto: {chosen}" if chosen else "; none installed")

@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dymn_edge.arch import DynConvStrategy, Layout, depthwise_form, strategy_supports_dynamic_batch
+from dymn_edge.models import fused as fused_ops
 from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual, DyReLUB
 from dymn_edge.models.mn import MN, InvertedResidual
 
 __all__ = [
-    "DynConvStrategy", "Layout", "make_exportable",
+    "DynConvStrategy", "Layout", "make_exportable", "FusedDynamicBlock",
     "strategy_supports_dynamic_batch", "ExportableTagger", "LeanDynamicBlock", "LeanDepthwise",
     "patch_block", "fold_conv_bn", "fold_conv_norm_act",
 ]
@@ -283,6 +284,57 @@ class LeanDynamicBlock(nn.Module):
         return y + x if self.use_res_connect else y
 
 
+class FusedDynamicBlock(LeanDynamicBlock):
+    """The lean block with its depthwise tail and bank mixing as the two fused operators.
+
+    Same context path and coefficient head as :class:`LeanDynamicBlock` (NCHW); then
+    ``MixBanks`` for each pointwise kernel and one ``DyTail`` for the expansion's bias and
+    activation, the depthwise Dy-Conv, Dy-ReLU and coordinate attention
+    (:mod:`dymn_edge.models.fused` defines both). Engines without the operators cannot run
+    it: it is an export form a file opts into (``--strategy fused``).
+    """
+
+    def __init__(self, block: DynamicInvertedResidual) -> None:
+        super().__init__(block, strategy=DynConvStrategy.FUSED, layout=Layout.NCHW)
+        dw = self.depthwise
+        size = dw.kernel_size
+        self.tail_bank = nn.Parameter(dw.bank.detach().reshape(self.k, self.channels, size, size).clone())
+        bias = dw.bias.detach() if dw.bias is not None else torch.zeros(self.channels, dtype=dw.bank.dtype)
+        self.tail_bias = nn.Parameter(bias.clone())
+        self.tail_stride, self.tail_pad = dw.stride, dw.padding
+        self.tail_act = _act_code(self.exp_act)
+        x_bias = (self.pointwise_bias[0].detach().reshape(-1) if self.has_exp
+                  else torch.zeros(self.channels, dtype=dw.bank.dtype))
+        self.register_buffer("tail_x_bias", x_bias.clone())
+        del self.depthwise
+
+    def _pointwise(self, i: int, x: Tensor, att: Tensor, *, bias: bool = True) -> Tensor:
+        c_in, c_out = self.pw_shapes[i]
+        b, _, f, t = x.shape
+        w = fused_ops.mix_banks(att, self.pointwise[i])
+        y = torch.bmm(w.reshape(b, c_out, c_in), x.reshape(b, c_in, f * t)).reshape(b, c_out, f, t)
+        return y + self.pointwise_bias[i] if bias else y
+
+    def forward(self, x: Tensor) -> Tensor:
+        v, gate_f, gate_t = self._context(x)
+        *att_z, coef_z = torch.split(self.head(v), [self.k] * self.n_att + [2 * self.m * self.channels], dim=1)
+        att = [torch.softmax(a, dim=1) for a in att_z]
+        coefs = torch.sigmoid(coef_z) * self.coef_scale + self.coef_shift  # (B, 2M*C), map-major
+        y = self._pointwise(0, x, att[0], bias=False) if self.has_exp else x
+        y = fused_ops.dy_tail(y, self.tail_x_bias, att[-2], self.tail_bank, self.tail_bias, coefs,
+                              gate_f, gate_t, self.tail_stride, self.tail_pad, self.tail_act, self.m)
+        y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
+        return y + x if self.use_res_connect else y
+
+
+def _act_code(module: nn.Module) -> int:
+    """DyTail's ``act`` attribute for the expansion's activation module."""
+    for kind, code in ((nn.Identity, "identity"), (nn.ReLU, "relu"), (nn.Hardswish, "hardswish")):
+        if isinstance(module, kind):
+            return fused_ops.ACT_CODES[code]
+    raise TypeError(f"the fused form has no code for the activation {type(module).__name__}")
+
+
 class LeanDepthwise(nn.Module):
     """Depthwise Dy-Conv in one of the exact forms of :class:`DynConvStrategy`, in either layout.
 
@@ -346,6 +398,10 @@ def patch_block(block: nn.Module, strategy: DynConvStrategy | str = DynConvStrat
                 layout: Layout | str = Layout.NCHW) -> nn.Module:
     """Export form of one block: lean dynamic block, or a static block with BN folded."""
     if isinstance(block, DynamicInvertedResidual):
+        if DynConvStrategy(strategy) is DynConvStrategy.FUSED:
+            if Layout(layout) is not Layout.NCHW:
+                raise ValueError("the fused export form is NCHW (ONNX) only")
+            return FusedDynamicBlock(block)
         return LeanDynamicBlock(block, strategy=strategy, layout=layout)
     block = copy.deepcopy(block)
     if isinstance(block, InvertedResidual):

@@ -18,7 +18,7 @@ from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual
 from dymn_edge.models.factory import create_model
 from dymn_edge.arch import depthwise_form
 from dymn_edge.models.patcher import (
-    DynConvStrategy, Layout, LeanDepthwise, LeanDynamicBlock, make_exportable, patch_block,
+    DynConvStrategy, FusedDynamicBlock, Layout, LeanDepthwise, LeanDynamicBlock, make_exportable, patch_block,
     strategy_supports_dynamic_batch,
 )
 
@@ -26,6 +26,9 @@ STRATEGIES = list(DynConvStrategy)
 LAYOUTS = list(Layout)
 SK, RW = DynConvStrategy.STATIC_K, DynConvStrategy.RUNTIME_WEIGHT
 SS = DynConvStrategy.STRIDE_SPLIT
+FU = DynConvStrategy.FUSED
+#: (strategy, layout) pairs the patcher takes: the fused form is NCHW (ONNX) only
+PAIRS = [(s, lay) for s in STRATEGIES for lay in LAYOUTS if not (s is FU and lay is Layout.NHWC)]
 FORMS = [SK, RW]  # the per-conv forms; stride_split composes them (whole-model tests cover it)
 BATCH_1_ONLY = [s for s in STRATEGIES if not strategy_supports_dynamic_batch(s)]
 GOLDEN = "reference/golden_dymn04.pt"
@@ -160,6 +163,37 @@ def test_every_block_float64(dymn_s: nn.Module, strategy: DynConvStrategy, layou
             h = ref
 
 
+def test_every_block_float64_fused(dymn_s: nn.Module) -> None:
+    """The fused form of each of the 15 blocks (MixBanks + DyTail references), batch 2, float64.
+
+    The PyTorch bodies of the two operators are their definitions (the C++ kernels are tested
+    against the same formulas), so this is the exactness of the form itself.
+    """
+    m64 = copy.deepcopy(dymn_s).double()
+    x = torch.cat([_mel(1, 61), _mel(1, 61, seed=5)]).double()
+    acts = set()
+    with torch.no_grad():
+        h = m64.in_c(x)
+        for i, block in enumerate(m64.layers):
+            ref = block(h)
+            fused = patch_block(block, FU)
+            assert isinstance(fused, FusedDynamicBlock)
+            acts.add(fused.tail_act)
+            out = fused(h)
+            assert out.shape == ref.shape, f"block {i}"
+            assert _maxdiff(out, ref) < 1e-12 * max(1.0, float(ref.abs().max())), f"block {i}"
+            h = ref
+    assert acts == {0, 1, 2}  # no expansion (block 1), ReLU and hard-swish blocks all covered
+
+
+def test_fused_ops_reject_bad_act() -> None:
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises(ValueError, match="act"):
+        torch.ops.dymn_edge.dy_tail(x, torch.zeros(2), torch.ones(1, 1), torch.ones(1, 2, 3, 3),
+                                    torch.zeros(2), torch.ones(1, 4), torch.zeros(1, 2, 5, 1),
+                                    torch.zeros(1, 2, 1, 5), 1, 1, 7, 2)
+
+
 @pytest.mark.parametrize("strategy", FORMS)
 def test_block_batches_and_temperature(strategy: DynConvStrategy) -> None:
     """Batches where the strategy allows them (one clear error where not); T=30 is folded in."""
@@ -186,8 +220,7 @@ def test_block_batches_and_temperature(strategy: DynConvStrategy) -> None:
 # whole models
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy,layout", PAIRS)
 def test_dymn_s_whole(dymn_s: nn.Module, strategy: DynConvStrategy, layout: Layout) -> None:
     _assert_equivalent(dymn_s, _mel(1, 100), strategy, layout)
 
@@ -202,7 +235,10 @@ def test_dymn_s_whole_odd_length(dymn_s: nn.Module, strategy: DynConvStrategy, l
 def test_dymn_s_batch(dymn_s: nn.Module, layout: Layout) -> None:
     x = _mel(3, 90)
     for strategy in STRATEGIES:
-        if strategy in BATCH_1_ONLY:
+        if (strategy, layout) not in PAIRS:
+            with pytest.raises(ValueError, match="NCHW"):
+                make_exportable(dymn_s, strategy, layout=layout)
+        elif strategy in BATCH_1_ONLY:
             with pytest.raises(ValueError, match="batch 1"):
                 make_exportable(dymn_s, strategy, layout=layout)(x)
         else:
@@ -267,8 +303,7 @@ def test_original_untouched_and_attributes(dymn_s: nn.Module) -> None:
 # golden state dict and torch.export
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy,layout", PAIRS)
 def test_golden(golden_model: nn.Module, golden_io: dict, strategy: DynConvStrategy,
                 layout: Layout) -> None:
     patched = make_exportable(golden_model, strategy, layout=layout)

@@ -1,0 +1,62 @@
+"""ONNX nodes of the fused operators (domain ``dymn.edge``) for the dynamo exporter.
+
+:mod:`dymn_edge.models.fused` defines ``MixBanks`` and ``DyTail`` as PyTorch custom ops;
+this module gives the exporter their ONNX form: one node each in the custom domain, with the
+schema the ONNX checker and onnxscript need to build the graph. The runtime side is the
+OpenVINO extension in ``dymn_edge/runtime/ops/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dymn_edge.models import fused
+
+__all__ = ["translation_table", "uses_fused_ops"]
+
+
+def _schemas() -> dict[str, Any]:
+    """onnx ``OpSchema`` of both operators (built on demand: onnx is the export extra's)."""
+    from onnx.defs import OpSchema  # noqa: PLC0415 (optional, export extra)
+
+    types = [("T", ["tensor(float)", "tensor(double)"], "float tensors")]
+
+    def schema(name: str, inputs: list[str], attrs: list[str]) -> OpSchema:
+        return OpSchema(name, fused.DOMAIN, fused.OPSET_VERSION, doc=f"dymn-edge fused {name}",
+                        inputs=[OpSchema.FormalParameter(i, "T") for i in inputs],
+                        outputs=[OpSchema.FormalParameter("y", "T")], type_constraints=types,
+                        attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, a) for a in attrs])
+
+    return {
+        "MixBanks": schema("MixBanks", ["att", "bank"], []),
+        "DyTail": schema("DyTail", ["x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"],
+                         ["stride", "pad", "act", "m"]),
+    }
+
+
+def translation_table() -> dict[Any, Any]:
+    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
+    import onnxscript  # noqa: PLC0415 (optional, export extra)
+    import torch  # noqa: PLC0415
+
+    opset = onnxscript.values.Opset(fused.DOMAIN, fused.OPSET_VERSION)
+    schemas = _schemas()
+    mix_op = onnxscript.values.Op(opset, "MixBanks", schemas["MixBanks"])
+    tail_op = onnxscript.values.Op(opset, "DyTail", schemas["DyTail"])
+
+    def mix_banks(att, bank):  # noqa: ANN001, ANN202 (onnxscript symbolic tensors)
+        return mix_op(att, bank)
+
+    def dy_tail(x, x_bias, att, bank, bias, coef, gate_f, gate_t, stride, pad, act, m):  # noqa: ANN001, ANN202, PLR0913
+        return tail_op(x, x_bias, att, bank, bias, coef, gate_f, gate_t,
+                       stride=stride, pad=pad, act=act, m=m)
+
+    return {torch.ops.dymn_edge.mix_banks.default: mix_banks,
+            torch.ops.dymn_edge.dy_tail.default: dy_tail}
+
+
+def uses_fused_ops(module: Any) -> bool:
+    """Whether a patched module contains fused blocks (its export needs the table above)."""
+    from dymn_edge.models.patcher import FusedDynamicBlock  # noqa: PLC0415 (torch side)
+
+    return any(isinstance(m, FusedDynamicBlock) for m in module.modules())
