@@ -96,33 +96,49 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
 };
 
-// y (B, N) = att (B, K) @ bank (K, N), in column blocks that stay in L1 while the K bank rows
-// stream past once for the whole batch.
+// out[i] (+)= sum_{r < R} a[r] * rows[r][i]: R bank rows in one pass over out.
+template <int R, bool ACC>
+static void mix_rows(const float* a, const float* const* rows, int64_t len, float* out) {
+    float ar[R];
+    const float* rr[R];
+    for (int r = 0; r < R; ++r)
+        ar[r] = a[r], rr[r] = rows[r];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+        float acc = ACC ? out[i] : 0.0f;
+        for (int r = 0; r < R; ++r)
+            acc += ar[r] * rr[r][i];
+        out[i] = acc;
+    }
+}
+
+using MixRowsFn = void (*)(const float*, const float* const*, int64_t, float*);
+
+static MixRowsFn pick_mix_rows(int64_t r, bool acc) {
+    static const MixRowsFn table[2][4] = {{mix_rows<1, false>, mix_rows<2, false>, mix_rows<3, false>, mix_rows<4, false>},
+                                          {mix_rows<1, true>, mix_rows<2, true>, mix_rows<3, true>, mix_rows<4, true>}};
+    return table[acc ? 1 : 0][r - 1];
+}
+
+// y (B, N) = att (B, K) @ bank (K, N): the K bank rows stream past once per column block (up to
+// four at a time, so K = 4 writes y once), the block shared by the whole batch.
 static void mix_banks(const float* att, const float* bank, float* y, int64_t batch, int64_t k_count,
                       int64_t n) {
-    constexpr int64_t block = 1024;
+    constexpr int64_t block = 2048;
+    if (k_count == 0) {
+        std::fill(y, y + batch * n, 0.0f);
+        return;
+    }
     for (int64_t n0 = 0; n0 < n; n0 += block) {
         const int64_t len = std::min(block, n - n0);
-        for (int64_t b = 0; b < batch; ++b) {
-            const float* a = att + b * k_count;
-            float* out = y + b * n + n0;
-            if (k_count == 0) {
-                std::fill(out, out + len, 0.0f);
-                continue;
+        for (int64_t b = 0; b < batch; ++b)
+            for (int64_t k0 = 0; k0 < k_count; k0 += 4) {
+                const int64_t r = std::min<int64_t>(4, k_count - k0);
+                const float* rows[4];
+                for (int64_t q = 0; q < r; ++q)
+                    rows[q] = bank + (k0 + q) * n + n0;
+                pick_mix_rows(r, k0 > 0)(att + b * k_count + k0, rows, len, y + b * n + n0);
             }
-            const float a0 = a[0];
-            const float* r0 = bank + n0;
-#pragma omp simd
-            for (int64_t i = 0; i < len; ++i)
-                out[i] = a0 * r0[i];
-            for (int64_t k = 1; k < k_count; ++k) {
-                const float ak = a[k];
-                const float* rk = bank + k * n + n0;
-#pragma omp simd
-                for (int64_t i = 0; i < len; ++i)
-                    out[i] += ak * rk[i];
-            }
-        }
     }
 }
 
