@@ -20,6 +20,8 @@
 
 #include "openvino/core/extension.hpp"
 #include "openvino/core/op_extension.hpp"
+#include "openvino/core/type/bfloat16.hpp"
+#include "openvino/core/type/float16.hpp"
 #include "openvino/frontend/onnx/extension/conversion.hpp"
 #include "openvino/op/op.hpp"
 
@@ -51,8 +53,79 @@ static bool merge_into(ov::Dimension& a, const ov::Dimension& b) {
     return ov::Dimension::merge(a, a, b);
 }
 
-static bool f32_or_dynamic(const ov::element::Type& t) {
-    return t == ov::element::f32 || t.is_dynamic();
+// f32 is the op's type; f16 / bf16 inputs (a plugin running the graph in half precision
+// converts them so) are widened to f32 for the computation and the result narrowed back.
+static bool float_type(const ov::element::Type& t) {
+    return t == ov::element::f32 || t == ov::element::f16 || t == ov::element::bf16;
+}
+
+static bool float_or_dynamic(const ov::element::Type& t) {
+    return float_type(t) || t.is_dynamic();
+}
+
+static ov::Tensor widened(const ov::Tensor& t) {
+    if (t.get_element_type() == ov::element::f32)
+        return t;
+    ov::Tensor out(ov::element::f32, t.get_shape());
+    float* dst = out.data<float>();
+    const size_t n = t.get_size();
+    if (t.get_element_type() == ov::element::f16) {
+        const ov::float16* src = t.data<const ov::float16>();
+        for (size_t i = 0; i < n; ++i)
+            dst[i] = static_cast<float>(src[i]);
+    } else {
+        OPENVINO_ASSERT(t.get_element_type() == ov::element::bf16, "dymn-edge ops: unsupported type ",
+                        t.get_element_type());
+        const ov::bfloat16* src = t.data<const ov::bfloat16>();
+        for (size_t i = 0; i < n; ++i)
+            dst[i] = static_cast<float>(src[i]);
+    }
+    return out;
+}
+
+static void narrow_into(const ov::Tensor& src, ov::Tensor& dst) {
+    dst.set_shape(src.get_shape());
+    const float* in = src.data<const float>();
+    const size_t n = src.get_size();
+    if (dst.get_element_type() == ov::element::f16) {
+        ov::float16* out = dst.data<ov::float16>();
+        for (size_t i = 0; i < n; ++i)
+            out[i] = ov::float16(in[i]);
+    } else {
+        ov::bfloat16* out = dst.data<ov::bfloat16>();
+        for (size_t i = 0; i < n; ++i)
+            out[i] = ov::bfloat16(in[i]);
+    }
+}
+
+// Runs an f32 kernel on any float inputs / output (no copies when all are f32).
+template <typename Fn>
+static bool evaluate_as_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs, Fn&& fn) {
+    bool all_f32 = outputs[0].get_element_type() == ov::element::f32;
+    for (const auto& t : inputs)
+        all_f32 = all_f32 && t.get_element_type() == ov::element::f32;
+    if (all_f32) {
+        fn(outputs, inputs);
+        return true;
+    }
+    ov::TensorVector in32, out32{ov::Tensor(ov::element::f32, ov::Shape{0})};
+    for (const auto& t : inputs)
+        in32.push_back(widened(t));
+    fn(out32, in32);
+    narrow_into(out32[0], outputs[0]);
+    return true;
+}
+
+static bool all_float_inputs(const ov::Node& node) {
+    for (size_t i = 0; i < node.get_input_size(); ++i)
+        if (!float_type(node.get_input_element_type(i)))
+            return false;
+    return true;
+}
+
+// The output takes x's (att's) type: f32 unless a plugin narrowed the graph.
+static ov::element::Type output_type(const ov::element::Type& t) {
+    return t.is_dynamic() ? ov::element::f32 : t;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -69,7 +142,7 @@ public:
         NODE_VALIDATION_CHECK(this, get_input_size() == 2, "MixBanks takes 2 inputs (att, bank), got ",
                               get_input_size());
         for (size_t i = 0; i < 2; ++i)
-            NODE_VALIDATION_CHECK(this, f32_or_dynamic(get_input_element_type(i)), "MixBanks input ", i,
+            NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "MixBanks input ", i,
                                   " must be float32, got ", get_input_element_type(i));
         const auto& att = get_input_partial_shape(0);
         const auto& bank = get_input_partial_shape(1);
@@ -80,7 +153,7 @@ public:
         if (att.rank().is_static() && bank.rank().is_static())
             NODE_VALIDATION_CHECK(this, att[1].compatible(bank[0]), "MixBanks: att ", att,
                                   " and bank ", bank, " disagree on K");
-        set_output_type(0, ov::element::f32, ov::PartialShape{batch, n});
+        set_output_type(0, output_type(get_input_element_type(0)), ov::PartialShape{batch, n});
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
@@ -89,9 +162,7 @@ public:
 
     bool visit_attributes(ov::AttributeVisitor&) override { return true; }
 
-    bool has_evaluate() const override {
-        return get_input_element_type(0) == ov::element::f32 && get_input_element_type(1) == ov::element::f32;
-    }
+    bool has_evaluate() const override { return all_float_inputs(*this); }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
 };
@@ -142,7 +213,7 @@ static void mix_banks(const float* att, const float* bank, float* y, int64_t bat
     }
 }
 
-bool MixBanks::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+static void mix_banks_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) {
     const auto& att_shape = inputs[0].get_shape();
     const auto& bank_shape = inputs[1].get_shape();
     OPENVINO_ASSERT(att_shape.size() == 2 && bank_shape.size() == 2 && att_shape[1] == bank_shape[0],
@@ -151,7 +222,10 @@ bool MixBanks::evaluate(ov::TensorVector& outputs, const ov::TensorVector& input
     outputs[0].set_shape(ov::Shape{att_shape[0], bank_shape[1]});
     mix_banks(inputs[0].data<const float>(), inputs[1].data<const float>(), outputs[0].data<float>(), batch,
               k_count, n);
-    return true;
+}
+
+bool MixBanks::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    return evaluate_as_f32(outputs, inputs, mix_banks_f32);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -183,16 +257,13 @@ public:
         return true;
     }
 
-    bool has_evaluate() const override {
-        for (size_t i = 0; i < get_input_size(); ++i)
-            if (get_input_element_type(i) != ov::element::f32)
-                return false;
-        return true;
-    }
+    bool has_evaluate() const override { return all_float_inputs(*this); }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
 
 private:
+    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
+
     int64_t m_stride = 1;
     int64_t m_pad = 0;
     int64_t m_act = kIdentity;
@@ -210,7 +281,7 @@ void DyTail::validate_and_infer_types() {
     static const int64_t ranks[8] = {4, 1, 2, 4, 1, 2, 4, 4};
     static const char* names[8] = {"x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"};
     for (size_t i = 0; i < 8; ++i) {
-        NODE_VALIDATION_CHECK(this, f32_or_dynamic(get_input_element_type(i)), "DyTail input ", names[i],
+        NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "DyTail input ", names[i],
                               " must be float32, got ", get_input_element_type(i));
         NODE_VALIDATION_CHECK(this, get_input_partial_shape(i).rank().compatible(ranks[i]), "DyTail input ",
                               names[i], " must have rank ", ranks[i], ", got ", get_input_partial_shape(i));
@@ -236,7 +307,7 @@ void DyTail::validate_and_infer_types() {
                           "DyTail: gate_f ", get_input_partial_shape(6), " is not (B, C, F', 1) with F' = ", f_out);
     NODE_VALIDATION_CHECK(this, dim(7, 3).compatible(t_out) && dim(7, 2).compatible(1),
                           "DyTail: gate_t ", get_input_partial_shape(7), " is not (B, C, 1, T') with T' = ", t_out);
-    set_output_type(0, ov::element::f32, ov::PartialShape{batch, channels, f_out, t_out});
+    set_output_type(0, output_type(get_input_element_type(0)), ov::PartialShape{batch, channels, f_out, t_out});
 }
 
 // The geometry of one evaluate call. The activated, zero-padded input of one (b, c) is held
@@ -427,11 +498,17 @@ static void tail_plane(const float* planes, const TailGeom& g, ConvFn conv, EpiF
 }
 
 bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    return evaluate_as_f32(outputs, inputs, [this](ov::TensorVector& out, const ov::TensorVector& in) {
+        evaluate_f32(out, in);
+    });
+}
+
+void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     const TailGeom g = tail_geometry(inputs, m_stride, m_pad, m_m);
     outputs[0].set_shape(ov::Shape{static_cast<size_t>(g.batch), static_cast<size_t>(g.channels),
                                    static_cast<size_t>(g.f_out), static_cast<size_t>(g.t_out)});
     if (g.batch * g.channels * g.f_out * g.t_out == 0)
-        return true;
+        return;
     const float* x = inputs[0].data<const float>();
     const float* x_bias = inputs[1].data<const float>();
     const float* bias = inputs[4].data<const float>();
@@ -462,7 +539,6 @@ bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs)
                        sig_f.data() + bc * g.f_out, sig_t.data() + bc * g.t_out, d.data(), y + bc * plane_out);
         }
     }
-    return true;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -77,9 +77,14 @@ def dy_tail_ref(feeds: dict[str, np.ndarray], *, stride: int, pad: int, act: int
 # graphs
 
 def _model(node: onnx.NodeProto, inputs: list[tuple[str, list]]) -> onnx.ModelProto:
+    return _model_many([node], inputs)
+
+
+def _model_many(nodes: list[onnx.NodeProto], inputs: list[tuple[str, list]],
+                outputs: tuple[str, ...] = ("y",)) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [node], "fused", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        nodes, "fused", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                    helper.make_opsetid(ops.GRAPH_DOMAIN, 1)])
 
@@ -152,6 +157,26 @@ def test_dy_tail_dynamic_shapes(cache, tmp_path: Path) -> None:
         got = compiled(feeds)[0]
         assert got.shape == (batch, 4, 8, (t + 2 * pad - k) // stride + 1)
         assert rel_error(got, dy_tail_ref(feeds, stride=stride, pad=pad, act=2, m=m)) < TOL
+
+
+@pytest.mark.parametrize(("precision", "tol"), [("bf16", TOL), ("f16", 1e-2)])
+def test_half_precision_hints_run(cache, tmp_path: Path, precision: str, tol: float) -> None:
+    """bf16 (the CPU default where it has AMX / AVX512-BF16) leaves the ops in f32; f16 hands
+    them f16 tensors, which they widen to f32 (f16's rounding of the inputs is the error)."""
+    shapes = dy_tail_shapes(2, 8, 9, 12, k=5, stride=2, pad=2, m=2)
+    mix = helper.make_node("MixBanks", ["att", "bank2"], ["w"], domain=ops.GRAPH_DOMAIN)
+    tail = helper.make_node("DyTail", list(INPUTS), ["y"], domain=ops.GRAPH_DOMAIN, stride=2, pad=2, act=2, m=2)
+    model = _model_many([mix, tail], [*shapes, ("bank2", [4, 6])], outputs=("y", "w"))
+    path = tmp_path / "half.onnx"
+    onnx.save(model, path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {**CONFIG, "INFERENCE_PRECISION_HINT": precision})
+    feeds = random_feeds([*shapes, ("bank2", [4, 6])], np.random.default_rng(11))
+    got = compiled(feeds)
+    assert rel_error(got["y"], dy_tail_ref(feeds, stride=2, pad=2, act=2, m=2)) < tol
+    assert rel_error(got["w"], feeds["att"].astype(np.float64) @ feeds["bank2"]) < tol
 
 
 def test_dy_tail_refuses_a_coef_of_the_wrong_width(cache, tmp_path: Path) -> None:
