@@ -306,7 +306,30 @@ class FusedDynamicBlock(LeanDynamicBlock):
         x_bias = (self.pointwise_bias[0].detach().reshape(-1) if self.has_exp
                   else torch.zeros(self.channels, dtype=dw.bank.dtype))
         self.register_buffer("tail_x_bias", x_bias.clone())
-        del self.depthwise
+        cg = block.context_gen
+        self.ctx_stride = cg.stride
+        self.gate_f_w, self.gate_f_b = _matmul_params(cg.conv_f)
+        self.gate_t_w, self.gate_t_b = _matmul_params(cg.conv_t)
+        self.joint_w = nn.Parameter(self.joint.weight.detach().clone())
+        self.joint_b = nn.Parameter(self.joint.bias.detach().reshape(-1, 1).clone())
+        del self.depthwise, self.conv_f, self.conv_t, self.joint
+
+    def _context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The context generator as matmuls on (B, channels, positions) rows.
+
+        Every tensor of the path stays in the plain layout the two operators read, so no
+        engine reorders the gates; the stride-2 average pooling runs before the coordinate
+        matmuls, in the official order.
+        """
+        b, _, f, t = x.shape
+        seq = torch.cat([x.mean(3), x.mean(2)], dim=2)  # (B, C, F+T)
+        g = self.joint_act(torch.matmul(self.joint_w, seq) + self.joint_b)  # (B, H, F+T)
+        g_f, g_t = torch.split(g, [f, t], dim=2)
+        if self.ctx_stride > 1:
+            g_f, g_t = F.avg_pool1d(g_f, 3, 2, 1), F.avg_pool1d(g_t, 3, 2, 1)
+        a_f = torch.matmul(self.gate_f_w, g_f) + self.gate_f_b  # (B, C_exp, F')
+        a_t = torch.matmul(self.gate_t_w, g_t) + self.gate_t_b  # (B, C_exp, T')
+        return g.mean(2), a_f.unsqueeze(3), a_t.unsqueeze(2)
 
     def _pointwise(self, i: int, x: Tensor, att: Tensor, *, bias: bool = True) -> Tensor:
         c_in, c_out = self.pw_shapes[i]
@@ -323,8 +346,29 @@ class FusedDynamicBlock(LeanDynamicBlock):
         y = self._pointwise(0, x, att[0], bias=False) if self.has_exp else x
         y = fused_ops.dy_tail(y, self.tail_x_bias, att[-2], self.tail_bank, self.tail_bias, coefs,
                               gate_f, gate_t, self.tail_stride, self.tail_pad, self.tail_act, self.m)
-        y = self._pointwise(len(self.pw_shapes) - 1, y, att[-1])
-        return y + x if self.use_res_connect else y
+        return self._projection(y, x, att[-1])
+
+    def _projection(self, y: Tensor, x: Tensor, att: Tensor) -> Tensor:
+        """The last pointwise Dy-Conv, its bias and the residual, on (B, C, F*T) rows.
+
+        Adding in 3-D keeps the sums in the matmul's plain layout: on the 4-D tensor OpenVINO
+        picked a blocked layout for the two adds and reordered in and out of it every block.
+        """
+        i = len(self.pw_shapes) - 1
+        c_in, c_out = self.pw_shapes[i]
+        b, _, f, t = y.shape
+        w = fused_ops.mix_banks(att, self.pointwise[i])
+        out = torch.bmm(w.reshape(b, c_out, c_in), y.reshape(b, c_in, f * t)) + self.pointwise_bias[i].reshape(c_out, 1)
+        if self.use_res_connect:
+            out = out + x.reshape(b, c_out, f * t)
+        return out.reshape(b, c_out, f, t)
+
+
+def _matmul_params(conv: nn.Conv2d) -> tuple[nn.Parameter, nn.Parameter]:
+    """A 1x1 conv as (weight (C_out, C_in), bias (C_out, 1)) for ``W @ rows + b``."""
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
+    return (nn.Parameter(conv.weight.detach()[:, :, 0, 0].clone()),
+            nn.Parameter(bias.reshape(-1, 1).clone()))
 
 
 def _act_code(module: nn.Module) -> int:
