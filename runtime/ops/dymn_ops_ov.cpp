@@ -338,8 +338,19 @@ static inline float exp_vec(float v) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    return p * __builtin_bit_cast(float, bits);  // 2^n (GCC >= 11, clang >= 9; memcpy would not vectorize)
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_bit_cast)
+#define DYMN_HAVE_BIT_CAST 1
+#endif
+#endif
+#ifdef DYMN_HAVE_BIT_CAST
+    return p * __builtin_bit_cast(float, bits);  // (GCC >= 11, clang >= 9) vectorizes; memcpy does not
+#else
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+#endif
 }
 
 template <int ACT>
@@ -351,26 +362,48 @@ static inline float act_fn(float v) {
     return v;
 }
 
+// One input row of act(x + x_bias) into its phase-plane rows (S: the stride; 0 = any). At
+// stride 2 the even and odd columns are split in one loop (interleaved loads vectorize).
+template <int ACT, int S>
+static void fill_row(const float* src, float xb, const TailGeom& g, float* row0) {
+    if (S == 1) {
+        float* dst = row0 + g.pad;
+#pragma omp simd
+        for (int64_t t = 0; t < g.t_in; ++t)
+            dst[t] = act_fn<ACT>(src[t] + xb);
+    } else if (S == 2) {
+        // input column t sits at padded column t + pad: phase (t + pad) % 2, index (t + pad) / 2
+        float* even = row0 + (g.pad & 1) * g.phase_size + g.pad / 2;            // t = 2i
+        float* odd = row0 + ((g.pad + 1) & 1) * g.phase_size + (g.pad + 1) / 2;  // t = 2i + 1
+        const int64_t half = g.t_in / 2;
+#pragma omp simd
+        for (int64_t i = 0; i < half; ++i) {
+            even[i] = act_fn<ACT>(src[2 * i] + xb);
+            odd[i] = act_fn<ACT>(src[2 * i + 1] + xb);
+        }
+        if (g.t_in & 1)
+            even[half] = act_fn<ACT>(src[g.t_in - 1] + xb);
+    } else {
+        const int64_t s = g.stride;
+        for (int64_t pc = 0; pc < s; ++pc) {
+            // input columns t with (t + pad) % s == pc land at phase column (t + pad) / s
+            const int64_t t0 = ((pc - g.pad) % s + s) % s;
+            float* dst = row0 + pc * g.phase_size + (t0 + g.pad) / s;
+            for (int64_t i = 0; t0 + i * s < g.t_in; ++i)
+                dst[i] = act_fn<ACT>(src[t0 + i * s] + xb);
+        }
+    }
+}
+
 // Writes act(x + x_bias) of one (b, c) into the phase planes (the zero border, written once per
 // call, is never touched).
-template <int ACT>
+template <int ACT, int S>
 static void fill_planes(const float* x, float xb, const TailGeom& g, float* planes) {
     const int64_t s = g.stride;
     for (int64_t f = 0; f < g.f_in; ++f) {
         const int64_t r = f + g.pad;
-        const float* src = x + f * g.t_in;
-        for (int64_t pc = 0; pc < s; ++pc) {
-            // input columns t with (t + pad) % s == pc land at phase column (t + pad) / s
-            const int64_t t0 = ((pc - g.pad) % s + s) % s;
-            if (t0 >= g.t_in)
-                continue;
-            float* dst = planes + ((r % s) * s + pc) * g.phase_size + (r / s) * g.pitch + (t0 + g.pad) / s;
-            const int64_t n = (g.t_in - t0 + s - 1) / s;
-            const float* in = src + t0;
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i)
-                dst[i] = act_fn<ACT>(in[i * s] + xb);
-        }
+        // phase row r % s (its column phases follow at phase_size apart), row r / s
+        fill_row<ACT, S>(x + f * g.t_in, xb, g, planes + (r % s) * s * g.phase_size + (r / s) * g.pitch);
     }
 }
 
@@ -444,8 +477,14 @@ static EpiFn pick_epilogue(int64_t m) {
     return m == 1 ? epilogue<1> : m == 2 ? epilogue<2> : epilogue<0>;
 }
 
-static FillFn pick_fill(int64_t act) {
-    return act == kRelu ? fill_planes<kRelu> : act == kHardswish ? fill_planes<kHardswish> : fill_planes<kIdentity>;
+template <int S>
+static FillFn pick_fill_s(int64_t act) {
+    return act == kRelu ? fill_planes<kRelu, S> : act == kHardswish ? fill_planes<kHardswish, S>
+                                                                   : fill_planes<kIdentity, S>;
+}
+
+static FillFn pick_fill(int64_t act, int64_t stride) {
+    return stride == 1 ? pick_fill_s<1>(act) : stride == 2 ? pick_fill_s<2>(act) : pick_fill_s<0>(act);
 }
 
 static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_t pad, int64_t m) {
@@ -522,7 +561,7 @@ void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inp
     gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
     const ConvFn conv = pick_conv(g.k, g.stride);
     const EpiFn epi = pick_epilogue(m_m);
-    const FillFn fill = pick_fill(m_act);
+    const FillFn fill = pick_fill(m_act, g.stride);
     for (int64_t bi = 0; bi < g.batch; ++bi) {
         // this sample's C kernels at once: att (1, K) @ bank (K, C*k*k)
         mix_banks(inputs[2].data<const float>() + bi * g.k_count, inputs[3].data<const float>(), w.data(), 1,

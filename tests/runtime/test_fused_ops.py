@@ -143,6 +143,17 @@ def test_dy_tail_matches_reference(cache, tmp_path: Path, k: int, stride: int, a
         assert rel_error(got, want) < TOL, (f, t)
 
 
+@pytest.mark.parametrize(("k", "stride", "pad"), [(4, 3, 1), (3, 1, 0), (5, 2, 0), (2, 2, 1), (7, 1, 3)])
+def test_dy_tail_other_geometries(cache, tmp_path: Path, k: int, stride: int, pad: int) -> None:
+    """Kernels, strides and pads outside the DyMN blocks take the generic paths; m = 3 maps."""
+    rng = np.random.default_rng(k * 100 + stride * 10 + pad)
+    for f, t in [(9, 12), (8, 7)]:
+        shapes = dy_tail_shapes(2, 3, f, t, k=k, stride=stride, pad=pad, m=3)
+        compiled = compile_onnx(dy_tail_model(shapes, stride=stride, pad=pad, act=2, m=3), tmp_path)
+        feeds = random_feeds(shapes, rng)
+        assert rel_error(compiled(feeds)[0], dy_tail_ref(feeds, stride=stride, pad=pad, act=2, m=3)) < TOL, (f, t)
+
+
 def test_dy_tail_dynamic_shapes(cache, tmp_path: Path) -> None:
     """Compiled without a reshape: the output's partial shape follows the inputs and attrs, and
     two lengths run through the one compiled model."""
