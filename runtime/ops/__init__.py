@@ -14,6 +14,7 @@ Torch-free and cheap to import: OpenVINO is imported only when the extension is 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import mmap
@@ -41,8 +42,8 @@ BASE_FLAGS = ("-std=c++17", "-O3", "-fopenmp-simd", "-fPIC", "-shared", "-fvisib
 NO_COMPILER = ("building the dymn-edge OpenVINO ops needs a C++ compiler: apt install g++ "
                "(or set $CXX; or use a file exported without --strategy fused)")
 BUILD_TIMEOUT_S = 600
-#: a rough build time for the log line (measured: ~4 s on a 2-core x86-64 VM)
-BUILD_TIME_HINT_S = 5
+#: a rough build time for the log line (measured: ~4 s on a 2-core x86-64 VM; small boards are slower)
+BUILD_TIME_HINT_S = "5-60"
 
 _added: weakref.WeakSet = weakref.WeakSet()
 
@@ -100,7 +101,9 @@ def _cpu_flags_line() -> str:
     return next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
 
 
+@functools.lru_cache(maxsize=8)
 def _compiler_version(cxx: str) -> str:
+    """``cxx --version`` (once per process: every Core that loads the ops asks for the key)."""
     try:
         proc = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -108,10 +111,11 @@ def _compiler_version(cxx: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def build_command(cxx: str, include: Path, lib: Path, out: Path) -> list[str]:
-    """The one compile-and-link command (the core library by full path: the wheel has no .so link)."""
-    return [cxx, *BASE_FLAGS, *arch_flags(), "-isystem", str(include), str(SOURCE), "-o", str(out),
-            str(lib), f"-Wl,-rpath,{lib.parent}"]
+def build_command(cxx: str, include: Path, lib: Path) -> list[str]:
+    """The one compile-and-link command, less its ``-o`` (the core library by full path: the wheel
+    has no unversioned .so link)."""
+    return [cxx, *BASE_FLAGS, *arch_flags(), "-isystem", str(include), str(SOURCE), str(lib),
+            f"-Wl,-rpath,{lib.parent}"]
 
 
 def build_key(cxx: str, ov_version: str, command: list[str]) -> str:
@@ -128,8 +132,8 @@ def _compile(command: list[str], dest: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     tmp = Path(tmp_name)
-    command = [tmp_name if a == "@OUT@" else a for a in command]
-    log.info("building the dymn-edge OpenVINO ops (one time, ~%d s)", BUILD_TIME_HINT_S)
+    command = [*command, "-o", tmp_name]
+    log.info("building the dymn-edge OpenVINO ops (one time, %s s)", BUILD_TIME_HINT_S)
     start = time.monotonic()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
@@ -154,13 +158,18 @@ def extension_path(*, rebuild: bool = False) -> Path:
     """
     cxx = find_compiler()
     ov_version, include, lib = openvino_paths()
-    command = build_command(cxx, include, lib, Path("@OUT@"))
+    command = build_command(cxx, include, lib)
     folder = cache_dir() / "ops" / build_key(cxx, ov_version, command)
     dest = folder / LIB_NAME
     if dest.is_file() and not rebuild:
         return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / ".lock").open("w")
+    except OSError as exc:
+        raise ExtensionBuildError(f"cannot write the dymn-edge ops cache at {folder} ({one_line(exc)}); "
+                                  "set $DYMN_EDGE_CACHE to a writable folder") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if rebuild or not dest.is_file():  # another process may have built it meanwhile

@@ -279,6 +279,15 @@ def test_missing_compiler_is_one_clear_line(tmp_path: Path, monkeypatch) -> None
     assert "\n" not in str(err.value)
 
 
+def test_unwritable_cache_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(blocker / "cache"))  # under a file: even root cannot mkdir
+    with pytest.raises(ops.ExtensionBuildError, match="cannot write the dymn-edge ops cache") as err:
+        ops.extension_path()
+    assert "\n" not in str(err.value) and "DYMN_EDGE_CACHE" in str(err.value)
+
+
 def test_failed_compile_is_one_line_with_the_error(tmp_path: Path, monkeypatch) -> None:
     fake = tmp_path / "fake++"
     fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\n"
