@@ -351,7 +351,7 @@ def _rows(path: Path, fmt: str, engine: str | None) -> list[EngineSpec]:
     facts = _file_facts(path, fmt)
     if engine == "auto":
         return auto_order(fmt, *facts)
-    if facts[3] == FUSED_STRATEGY and (engine is None or engine in ENGINE_CHOICES):
+    if facts[3] == FUSED_STRATEGY and (engine is None or engine in {e.name for e in rows}):
         return _fused_rows(path, rows, engine)
     if engine is None:
         return [e for e in rows if e.validates]
