@@ -26,6 +26,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 from dymn_edge.errors import EngineError, one_line
 from dymn_edge.weights import cache_dir
@@ -77,8 +78,17 @@ def arch_flags(machine: str | None = None) -> tuple[str, ...]:
     return ()
 
 
-def openvino_paths() -> tuple[str, Path, Path]:
-    """OpenVINO's version, include folder and core library, from the installed wheel."""
+class OpenVinoPaths(NamedTuple):
+    """What the extension builds against, from the installed wheel."""
+
+    version: str
+    include: Path
+    lib: Path  # libopenvino.so.<N>
+    tbb: Path | None  # libtbb.so.<N> with its headers: the CPU plugin's thread pool, which the ops share
+
+
+def openvino_paths() -> OpenVinoPaths:
+    """OpenVINO's version, include folder, core library and TBB, from the installed wheel."""
     try:
         import openvino  # noqa: PLC0415 (optional engine, heavy)
     except ImportError as exc:
@@ -89,7 +99,9 @@ def openvino_paths() -> tuple[str, Path, Path]:
     if not (include / "openvino" / "op" / "op.hpp").is_file() or not libs:
         raise ExtensionBuildError(f"the OpenVINO install at {root} has no C++ headers / libopenvino.so "
                                   "to build the dymn-edge ops against")
-    return str(openvino.__version__), include, libs[0]
+    tbb = sorted((root / "libs").glob("libtbb.so.*"))
+    has_tbb = bool(tbb) and (include / "tbb" / "parallel_for.h").is_file()
+    return OpenVinoPaths(str(openvino.__version__), include, libs[0], tbb[0] if has_tbb else None)
 
 
 def _cpu_flags_line() -> str:
@@ -111,11 +123,13 @@ def _compiler_version(cxx: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def build_command(cxx: str, include: Path, lib: Path) -> list[str]:
-    """The one compile-and-link command, less its ``-o`` (the core library by full path: the wheel
-    has no unversioned .so link)."""
-    return [cxx, *BASE_FLAGS, *arch_flags(), "-isystem", str(include), str(SOURCE), str(lib),
-            f"-Wl,-rpath,{lib.parent}"]
+def build_command(cxx: str, ov: OpenVinoPaths) -> list[str]:
+    """The one compile-and-link command, less its ``-o`` (the libraries by full path: the wheel
+    has no unversioned .so links). With TBB the ops split their channels over the threads of
+    the arena the plugin runs the inference in (INFERENCE_NUM_THREADS); without, one thread."""
+    tbb = ["-DDYMN_USE_TBB", str(ov.tbb)] if ov.tbb else []
+    return [cxx, *BASE_FLAGS, *arch_flags(), "-isystem", str(ov.include), str(SOURCE), str(ov.lib), *tbb,
+            f"-Wl,-rpath,{ov.lib.parent}"]
 
 
 def build_key(cxx: str, ov_version: str, command: list[str]) -> str:
@@ -157,9 +171,9 @@ def extension_path(*, rebuild: bool = False) -> Path:
     place atomically.
     """
     cxx = find_compiler()
-    ov_version, include, lib = openvino_paths()
-    command = build_command(cxx, include, lib)
-    folder = cache_dir() / "ops" / build_key(cxx, ov_version, command)
+    paths = openvino_paths()
+    command = build_command(cxx, paths)
+    folder = cache_dir() / "ops" / build_key(cxx, paths.version, command)
     dest = folder / LIB_NAME
     if dest.is_file() and not rebuild:
         return dest

@@ -25,6 +25,12 @@
 #include "openvino/frontend/onnx/extension/conversion.hpp"
 #include "openvino/op/op.hpp"
 
+#ifdef DYMN_USE_TBB  // the builder defines it where the wheel ships TBB (the CPU plugin's threading)
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+#endif
+
 namespace dymn {
 
 // ---------------------------------------------------------------------------------------
@@ -128,6 +134,24 @@ static ov::element::Type output_type(const ov::element::Type& t) {
     return t.is_dynamic() ? ov::element::f32 : t;
 }
 
+// Runs body(begin, end) over [0, count) in pieces of at least `grain` items: with TBB, on the
+// threads of the arena the plugin runs the inference in (INFERENCE_NUM_THREADS; 1 = this
+// thread alone), else in this thread. Pieces are independent: the result does not depend on
+// the split.
+template <typename Body>
+static void for_ranges(int64_t count, int64_t grain, Body&& body) {
+#ifdef DYMN_USE_TBB
+    if (count > grain && tbb::this_task_arena::max_concurrency() > 1) {
+        tbb::parallel_for(tbb::blocked_range<int64_t>(0, count, static_cast<size_t>(std::max<int64_t>(grain, 1))),
+                          [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); });
+        return;
+    }
+#else
+    (void)grain;
+#endif
+    body(0, count);
+}
+
 // ---------------------------------------------------------------------------------------
 // MixBanks
 
@@ -200,17 +224,20 @@ static void mix_banks(const float* att, const float* bank, float* y, int64_t bat
         std::fill(y, y + batch * n, 0.0f);
         return;
     }
-    for (int64_t n0 = 0; n0 < n; n0 += block) {
-        const int64_t len = std::min(block, n - n0);
-        for (int64_t b = 0; b < batch; ++b)
-            for (int64_t k0 = 0; k0 < k_count; k0 += 4) {
-                const int64_t r = std::min<int64_t>(4, k_count - k0);
-                const float* rows[4];
-                for (int64_t q = 0; q < r; ++q)
-                    rows[q] = bank + (k0 + q) * n + n0;
-                pick_mix_rows(r, k0 > 0)(att + b * k_count + k0, rows, len, y + b * n + n0);
-            }
-    }
+    const int64_t blocks = (n + block - 1) / block;
+    for_ranges(blocks, 8, [&](int64_t first, int64_t last) {
+        for (int64_t blk = first; blk < last; ++blk) {
+            const int64_t n0 = blk * block, len = std::min(block, n - n0);
+            for (int64_t b = 0; b < batch; ++b)
+                for (int64_t k0 = 0; k0 < k_count; k0 += 4) {
+                    const int64_t r = std::min<int64_t>(4, k_count - k0);
+                    const float* rows[4];
+                    for (int64_t q = 0; q < r; ++q)
+                        rows[q] = bank + (k0 + q) * n + n0;
+                    pick_mix_rows(r, k0 > 0)(att + b * k_count + k0, rows, len, y + b * n + n0);
+                }
+        }
+    });
 }
 
 static void mix_banks_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) {
@@ -554,30 +581,31 @@ void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inp
     const float* coef = inputs[5].data<const float>();
     float* y = outputs[0].data<float>();
     const int64_t kk = g.k * g.k, plane_in = g.f_in * g.t_in, plane_out = g.f_out * g.t_out;
-    std::vector<float> sig_f, sig_t, planes(static_cast<size_t>(g.stride * g.stride * g.phase_size + kSlack), 0.0f);
-    std::vector<float> w(static_cast<size_t>(g.channels * kk)), d(static_cast<size_t>(g.chunk_rows * g.pitch + kSlack));
-    std::vector<float> a(static_cast<size_t>(m_m)), b(static_cast<size_t>(m_m));
+    // every sample's C kernels at once: att (B, K) @ bank (K, C*k*k); the gates' sigmoids
+    std::vector<float> w(static_cast<size_t>(g.batch * g.channels * kk)), sig_f, sig_t;
+    mix_banks(inputs[2].data<const float>(), inputs[3].data<const float>(), w.data(), g.batch, g.k_count,
+              g.channels * kk);
     gate_sigmoids(inputs[6].data<const float>(), g.batch * g.channels * g.f_out, sig_f);
     gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
     const ConvFn conv = pick_conv(g.k, g.stride);
     const EpiFn epi = pick_epilogue(m_m);
     const FillFn fill = pick_fill(m_act, g.stride);
-    for (int64_t bi = 0; bi < g.batch; ++bi) {
-        // this sample's C kernels at once: att (1, K) @ bank (K, C*k*k)
-        mix_banks(inputs[2].data<const float>() + bi * g.k_count, inputs[3].data<const float>(), w.data(), 1,
-                  g.k_count, g.channels * kk);
-        const float* coef_b = coef + bi * 2 * m_m * g.channels;
-        for (int64_t c = 0; c < g.channels; ++c) {
-            const int64_t bc = bi * g.channels + c;
-            for (int64_t j = 0; j < m_m; ++j) {
+    const int64_t m = m_m, grain = std::max<int64_t>(1, 16384 / (plane_in + plane_out * kk));
+    for_ranges(g.batch * g.channels, grain, [&](int64_t first, int64_t last) {
+        std::vector<float> planes(static_cast<size_t>(g.stride * g.stride * g.phase_size + kSlack), 0.0f);
+        std::vector<float> d(static_cast<size_t>(g.chunk_rows * g.pitch + kSlack)), a(m), b(m);
+        for (int64_t bc = first; bc < last; ++bc) {
+            const int64_t bi = bc / g.channels, c = bc % g.channels;
+            const float* coef_b = coef + bi * 2 * m * g.channels;
+            for (int64_t j = 0; j < m; ++j) {
                 a[j] = coef_b[j * g.channels + c];
-                b[j] = coef_b[(m_m + j) * g.channels + c];
+                b[j] = coef_b[(m + j) * g.channels + c];
             }
             fill(x + bc * plane_in, x_bias[c], g, planes.data());
-            tail_plane(planes.data(), g, conv, epi, w.data() + c * kk, bias[c], a.data(), b.data(),
+            tail_plane(planes.data(), g, conv, epi, w.data() + bc * kk, bias[c], a.data(), b.data(),
                        sig_f.data() + bc * g.f_out, sig_t.data() + bc * g.t_out, d.data(), y + bc * plane_out);
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------------

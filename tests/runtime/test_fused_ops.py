@@ -190,6 +190,25 @@ def test_half_precision_hints_run(cache, tmp_path: Path, precision: str, tol: fl
     assert rel_error(got["w"], feeds["att"].astype(np.float64) @ feeds["bank2"]) < tol
 
 
+def test_threads_split_channels_without_changing_the_result(cache, tmp_path: Path) -> None:
+    """With TBB (the wheel's thread pool) the ops split channels / columns over the plugin's
+    threads; each output element is computed the same way, so the results are bit-identical."""
+    assert ops.openvino_paths().tbb is not None  # the x86-64 / aarch64 wheels ship it
+    shapes = dy_tail_shapes(2, 64, 16, 40, k=5, stride=2, pad=2, m=2)
+    mix = helper.make_node("MixBanks", ["att", "bank2"], ["w"], domain=ops.GRAPH_DOMAIN)
+    tail = helper.make_node("DyTail", list(INPUTS), ["y"], domain=ops.GRAPH_DOMAIN, stride=2, pad=2, act=1, m=2)
+    inputs = [*shapes, ("bank2", [4, 40000])]
+    path = tmp_path / "threads.onnx"
+    onnx.save(_model_many([mix, tail], inputs, outputs=("y", "w")), path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    feeds = random_feeds(inputs, np.random.default_rng(5))
+    got = [core.compile_model(core.read_model(str(path)), "CPU", {**CONFIG, "INFERENCE_NUM_THREADS": n})(feeds)
+           for n in (1, 2)]
+    assert np.array_equal(got[0]["y"], got[1]["y"]) and np.array_equal(got[0]["w"], got[1]["w"])
+    assert rel_error(got[1]["y"], dy_tail_ref(feeds, stride=2, pad=2, act=1, m=2)) < TOL
+
+
 def test_dy_tail_refuses_a_coef_of_the_wrong_width(cache, tmp_path: Path) -> None:
     shapes = dy_tail_shapes(1, 4, 8, 8, k=3, stride=1, pad=1, m=2)
     shapes[5] = ("coef", [1, 12])  # 2 * m * C = 16
