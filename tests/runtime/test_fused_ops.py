@@ -154,6 +154,24 @@ def test_dy_tail_other_geometries(cache, tmp_path: Path, k: int, stride: int, pa
         assert rel_error(compiled(feeds)[0], dy_tail_ref(feeds, stride=stride, pad=pad, act=2, m=3)) < TOL, (f, t)
 
 
+@pytest.mark.torch
+def test_reference_is_the_torch_definition() -> None:
+    """The NumPy reference above is the PyTorch op the exporter writes (dymn_edge.models.fused)."""
+    import torch
+
+    from dymn_edge.models import fused
+
+    rng = np.random.default_rng(1)
+    for k, stride, act, m in [(3, 1, 1, 2), (5, 2, 2, 2), (3, 2, 0, 1), (5, 1, 2, 3)]:
+        shapes = dy_tail_shapes(2, 5, 9, 10, k=k, stride=stride, pad=(k - 1) // 2, m=m)
+        feeds = random_feeds(shapes, rng)
+        args = [torch.from_numpy(feeds[n]).double() for n in INPUTS]
+        want = fused.dy_tail(*args, stride, (k - 1) // 2, act, m).numpy()
+        assert rel_error(dy_tail_ref(feeds, stride=stride, pad=(k - 1) // 2, act=act, m=m), want) < 1e-12
+    att, bank = rng.random((2, 4)), rng.standard_normal((4, 9))
+    assert np.allclose(fused.mix_banks(torch.from_numpy(att), torch.from_numpy(bank)).numpy(), att @ bank)
+
+
 def test_dy_tail_dynamic_shapes(cache, tmp_path: Path) -> None:
     """Compiled without a reshape: the output's partial shape follows the inputs and attrs, and
     two lengths run through the one compiled model."""
