@@ -7,8 +7,10 @@
 //     u = act(x + x_bias), zero-padded by `pad`; a depthwise kxk conv (stride `stride`) whose
 //     kernel is mixed per sample from the K-bank, plus bias; the Dy-ReLU max over `m` maps
 //     (coef map-major: slopes then offsets); times sigmoid(gate_f) and sigmoid(gate_t).
-// Float32 only, single-threaded (the runtime benchmarks one thread). The ONNX frontend maps
-// the nodes of domain "dymn.edge" (version 1) onto them.
+// Computed in float32 (f16 / bf16 tensors, which OpenVINO's f16 precision hands in, are
+// widened); no -ffast-math, so within float32 rounding of a float64 reference. Threads: those
+// of the arena the CPU plugin runs the inference in (INFERENCE_NUM_THREADS) when built with
+// TBB, else one. The ONNX frontend maps the nodes of domain "dymn.edge" (version 1) onto them.
 
 #include <algorithm>
 #include <cmath>
@@ -167,7 +169,7 @@ public:
                               get_input_size());
         for (size_t i = 0; i < 2; ++i)
             NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "MixBanks input ", i,
-                                  " must be float32, got ", get_input_element_type(i));
+                                  " must be f32 (or f16 / bf16), got ", get_input_element_type(i));
         const auto& att = get_input_partial_shape(0);
         const auto& bank = get_input_partial_shape(1);
         NODE_VALIDATION_CHECK(this, att.rank().compatible(2) && bank.rank().compatible(2),
@@ -309,7 +311,7 @@ void DyTail::validate_and_infer_types() {
     static const char* names[8] = {"x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"};
     for (size_t i = 0; i < 8; ++i) {
         NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "DyTail input ", names[i],
-                              " must be float32, got ", get_input_element_type(i));
+                              " must be f32 (or f16 / bf16), got ", get_input_element_type(i));
         NODE_VALIDATION_CHECK(this, get_input_partial_shape(i).rank().compatible(ranks[i]), "DyTail input ",
                               names[i], " must have rank ", ranks[i], ", got ", get_input_partial_shape(i));
     }
@@ -328,12 +330,17 @@ void DyTail::validate_and_infer_types() {
     if (channels.is_static() && dim(5, 1).is_static())
         NODE_VALIDATION_CHECK(this, dim(5, 1).get_length() == 2 * m_m * channels.get_length(), "DyTail: coef has ",
                               dim(5, 1), " columns, want 2 * m * C = ", 2 * m_m * channels.get_length());
-    const ov::Dimension f_out = window_dim(dim(0, 2), k, m_pad, m_stride);
-    const ov::Dimension t_out = window_dim(dim(0, 3), k, m_pad, m_stride);
-    NODE_VALIDATION_CHECK(this, dim(6, 2).compatible(f_out) && dim(6, 3).compatible(1),
-                          "DyTail: gate_f ", get_input_partial_shape(6), " is not (B, C, F', 1) with F' = ", f_out);
-    NODE_VALIDATION_CHECK(this, dim(7, 3).compatible(t_out) && dim(7, 2).compatible(1),
-                          "DyTail: gate_t ", get_input_partial_shape(7), " is not (B, C, 1, T') with T' = ", t_out);
+    // F', T' from x and the attrs, narrowed by what the gates know (they are (B, C, F', 1), (B, C, 1, T'))
+    ov::Dimension f_out = window_dim(dim(0, 2), k, m_pad, m_stride);
+    ov::Dimension t_out = window_dim(dim(0, 3), k, m_pad, m_stride);
+    for (size_t gate = 6; gate < 8; ++gate) {
+        ok = merge_into(batch, dim(gate, 0)) && merge_into(channels, dim(gate, 1)) &&
+             (gate == 6 ? merge_into(f_out, dim(6, 2)) && dim(6, 3).compatible(1)
+                        : merge_into(t_out, dim(7, 3)) && dim(7, 2).compatible(1));
+        NODE_VALIDATION_CHECK(this, ok, "DyTail: ", names[gate], " ", get_input_partial_shape(gate), " is not ",
+                              gate == 6 ? "(B, C, F', 1)" : "(B, C, 1, T')", " for x ", get_input_partial_shape(0),
+                              " (F' = ", f_out, ", T' = ", t_out, ")");
+    }
     set_output_type(0, output_type(get_input_element_type(0)), ov::PartialShape{batch, channels, f_out, t_out});
 }
 

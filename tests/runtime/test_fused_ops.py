@@ -227,6 +227,20 @@ def test_threads_split_channels_without_changing_the_result(cache, tmp_path: Pat
     assert rel_error(got[1]["y"], dy_tail_ref(feeds, stride=2, pad=2, act=1, m=2)) < TOL
 
 
+def test_dy_tail_shape_inference_with_bounds(cache, tmp_path: Path) -> None:
+    """Interval dims map through the window formula; the gates narrow what x leaves open."""
+    shapes = dy_tail_shapes("B", 4, "F", "T", k=5, stride=2, pad=2, m=2)
+    path = tmp_path / "bounds.onnx"
+    onnx.save(dy_tail_model(shapes, stride=2, pad=2, act=1, m=2), path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    model = core.read_model(str(path))
+    model.reshape({"x": ov.PartialShape([1, 4, 16, ov.Dimension(10, 100)]), "gate_f": ov.PartialShape([-1, 4, -1, 1])})
+    assert str(model.output(0).get_partial_shape()) == "[1,4,8,5..50]"
+    model.reshape({"x": ov.PartialShape([-1, 4, -1, -1]), "gate_t": ov.PartialShape([2, 4, 1, 7])})
+    assert str(model.output(0).get_partial_shape()) == "[2,4,?,7]"
+
+
 def test_dy_tail_refuses_a_coef_of_the_wrong_width(cache, tmp_path: Path) -> None:
     shapes = dy_tail_shapes(1, 4, 8, 8, k=3, stride=1, pad=1, m=2)
     shapes[5] = ("coef", [1, 12])  # 2 * m * C = 16
