@@ -143,6 +143,11 @@ def variant_file(variant: str) -> tuple[str, str]:
 FUSED = DynConvStrategy.FUSED.value
 
 
+def variant_applies(model: str, variant: str) -> bool:
+    """Whether ``model`` has a file for ``variant`` (fused rows: dynamic models only)."""
+    return variant.partition(":")[2] != FUSED or get_spec(model).arch is not Arch.MN
+
+
 def normalize_variant(text: str) -> str:
     """``ONNX:FP32`` / ``tflite`` -> ``onnx:fp32`` / ``tflite:fp32``; checked against the table.
 

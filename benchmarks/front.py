@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dymn_edge.benchmarks.config import BenchConfig, variant_file
+from dymn_edge.benchmarks.config import FUSED, BenchConfig, variant_file
 from dymn_edge.benchmarks.latency import seconds_key
 from dymn_edge.registry import Arch, get_spec
 
@@ -30,8 +30,11 @@ __all__ = ["FRONT_MODELS", "FRONT_VARIANTS", "FrontPoint", "pareto_front", "fron
 
 #: The registry's AudioSet models with a published mAP, static widths then dynamic ones.
 FRONT_MODELS = ("mn-s", "mn-05", "mn-m", "mn-20", "mn-30", "mn-40", "dymn-s", "dymn-m", "dymn-l")
-#: One row per engine: the variant that runs the model's file in it.
-FRONT_VARIANTS = ("onnx:fp32", "openvino:fp32", "tflite:fp32")
+#: One row per engine: the variant that runs the model's file in it. ``openvino:fused`` (the
+#: fused export form, dynamic models only) makes its own panel, with the static models'
+#: OpenVINO points beside it (their files are the same in every form).
+FRONT_VARIANTS = ("onnx:fp32", "openvino:fp32", "openvino:fused", "tflite:fp32")
+FUSED_PANEL = "openvino (fused form)"
 RANDOM_INIT_NOTE = ("latency of random-init models (the published architectures; latency does not "
                     "depend on the weights); mAP as published on AudioSet")
 
@@ -92,7 +95,11 @@ def front_points(result: dict[str, Any], window_s: float) -> dict[str, list[Fron
         if not st or mAP is None:
             continue
         engine = r.get("engine") or variant_file(r["name"])[1]
+        if r.get("precision") == FUSED:
+            engine = FUSED_PANEL
         raw.setdefault(engine, []).append((r["model"], st.get("cpu_median_ms") or st["median_ms"], mAP))
+    if FUSED_PANEL in raw:  # the static models run their one form beside the fused DyMN
+        raw[FUSED_PANEL] += [p for p in raw.get("openvino", []) if get_spec(p[0]).arch is Arch.MN]
     out = {}
     for engine, pts in raw.items():
         front = pareto_front(pts)

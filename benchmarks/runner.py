@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from dymn_edge.benchmarks import complexity, scoring, timing
 from dymn_edge.benchmarks.artifacts import cache_root, export_artifact
-from dymn_edge.benchmarks.config import RESULT_SCHEMA, BenchConfig, ModelRun, all_variants, static_partner
+from dymn_edge.benchmarks.config import (
+    FUSED, RESULT_SCHEMA, BenchConfig, ModelRun, all_variants, static_partner, variant_applies,
+)
 from dymn_edge.benchmarks.machine import machine_info, tool_versions
 from dymn_edge.benchmarks.macs import count_model
 from dymn_edge.errors import DymnEdgeError, WeightsError
@@ -95,7 +97,11 @@ def _model_runs(cfg: BenchConfig, notes: list[str]) -> list[ModelRun]:
 def _export_all(cfg: BenchConfig, runs: list[ModelRun], variants: list[str],
                 window_req: float | None, root: Path, notes: list[str]) -> None:
     """Export (or take from the cache) every variant of every model into its rows."""
-    jobs = [(mr, v) for mr in runs for v in variants]
+    jobs = [(mr, v) for mr in runs for v in variants if variant_applies(mr.name, v)]
+    skipped = sorted({mr.name for mr in runs for v in variants if not variant_applies(mr.name, v)})
+    if skipped:
+        notes.append(f"{', '.join(skipped)}: no {FUSED} rows (static models have no dynamic blocks: "
+                     f"their files are the same in every form)")
     for mr, v in tqdm(jobs, desc="export", unit="file", disable=not cfg.progress, leave=False):
         row = export_artifact(mr.name, v, mr.weights, mr.random_init, window_req, mr.activation,
                               root, cfg.cache, cfg.calibration)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dymn_edge.benchmarks.front import FrontPoint, format_front, front_points, pareto_front
+from dymn_edge.benchmarks.front import FUSED_PANEL, FrontPoint, format_front, front_points, pareto_front
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -45,6 +45,10 @@ def test_front_points_per_engine_from_a_result() -> None:
     assert ort["dymn-m"].mAP == 47.7 and ort["dymn-m"].latency_ms == 3.5  # thread CPU time
     ov = {p.model: p for p in points["openvino"]}
     assert ov["mn-m"].on_front and ov["dymn-m"].on_front  # slower but more accurate
+    fused = front_points({"artifacts": result["artifacts"] + [
+        {**_row("dymn-m", "openvino:fp32", 3.0), "precision": "fused", "name": "openvino:fused"}]}, 1.0)
+    panel = {p.model: p for p in fused[FUSED_PANEL]}
+    assert set(panel) == {"dymn-m", "mn-m"} and panel["dymn-m"].latency_ms == 3.0  # MN from openvino
     text = format_front(points, 1.0)
     assert "DyMN on the front: dymn-m" in text and "random-init" in text
     assert FrontPoint("x", "dymn-l", 49.1, 1.0).dynamic and not FrontPoint("x", "mn-40", 48.4, 1.0).dynamic
@@ -67,10 +71,14 @@ def test_tiny_front_end_to_end(tmp_path: Path, capsys) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     pytest.importorskip("matplotlib")
-    rc, text, result = _front_run(tmp_path, capsys, "mn-s,dymn-s", "onnx:fp32,openvino:fp32")
+    rc, text, result = _front_run(tmp_path, capsys, "mn-s,dymn-s", "onnx:fp32,openvino:fp32,openvino:fused")
     assert rc == 0, text
     assert "onnxruntime:" in text and "openvino:" in text and "random-init" in text
-    for engine in ("onnxruntime", "openvino"):
+    assert f"{FUSED_PANEL}:" in text
+    # the static model has no fused file: skipped with a note, its stock point joins the panel
+    assert not any(r["model"] == "mn-s" and r["precision"] == "fused" for r in result["artifacts"])
+    assert any("mn-s: no fused rows" in n for n in result["notes"])
+    for engine in ("onnxruntime", "openvino", FUSED_PANEL):
         pts = result["front"][engine]
         assert {p["model"] for p in pts} == {"mn-s", "dymn-s"}
         assert all(p["latency_ms"] > 0 for p in pts)
@@ -93,8 +101,8 @@ def test_full_front_every_engine(tmp_path: Path, capsys) -> None:
     """Every MN width and DyMN on ONNX Runtime, OpenVINO and LiteRT at 1 s (long: 9 models x 2 files)."""
     pytest.importorskip("openvino")
     pytest.importorskip("ai_edge_litert")
-    rc, text, result = _front_run(tmp_path, capsys, "all", "onnx:fp32,openvino:fp32,tflite:fp32")
+    rc, text, result = _front_run(tmp_path, capsys, "all", "onnx:fp32,openvino:fp32,openvino:fused,tflite:fp32")
     assert rc == 0, text
-    assert set(result["front"]) == {"onnxruntime", "openvino", "litert"}
+    assert set(result["front"]) == {"onnxruntime", "openvino", FUSED_PANEL, "litert"}
     for pts in result["front"].values():
         assert len(pts) == 9 and any(p["on_front"] for p in pts)
