@@ -124,7 +124,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                    "format:precision pairs of the exporter's table); tflite:waveform / "
                    "onnx:waveform: fp32 with the frontend in the graph (its cost: the row "
                    "minus the fp32 row); onnx:static_int8 / tflite:full_int8: calibrated int8 "
-                   "(need --calibration DIR)")
+                   "(need --calibration DIR); openvino:fp32: the onnx file timed in "
+                   "OpenVINO; openvino:fused: DyMN exported with --strategy fused (the "
+                   "dymn-edge operators), timed in OpenVINO")
     r.add_argument("--window", type=positive, metavar="S", help="export window in seconds "
                    "(default: 10 s for AudioSet heads, 1 s otherwise; with several models the first "
                    "model's, for all: fixed-shape files compare only at one window)")
