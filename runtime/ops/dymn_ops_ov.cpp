@@ -544,29 +544,35 @@ static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_
     return g;
 }
 
+//: floats of zeros after the planes, the run buffer and the gates, so runs round up to whole vectors
+constexpr int64_t kSlack = 16;
+
 // sigmoid of a gate, once per call.
 static void gate_sigmoids(const float* src, int64_t count, std::vector<float>& dst) {
-    dst.resize(static_cast<size_t>(count));
+    dst.assign(static_cast<size_t>(count + kSlack), 0.0f);  // slack: read by whole-vector short rows
     float* out = dst.data();
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i)
         out[i] = 1.0f / (1.0f + exp_vec(-src[i]));
 }
 
-//: floats of zeros after the planes and the run buffer, so runs round up to whole vectors
-constexpr int64_t kSlack = 16;
-
 // The (F', T') output plane of one (b, c) from its filled phase planes, chunk by chunk.
 static void tail_plane(const float* planes, const TailGeom& g, ConvFn conv, EpiFn epi, const float* w, float bias,
                        const float* a, const float* b, const float* sig_f, const float* sig_t, float* d, float* out) {
+    const int64_t plane_size = g.f_out * g.t_out;
     for (int64_t f0 = 0; f0 < g.f_out; f0 += g.chunk_rows) {
         const int64_t rows = std::min(g.chunk_rows, g.f_out - f0);
         // a whole number of vectors: the scalar tail of a short run costs as much as the run
         const int64_t n = ((rows - 1) * g.pitch + g.t_out + kSlack - 1) / kSlack * kSlack;
         conv(planes + f0 * g.pitch, g, w, bias, n, d);
-        for (int64_t r = 0; r < rows; ++r)
-            epi(d + r * g.pitch, g.t_out, static_cast<int>(g.m), a, b, sig_f[f0 + r], sig_t,
-                out + (f0 + r) * g.t_out);
+        for (int64_t r = 0; r < rows; ++r) {
+            // Short rows also run as whole vectors where that stays inside this plane's output:
+            // the extra values land on the next rows, which are written after (rows go in order;
+            // another thread never owns them), and read d / sig_t within their slack.
+            const int64_t at = (f0 + r) * g.t_out, whole = (g.t_out + kSlack - 1) / kSlack * kSlack;
+            const int64_t len = at + whole <= plane_size ? whole : g.t_out;
+            epi(d + r * g.pitch, len, static_cast<int>(g.m), a, b, sig_f[f0 + r], sig_t, out + at);
+        }
     }
 }
 
