@@ -95,6 +95,10 @@ class FormatSpec:
     int8_variants: tuple[Int8Variant, ...]  # named recipes with their own flag
     arguments: frozenset[str]  # the ARGUMENTS this format takes
     help: dict[str, str] = field(default_factory=dict)  # per precision / variant, for the epilog
+    #: --strategy forms the format takes (the fused form is ONNX for OpenVINO only: its
+    #: operators exist in no TFLite runtime)
+    strategies: tuple[DynConvStrategy, ...] = (
+        DynConvStrategy.STATIC_K, DynConvStrategy.RUNTIME_WEIGHT, DynConvStrategy.STRIDE_SPLIT)
 
     def supports(self, precision: Precision | str) -> bool:
         return Precision(precision) in self.precisions
@@ -166,6 +170,7 @@ FORMATS: dict[Format, FormatSpec] = {
                              "calibration"}),
         help={"int8": "with --calibration: static QDQ, u8 activations, 7-bit s8 weights; "
                       "without: ONNX Runtime dynamic, u8 weights, activations quantized at run time"},
+        strategies=tuple(DynConvStrategy),
     ),
     Format.TFLITE: FormatSpec(
         Format.TFLITE, "TFLite", ".tflite", _is_tflite, (Precision.FP32, Precision.FP16, Precision.INT8),

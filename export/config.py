@@ -379,12 +379,14 @@ class ExportConfig:
                               f"{self.format.value} (choose from: {', '.join(ok)})")
 
     def _check_fused(self) -> None:
-        """The fused form is an fp32 ONNX file for OpenVINO with the dymn-edge operators."""
+        """A form the format takes; the fused one is an fp32 log-mel file (OpenVINO operators)."""
+        spec = self.format_spec
+        if DynConvStrategy(self.strategy) not in spec.strategies:
+            takes = ", ".join(s.value for s in spec.strategies)
+            raise ExportError(f"{spec.format.value} does not take --strategy {self.strategy} (it takes: "
+                              f"{takes}); fused writes ONNX files for OpenVINO with the dymn-edge operators")
         if self.strategy != DynConvStrategy.FUSED.value:
             return
-        if self.format is not Format.ONNX:
-            raise ExportError("--strategy fused writes ONNX files (run by OpenVINO with the dymn-edge "
-                              f"operators); {self.format.value} takes static_k or runtime_weight")
         if self.precision is not Precision.FP32:
             raise ExportError("--strategy fused files are fp32: the int8 quantizers run the graph in "
                               "ONNX Runtime, which has no kernels for the fused operators")

@@ -112,7 +112,7 @@ def test_dymn_tag_and_info_on_a_fused_file(exported, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("kwargs,words", [
-    ({"format": "tflite"}, "writes ONNX files"),
+    ({"format": "tflite"}, "does not take --strategy fused"),
     ({"format": "onnx", "precision": "int8"}, "fp32"),
     ({"format": "onnx", "waveform": True}, "--waveform"),
 ])
