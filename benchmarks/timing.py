@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dymn_edge.benchmarks import latency as lat
-from dymn_edge.benchmarks.config import REFERENCE_NAME, BenchConfig, ModelRun, static_partner
+from dymn_edge.benchmarks.config import FUSED, REFERENCE_NAME, BenchConfig, ModelRun, static_partner
 from dymn_edge.benchmarks.machine import GEMM_N
 from dymn_edge.benchmarks.macs import count as count_arch
 from dymn_edge.benchmarks.macs import deployed_macs
@@ -102,6 +102,13 @@ def _medians(row: dict[str, Any]) -> dict[tuple[str, str], float]:
     return out
 
 
+def _partner_variant(name: str) -> str:
+    """The static partner's row of a variant: the same, except fused rows (engine:fused), whose
+    partner is the engine's fp32 row (a static model's file is the same in every form)."""
+    engine, _, prec = name.partition(":")
+    return f"{engine}:fp32" if prec == FUSED else name
+
+
 def attach_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio_to_static`` (DyMN / its MN partner) and ``speedup_vs_eager`` per latency cell.
 
@@ -114,7 +121,7 @@ def attach_ratios(rows: list[dict[str, Any]]) -> None:
           if r["status"] != "failed" and r.get("latency")}
     for (model, name), r in ok.items():
         med = _medians(r)
-        partner = ok.get((static_partner(model) if model else None, name))
+        partner = ok.get((static_partner(model) if model else None, _partner_variant(name)))
         eager = ok.get((model, REFERENCE_NAME)) if r["format"] != "pytorch" else None
         if partner is not None:
             r["static_model"] = partner["model"]
