@@ -7,6 +7,7 @@
 //     u = act(x + x_bias), zero-padded by `pad`; a depthwise kxk conv (stride `stride`) whose
 //     kernel is mixed per sample from the K-bank, plus bias; the Dy-ReLU max over `m` maps
 //     (coef map-major: slopes then offsets); times sigmoid(gate_f) and sigmoid(gate_t).
+//   AxisMeans(x (B,C,F,T)) -> (B,C,F+T): the means over T (per row) then over F (per column).
 // Computed in float32 (f16 / bf16 tensors, which OpenVINO's f16 precision hands in, are
 // widened); no -ffast-math, so within float32 rounding of a float64 reference. Threads: those
 // of the arena the CPU plugin runs the inference in (INFERENCE_NUM_THREADS) when built with
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -255,6 +257,83 @@ static void mix_banks_f32(ov::TensorVector& outputs, const ov::TensorVector& inp
 
 bool MixBanks::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     return evaluate_as_f32(outputs, inputs, mix_banks_f32);
+}
+
+// ---------------------------------------------------------------------------------------
+// AxisMeans
+
+class AxisMeans : public ov::op::Op {
+public:
+    OPENVINO_OP("AxisMeans", "dymn_edge");
+
+    AxisMeans() = default;
+    explicit AxisMeans(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 1, "AxisMeans takes 1 input (x), got ", get_input_size());
+        NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(0)),
+                              "AxisMeans input must be f32 (or f16 / bf16), got ", get_input_element_type(0));
+        const auto& x = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, x.rank().compatible(4), "AxisMeans wants x (B, C, F, T), got ", x);
+        ov::PartialShape y = ov::PartialShape::dynamic(3);
+        if (x.rank().is_static())
+            y = ov::PartialShape{x[0], x[1], x[2] + x[3]};
+        set_output_type(0, output_type(get_input_element_type(0)), y);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<AxisMeans>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+
+    bool has_evaluate() const override { return all_float_inputs(*this); }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+};
+
+// One (F, T) plane: the row sums and the column sums in one pass (float accumulators: a
+// vectorized partial sum per row, one running sum per column), divided at the end.
+static void axis_means_plane(const float* x, int64_t f_in, int64_t t_in, float* cols, float* y) {
+    std::fill(cols, cols + t_in, 0.0f);
+    for (int64_t f = 0; f < f_in; ++f) {
+        const float* row = x + f * t_in;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t t = 0; t < t_in; ++t) {
+            s += row[t];
+            cols[t] += row[t];
+        }
+        y[f] = s / static_cast<float>(t_in);
+    }
+    const float rows = static_cast<float>(f_in);
+#pragma omp simd
+    for (int64_t t = 0; t < t_in; ++t)
+        y[f_in + t] = cols[t] / rows;
+}
+
+static void axis_means_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) {
+    const auto& xs = inputs[0].get_shape();
+    OPENVINO_ASSERT(xs.size() == 4, "AxisMeans: x ", xs, " is not (B, C, F, T)");
+    const int64_t planes = xs[0] * xs[1], f_in = xs[2], t_in = xs[3];
+    outputs[0].set_shape(ov::Shape{xs[0], xs[1], xs[2] + xs[3]});
+    const float* x = inputs[0].data<const float>();
+    float* y = outputs[0].data<float>();
+    if (planes == 0 || f_in + t_in == 0)
+        return;
+    if (f_in == 0 || t_in == 0) {  // a mean over nothing, as NumPy / PyTorch give it
+        std::fill(y, y + planes * (f_in + t_in), std::numeric_limits<float>::quiet_NaN());
+        return;
+    }
+    for_ranges(planes, std::max<int64_t>(1, 16384 / (f_in * t_in)), [&](int64_t first, int64_t last) {
+        std::vector<float> cols(static_cast<size_t>(t_in));
+        for (int64_t p = first; p < last; ++p)
+            axis_means_plane(x + p * f_in * t_in, f_in, t_in, cols.data(), y + p * (f_in + t_in));
+    });
+}
+
+bool AxisMeans::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    return evaluate_as_f32(outputs, inputs, axis_means_f32);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -635,6 +714,10 @@ static ov::OutputVector convert_mix_banks(const ov::frontend::NodeContext& node)
     return std::make_shared<MixBanks>(inputs_of(node))->outputs();
 }
 
+static ov::OutputVector convert_axis_means(const ov::frontend::NodeContext& node) {
+    return std::make_shared<AxisMeans>(inputs_of(node))->outputs();
+}
+
 static ov::OutputVector convert_dy_tail(const ov::frontend::NodeContext& node) {
     const int64_t stride = node.get_attribute<int64_t>("stride", 1);
     const int64_t pad = node.get_attribute<int64_t>("pad", 0);
@@ -648,6 +731,8 @@ static ov::OutputVector convert_dy_tail(const ov::frontend::NodeContext& node) {
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<dymn::MixBanks>>(),
     std::make_shared<ov::OpExtension<dymn::DyTail>>(),
+    std::make_shared<ov::OpExtension<dymn::AxisMeans>>(),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("MixBanks", "dymn.edge", dymn::convert_mix_banks),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DyTail", "dymn.edge", dymn::convert_dy_tail),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("AxisMeans", "dymn.edge", dymn::convert_axis_means),
 }));

@@ -270,6 +270,50 @@ def test_mix_banks_dynamic_batch(cache, tmp_path: Path) -> None:
         assert rel_error(compiled({"att": att, "bank": bank})[0], att.astype(np.float64) @ bank) < TOL
 
 
+# ------------------------------------------------------------------------------------------
+# AxisMeans
+
+def axis_means_ref(x: np.ndarray) -> np.ndarray:
+    """The AxisMeans definition in float64: the means over T, then over F."""
+    x = x.astype(np.float64)
+    return np.concatenate([x.mean(3), x.mean(2)], axis=2)
+
+
+def axis_means_model(shape: list) -> onnx.ModelProto:
+    return _model(helper.make_node("AxisMeans", ["x"], ["y"], domain=ops.GRAPH_DOMAIN), [("x", shape)])
+
+
+@pytest.mark.parametrize("shape", [[1, 16, 64, 500], [2, 3, 9, 12], [1, 5, 1, 7], [2, 4, 6, 1], [1, 960, 2, 7],
+                                   [3, 2, 33, 17]])
+def test_axis_means_matches_reference(cache, tmp_path: Path, shape: list) -> None:
+    compiled = compile_onnx(axis_means_model(shape), tmp_path)
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 2.0 + 0.5).astype(np.float32)
+    got = compiled({"x": x})[0]
+    assert got.shape == (shape[0], shape[1], shape[2] + shape[3])
+    assert rel_error(got, axis_means_ref(x)) < TOL
+
+
+def test_axis_means_dynamic_shapes_and_threads(cache, tmp_path: Path) -> None:
+    """One compiled model takes other sizes; bounds add up (F + T); 2 threads give the same bits."""
+    path = tmp_path / "means.onnx"
+    onnx.save(axis_means_model(["B", 8, "F", "T"]), path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    model = core.read_model(str(path))
+    assert str(model.output(0).get_partial_shape()) == "[?,8,?]"
+    bounded = model.clone()
+    bounded.reshape({"x": ov.PartialShape([1, 8, 16, ov.Dimension(10, 100)])})
+    assert str(bounded.output(0).get_partial_shape()) == "[1,8,26..116]"
+    compiled = [core.compile_model(model, "CPU", {**CONFIG, "INFERENCE_NUM_THREADS": n}) for n in (1, 2)]
+    rng = np.random.default_rng(9)
+    for shape in ([1, 8, 16, 10], [2, 8, 5, 41], [3, 8, 64, 50]):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = [c({"x": x})[0] for c in compiled]
+        assert np.array_equal(got[0], got[1])
+        assert rel_error(got[0], axis_means_ref(x)) < TOL
+
+
 def test_uses_fused_ops(tmp_path: Path) -> None:
     fused = tmp_path / "fused.onnx"
     onnx.save(dy_tail_model(dy_tail_shapes(1, 2, 4, 4, k=3, stride=1, pad=1, m=2), stride=1, pad=1, act=0, m=2),
