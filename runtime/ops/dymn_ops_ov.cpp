@@ -7,6 +7,9 @@
 //     u = act(x + x_bias), zero-padded by `pad`; a depthwise kxk conv (stride `stride`) whose
 //     kernel is mixed per sample from the K-bank, plus bias; the Dy-ReLU max over `m` maps
 //     (coef map-major: slopes then offsets); times sigmoid(gate_f) and sigmoid(gate_t).
+//   DyExpTail(x, w_exp, x_bias, att, bank, bias, coef, gate_f, gate_t): DyTail on the expansion
+//     sum_j w_exp[b, c*C_in + j] * x[b, j] of the block input x (B,C_in,F,T), computed band by
+//     band and never stored.
 //   AxisMeans(x (B,C,F,T)) -> (B,C,F+T): the means over T (per row) then over F (per column).
 // Computed in float32 (f16 / bf16 tensors, which OpenVINO's f16 precision hands in, are
 // widened); no -ffast-math, so within float32 rounding of a float64 reference. Threads: those
@@ -378,50 +381,114 @@ private:
     int64_t m_m = 2;
 };
 
-void DyTail::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 8,
-                          "DyTail takes 8 inputs (x, x_bias, att, bank, bias, coef, gate_f, gate_t), got ",
-                          get_input_size());
-    NODE_VALIDATION_CHECK(this, m_stride >= 1 && m_pad >= 0 && m_m >= 1, "DyTail: stride ", m_stride, ", pad ",
-                          m_pad, ", m ", m_m, " (want stride >= 1, pad >= 0, m >= 1)");
-    NODE_VALIDATION_CHECK(this, m_act >= kIdentity && m_act <= kHardswish, "DyTail: act ", m_act,
+// Shapes and attributes of DyTail and DyExpTail (expand: x is the block input (B, C_in, F, T) and
+// w_exp (B, C * C_in) follows it; C comes from the other inputs).
+static void validate_tail(ov::Node* node, bool expand, int64_t stride, int64_t pad, int64_t act, int64_t m) {
+    const char* op = expand ? "DyExpTail" : "DyTail";
+    const size_t count = expand ? 9 : 8, o = expand ? 1 : 0;  // o: where x_bias .. gate_t sit past DyTail's
+    NODE_VALIDATION_CHECK(node, node->get_input_size() == count, op, " takes ", count, " inputs (",
+                          expand ? "x, w_exp, " : "x, ", "x_bias, att, bank, bias, coef, gate_f, gate_t), got ",
+                          node->get_input_size());
+    NODE_VALIDATION_CHECK(node, stride >= 1 && pad >= 0 && m >= 1, op, ": stride ", stride, ", pad ", pad, ", m ",
+                          m, " (want stride >= 1, pad >= 0, m >= 1)");
+    NODE_VALIDATION_CHECK(node, act >= kIdentity && act <= kHardswish, op, ": act ", act,
                           " (0 identity, 1 relu, 2 hardswish)");
     static const int64_t ranks[8] = {4, 1, 2, 4, 1, 2, 4, 4};
     static const char* names[8] = {"x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"};
+    auto idx = [o](size_t i) { return i == 0 ? 0 : i + o; };  // DyTail's input i -> this op's
     for (size_t i = 0; i < 8; ++i) {
-        NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "DyTail input ", names[i],
-                              " must be f32 (or f16 / bf16), got ", get_input_element_type(i));
-        NODE_VALIDATION_CHECK(this, get_input_partial_shape(i).rank().compatible(ranks[i]), "DyTail input ",
-                              names[i], " must have rank ", ranks[i], ", got ", get_input_partial_shape(i));
+        NODE_VALIDATION_CHECK(node, float_or_dynamic(node->get_input_element_type(idx(i))), op, " input ", names[i],
+                              " must be f32 (or f16 / bf16), got ", node->get_input_element_type(idx(i)));
+        NODE_VALIDATION_CHECK(node, node->get_input_partial_shape(idx(i)).rank().compatible(ranks[i]), op,
+                              " input ", names[i], " must have rank ", ranks[i], ", got ",
+                              node->get_input_partial_shape(idx(i)));
     }
-    auto dim = [this](size_t input, size_t axis) {
-        const auto& s = get_input_partial_shape(input);
+    auto raw = [node](size_t input, size_t axis) {
+        const auto& s = node->get_input_partial_shape(input);
         return s.rank().is_static() ? s[axis] : ov::Dimension::dynamic();
     };
-    ov::Dimension batch = dim(0, 0), channels = dim(0, 1), k = dim(3, 2), kw = dim(3, 3);
+    auto dim = [&](size_t i, size_t axis) { return raw(idx(i), axis); };
+    ov::Dimension batch = dim(0, 0), channels = expand ? ov::Dimension::dynamic() : dim(0, 1), k = dim(3, 2),
+                  kw = dim(3, 3);
     bool ok = merge_into(batch, dim(2, 0)) && merge_into(batch, dim(5, 0));
-    NODE_VALIDATION_CHECK(this, ok, "DyTail: x, att and coef disagree on the batch");
+    NODE_VALIDATION_CHECK(node, ok, op, ": x, att and coef disagree on the batch");
     ok = merge_into(channels, dim(1, 0)) && merge_into(channels, dim(3, 1)) && merge_into(channels, dim(4, 0));
-    NODE_VALIDATION_CHECK(this, ok, "DyTail: x, x_bias, bank and bias disagree on the channels");
-    NODE_VALIDATION_CHECK(this, merge_into(k, kw), "DyTail: the bank's kernel must be square, got ",
-                          get_input_partial_shape(3));
-    NODE_VALIDATION_CHECK(this, dim(2, 1).compatible(dim(3, 0)), "DyTail: att and bank disagree on K");
+    NODE_VALIDATION_CHECK(node, ok, op, expand ? ": x_bias, bank and bias" : ": x, x_bias, bank and bias",
+                          " disagree on the channels");
+    NODE_VALIDATION_CHECK(node, merge_into(k, kw), op, ": the bank's kernel must be square, got ",
+                          node->get_input_partial_shape(idx(3)));
+    NODE_VALIDATION_CHECK(node, dim(2, 1).compatible(dim(3, 0)), op, ": att and bank disagree on K");
     if (channels.is_static() && dim(5, 1).is_static())
-        NODE_VALIDATION_CHECK(this, dim(5, 1).get_length() == 2 * m_m * channels.get_length(), "DyTail: coef has ",
-                              dim(5, 1), " columns, want 2 * m * C = ", 2 * m_m * channels.get_length());
+        NODE_VALIDATION_CHECK(node, dim(5, 1).get_length() == 2 * m * channels.get_length(), op, ": coef has ",
+                              dim(5, 1), " columns, want 2 * m * C = ", 2 * m * channels.get_length());
     // F', T' from x and the attrs, narrowed by what the gates know (they are (B, C, F', 1), (B, C, 1, T'))
-    ov::Dimension f_out = window_dim(dim(0, 2), k, m_pad, m_stride);
-    ov::Dimension t_out = window_dim(dim(0, 3), k, m_pad, m_stride);
+    ov::Dimension f_out = window_dim(dim(0, 2), k, pad, stride);
+    ov::Dimension t_out = window_dim(dim(0, 3), k, pad, stride);
     for (size_t gate = 6; gate < 8; ++gate) {
         ok = merge_into(batch, dim(gate, 0)) && merge_into(channels, dim(gate, 1)) &&
              (gate == 6 ? merge_into(f_out, dim(6, 2)) && dim(6, 3).compatible(1)
                         : merge_into(t_out, dim(7, 3)) && dim(7, 2).compatible(1));
-        NODE_VALIDATION_CHECK(this, ok, "DyTail: ", names[gate], " ", get_input_partial_shape(gate), " is not ",
-                              gate == 6 ? "(B, C, F', 1)" : "(B, C, 1, T')", " for x ", get_input_partial_shape(0),
-                              " (F' = ", f_out, ", T' = ", t_out, ")");
+        NODE_VALIDATION_CHECK(node, ok, op, ": ", names[gate], " ", node->get_input_partial_shape(idx(gate)),
+                              " is not ", gate == 6 ? "(B, C, F', 1)" : "(B, C, 1, T')", " for x ",
+                              node->get_input_partial_shape(0), " (F' = ", f_out, ", T' = ", t_out, ")");
     }
-    set_output_type(0, output_type(get_input_element_type(0)), ov::PartialShape{batch, channels, f_out, t_out});
+    if (expand) {
+        NODE_VALIDATION_CHECK(node, float_or_dynamic(node->get_input_element_type(1)),
+                              "DyExpTail input w_exp must be f32 (or f16 / bf16), got ",
+                              node->get_input_element_type(1));
+        NODE_VALIDATION_CHECK(node, node->get_input_partial_shape(1).rank().compatible(2),
+                              "DyExpTail input w_exp must have rank 2, got ", node->get_input_partial_shape(1));
+        const ov::Dimension c_in = raw(0, 1), wb = raw(1, 0), wn = raw(1, 1);
+        NODE_VALIDATION_CHECK(node, merge_into(batch, wb), "DyExpTail: x and w_exp disagree on the batch");
+        if (channels.is_static() && c_in.is_static() && wn.is_static())
+            NODE_VALIDATION_CHECK(node, wn.get_length() == channels.get_length() * c_in.get_length(),
+                                  "DyExpTail: w_exp has ", wn, " columns, want C * C_in = ",
+                                  channels.get_length() * c_in.get_length());
+    }
+    node->set_output_type(0, output_type(node->get_input_element_type(0)),
+                          ov::PartialShape{batch, channels, f_out, t_out});
 }
+
+void DyTail::validate_and_infer_types() {
+    validate_tail(this, false, m_stride, m_pad, m_act, m_m);
+}
+
+class DyExpTail : public ov::op::Op {
+public:
+    OPENVINO_OP("DyExpTail", "dymn_edge");
+
+    DyExpTail() = default;
+    DyExpTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
+        : Op(args), m_stride(stride), m_pad(pad), m_act(act), m_m(m) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override { validate_tail(this, true, m_stride, m_pad, m_act, m_m); }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<DyExpTail>(args, m_stride, m_pad, m_act, m_m);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("stride", m_stride);
+        visitor.on_attribute("pad", m_pad);
+        visitor.on_attribute("act", m_act);
+        visitor.on_attribute("m", m_m);
+        return true;
+    }
+
+    bool has_evaluate() const override { return all_float_inputs(*this); }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
+
+    int64_t m_stride = 1;
+    int64_t m_pad = 0;
+    int64_t m_act = kIdentity;
+    int64_t m_m = 2;
+};
 
 // The geometry of one evaluate call. The activated, zero-padded input of one (b, c) is held
 // as stride x stride phase planes: phase (pr, pc) holds padded element (S*r + pr, S*c + pc), so
@@ -600,9 +667,10 @@ static FillFn pick_fill(int64_t act, int64_t stride) {
     return stride == 1 ? pick_fill_s<1>(act) : stride == 2 ? pick_fill_s<2>(act) : pick_fill_s<0>(act);
 }
 
-static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_t pad, int64_t m) {
-    const auto& xs = in[0].get_shape();
-    const auto& bank = in[3].get_shape();
+// xs: the (B, C, F, T) the tail reads; in[o + i]: DyTail's input i (o = 1 past DyExpTail's w_exp).
+static TailGeom tail_geometry(const ov::Shape& xs, const ov::TensorVector& in, size_t o, int64_t stride, int64_t pad,
+                              int64_t m) {
+    const auto& bank = in[o + 3].get_shape();
     OPENVINO_ASSERT(xs.size() == 4 && bank.size() == 4 && bank[2] == bank[3] && bank[1] == xs[1],
                     "DyTail: x ", xs, " and bank ", bank, " do not match");
     TailGeom g{};
@@ -614,8 +682,8 @@ static TailGeom tail_geometry(const ov::TensorVector& in, int64_t stride, int64_
         xs, {xs[1]}, {xs[0], bank[0]}, bank, {xs[1]}, {xs[0], static_cast<size_t>(2 * m) * xs[1]},
         {xs[0], xs[1], static_cast<size_t>(g.f_out), 1}, {xs[0], xs[1], 1, static_cast<size_t>(g.t_out)}};
     for (size_t i = 1; i < 8; ++i)
-        OPENVINO_ASSERT(in[i].get_shape() == want[i], "DyTail: input ", i, " has shape ", in[i].get_shape(),
-                        ", want ", want[i]);
+        OPENVINO_ASSERT(in[o + i].get_shape() == want[i], "DyTail: input ", o + i, " has shape ",
+                        in[o + i].get_shape(), ", want ", want[i]);
     g.phase_rows = (g.f_in + 2 * pad + stride - 1) / stride;
     g.pitch = (g.t_in + 2 * pad + stride - 1) / stride;
     g.phase_size = g.phase_rows * g.pitch;
@@ -662,7 +730,7 @@ bool DyTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs)
 }
 
 void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const TailGeom g = tail_geometry(inputs, m_stride, m_pad, m_m);
+    const TailGeom g = tail_geometry(inputs[0].get_shape(), inputs, 0, m_stride, m_pad, m_m);
     outputs[0].set_shape(ov::Shape{static_cast<size_t>(g.batch), static_cast<size_t>(g.channels),
                                    static_cast<size_t>(g.f_out), static_cast<size_t>(g.t_out)});
     if (g.batch * g.channels * g.f_out * g.t_out == 0)
@@ -701,6 +769,144 @@ void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inp
 }
 
 // ---------------------------------------------------------------------------------------
+// DyExpTail: DyTail on the block's expansion, computed band by band, never stored
+
+//: channels whose expanded rows are computed together (each input value is loaded once for all)
+constexpr int kExpGroup = 4;
+//: floats of block input one band may span (the C_in rows it reads stay in L2 for all channels)
+constexpr int64_t kBandInputFloats = 128 * 1024;
+
+// out[q * ld + t] = sum_j w[q * c_in + j] * rows[j][t] for the G channels of a group: a vector of
+// positions accumulates over all C_in input rows in registers.
+template <int G>
+static void expand_rows(const float* const* rows, int64_t c_in, const float* w, int64_t t_in, float* out,
+                        int64_t ld) {
+#pragma omp simd
+    for (int64_t t = 0; t < t_in; ++t) {
+        float acc[G];
+        for (int q = 0; q < G; ++q)
+            acc[q] = 0.0f;
+        for (int64_t j = 0; j < c_in; ++j) {
+            const float v = rows[j][t];
+            for (int q = 0; q < G; ++q)
+                acc[q] += w[q * c_in + j] * v;
+        }
+        for (int q = 0; q < G; ++q)
+            out[q * ld + t] = acc[q];
+    }
+}
+
+using RowFn = void (*)(const float*, float, const TailGeom&, float*);
+
+template <int S>
+static RowFn pick_row_s(int64_t act) {
+    return act == kRelu ? fill_row<kRelu, S> : act == kHardswish ? fill_row<kHardswish, S> : fill_row<kIdentity, S>;
+}
+
+static RowFn pick_row(int64_t act, int64_t stride) {
+    return stride == 1 ? pick_row_s<1>(act) : stride == 2 ? pick_row_s<2>(act) : pick_row_s<0>(act);
+}
+
+bool DyExpTail::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    return evaluate_as_f32(outputs, inputs, [this](ov::TensorVector& out, const ov::TensorVector& in) {
+        evaluate_f32(out, in);
+    });
+}
+
+// Bands of output rows: for one band the C_in input rows it needs are read from cache by every
+// channel; each channel's expanded rows of the band (band * stride + k - stride of them, the
+// halo recomputed) go into its phase planes and the DyTail plane code runs on them.
+void DyExpTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    const auto& xs = inputs[0].get_shape();
+    OPENVINO_ASSERT(xs.size() == 4 && inputs[2].get_shape().size() == 1, "DyExpTail: x ", xs, " and x_bias ",
+                    inputs[2].get_shape(), " are not (B, C_in, F, T) and (C)");
+    const ov::Shape ts{xs[0], inputs[2].get_shape()[0], xs[2], xs[3]};
+    const TailGeom g = tail_geometry(ts, inputs, 1, m_stride, m_pad, m_m);
+    const int64_t c_in = xs[1];
+    OPENVINO_ASSERT(inputs[1].get_shape() == (ov::Shape{xs[0], ts[1] * xs[1]}), "DyExpTail: w_exp ",
+                    inputs[1].get_shape(), " is not (B, C * C_in) = ", ov::Shape{xs[0], ts[1] * xs[1]});
+    outputs[0].set_shape(ov::Shape{static_cast<size_t>(g.batch), static_cast<size_t>(g.channels),
+                                   static_cast<size_t>(g.f_out), static_cast<size_t>(g.t_out)});
+    if (g.batch * g.channels * g.f_out * g.t_out == 0)
+        return;
+    const float* x = inputs[0].data<const float>();
+    const float* w_exp = inputs[1].data<const float>();
+    const float* x_bias = inputs[2].data<const float>();
+    const float* bias = inputs[5].data<const float>();
+    const float* coef = inputs[6].data<const float>();
+    float* y = outputs[0].data<float>();
+    const int64_t kk = g.k * g.k, plane_out = g.f_out * g.t_out, s = g.stride;
+    std::vector<float> w(static_cast<size_t>(g.batch * g.channels * kk)), sig_f, sig_t;
+    mix_banks(inputs[3].data<const float>(), inputs[4].data<const float>(), w.data(), g.batch, g.k_count,
+              g.channels * kk);
+    gate_sigmoids(inputs[7].data<const float>(), g.batch * g.channels * g.f_out, sig_f);
+    gate_sigmoids(inputs[8].data<const float>(), g.batch * g.channels * g.t_out, sig_t);
+    // the expansion kernels in groups of kExpGroup channels (zero rows past C)
+    constexpr int G = kExpGroup;
+    const int64_t groups = (g.channels + G - 1) / G;
+    std::vector<float> wexp(static_cast<size_t>(g.batch * groups * G * c_in), 0.0f);
+    for (int64_t b = 0; b < g.batch; ++b)
+        std::copy(w_exp + b * g.channels * c_in, w_exp + (b + 1) * g.channels * c_in,
+                  wexp.begin() + b * groups * G * c_in);
+    // band rows: as many as the input budget allows, at least enough that the recomputed halo
+    // (k - stride rows) stays a quarter of the band's rows
+    const int64_t fit = (std::max<int64_t>(kBandInputFloats / std::max<int64_t>(c_in * g.t_in, 1), g.k) - g.k) / s + 1;
+    const int64_t band = std::min(g.f_out, std::max<int64_t>({fit, 4 * (g.k - s) / s, 1}));
+    const int64_t bands = (g.f_out + band - 1) / band;
+    TailGeom gb = g;
+    gb.phase_rows = ((band - 1) * s + g.k + s - 1) / s;
+    gb.phase_size = gb.phase_rows * gb.pitch;
+    gb.chunk_rows = std::min(g.chunk_rows, band);
+    const int64_t plane_stride = s * s * gb.phase_size;
+    const ConvFn conv = pick_conv(g.k, s);
+    const EpiFn epi = pick_epilogue(m_m);
+    const RowFn fill = pick_row(m_act, s);
+    const int64_t m = m_m;
+    const int64_t work = G * (((band - 1) * s + g.k) * g.t_in * (c_in + 1) + band * g.t_out * kk);
+    for_ranges(g.batch * bands * groups, std::max<int64_t>(1, 65536 / work), [&](int64_t first, int64_t last) {
+        std::vector<float> planes(static_cast<size_t>(G * plane_stride + kSlack), 0.0f);
+        std::vector<float> u(static_cast<size_t>(G * g.t_in));
+        std::vector<float> d(static_cast<size_t>(gb.chunk_rows * gb.pitch + kSlack)), a(m), bb(m);
+        std::vector<const float*> rows(static_cast<size_t>(c_in));
+        for (int64_t item = first; item < last; ++item) {
+            const int64_t bi = item / (bands * groups), bd = item / groups % bands, gr = item % groups;
+            const int64_t f0 = bd * band, out_rows = std::min(band, g.f_out - f0);
+            const int64_t c0 = gr * G, live = std::min<int64_t>(G, g.channels - c0);
+            const float* wg = wexp.data() + (bi * groups + gr) * G * c_in;
+            for (int64_t rl = 0; rl < (out_rows - 1) * s + g.k; ++rl) {
+                const int64_t f = f0 * s + rl - g.pad;  // the input row of padded band row rl
+                const int64_t at = (rl % s) * s * gb.phase_size + (rl / s) * gb.pitch;
+                if (f < 0 || f >= g.f_in) {  // a padding row: zeros in every column phase
+                    for (int64_t q = 0; q < live; ++q)
+                        for (int64_t pc = 0; pc < s; ++pc)
+                            std::fill_n(planes.data() + q * plane_stride + at + pc * gb.phase_size, gb.pitch, 0.0f);
+                    continue;
+                }
+                for (int64_t j = 0; j < c_in; ++j)
+                    rows[j] = x + ((bi * c_in + j) * g.f_in + f) * g.t_in;
+                expand_rows<G>(rows.data(), c_in, wg, g.t_in, u.data(), g.t_in);
+                for (int64_t q = 0; q < live; ++q)
+                    fill(u.data() + q * g.t_in, x_bias[c0 + q], gb, planes.data() + q * plane_stride + at);
+            }
+            TailGeom gl = gb;
+            gl.f_out = out_rows;
+            gl.chunk_rows = std::min(gb.chunk_rows, out_rows);
+            for (int64_t q = 0; q < live; ++q) {
+                const int64_t c = c0 + q, bc = bi * g.channels + c;
+                const float* coef_b = coef + bi * 2 * m * g.channels;
+                for (int64_t j = 0; j < m; ++j) {
+                    a[j] = coef_b[j * g.channels + c];
+                    bb[j] = coef_b[(m + j) * g.channels + c];
+                }
+                tail_plane(planes.data() + q * plane_stride, gl, conv, epi, w.data() + bc * kk, bias[c], a.data(),
+                           bb.data(), sig_f.data() + bc * g.f_out + f0, sig_t.data() + bc * g.t_out, d.data(),
+                           y + bc * plane_out + f0 * g.t_out);
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
 // ONNX frontend: nodes of domain "dymn.edge"
 
 static ov::OutputVector inputs_of(const ov::frontend::NodeContext& node) {
@@ -712,6 +918,14 @@ static ov::OutputVector inputs_of(const ov::frontend::NodeContext& node) {
 
 static ov::OutputVector convert_mix_banks(const ov::frontend::NodeContext& node) {
     return std::make_shared<MixBanks>(inputs_of(node))->outputs();
+}
+
+static ov::OutputVector convert_dy_exp_tail(const ov::frontend::NodeContext& node) {
+    const int64_t stride = node.get_attribute<int64_t>("stride", 1);
+    const int64_t pad = node.get_attribute<int64_t>("pad", 0);
+    const int64_t act = node.get_attribute<int64_t>("act", 0);
+    const int64_t m = node.get_attribute<int64_t>("m", 2);
+    return std::make_shared<DyExpTail>(inputs_of(node), stride, pad, act, m)->outputs();
 }
 
 static ov::OutputVector convert_axis_means(const ov::frontend::NodeContext& node) {
@@ -732,7 +946,9 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<dymn::MixBanks>>(),
     std::make_shared<ov::OpExtension<dymn::DyTail>>(),
     std::make_shared<ov::OpExtension<dymn::AxisMeans>>(),
+    std::make_shared<ov::OpExtension<dymn::DyExpTail>>(),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("MixBanks", "dymn.edge", dymn::convert_mix_banks),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DyTail", "dymn.edge", dymn::convert_dy_tail),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("AxisMeans", "dymn.edge", dymn::convert_axis_means),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("DyExpTail", "dymn.edge", dymn::convert_dy_exp_tail),
 }));

@@ -314,6 +314,113 @@ def test_axis_means_dynamic_shapes_and_threads(cache, tmp_path: Path) -> None:
         assert rel_error(got[0], axis_means_ref(x)) < TOL
 
 
+# ------------------------------------------------------------------------------------------
+# DyExpTail
+
+EXP_INPUTS = ("x", "w_exp", *INPUTS[1:])
+
+
+def dy_exp_tail_ref(feeds: dict[str, np.ndarray], **attrs: int) -> np.ndarray:
+    """The DyExpTail definition in float64: the per-sample 1x1 expansion, then DyTail."""
+    x, w_exp = feeds["x"].astype(np.float64), feeds["w_exp"].astype(np.float64)
+    batch, c_in = x.shape[:2]
+    u = np.einsum("bcj,bjft->bcft", w_exp.reshape(batch, -1, c_in), x)
+    return dy_tail_ref({**feeds, "x": u}, **attrs)
+
+
+def dy_exp_tail_shapes(batch, c_in, channels, f, t, **geom) -> list:
+    """(name, shape) of the nine inputs: DyTail's with x the block input and w_exp after it."""
+    tail = dy_tail_shapes(batch, channels, f, t, **geom)
+    w_cols = channels * c_in if isinstance(channels, int) and isinstance(c_in, int) else "N"
+    return [("x", [batch, c_in, f, t]), ("w_exp", [batch, w_cols]), *tail[1:]]
+
+
+def dy_exp_tail_model(shapes: list, *, stride: int, pad: int, act: int, m: int) -> onnx.ModelProto:
+    node = helper.make_node("DyExpTail", list(EXP_INPUTS), ["y"], domain=ops.GRAPH_DOMAIN,
+                            stride=stride, pad=pad, act=act, m=m)
+    return _model(node, shapes)
+
+
+def exp_feeds(shapes: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """As :func:`random_feeds`, with w_exp scaled so the expansion spreads like x does."""
+    feeds = random_feeds(shapes, rng)
+    c_in = feeds["x"].shape[1]
+    feeds["w_exp"] = (feeds["w_exp"] / np.sqrt(c_in)).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize(("k", "stride", "act", "m", "batch"), CASES)
+def test_dy_exp_tail_matches_reference(cache, tmp_path: Path, k: int, stride: int, act: int, m: int,
+                                       batch: int) -> None:
+    rng = np.random.default_rng(1000 + CASES.index((k, stride, act, m, batch)))
+    pad = (k - 1) // 2
+    for c_in, (f, t) in itertools.product([1, 3, 16, 24], SIZES):
+        shapes = dy_exp_tail_shapes(batch, c_in, 6, f, t, k=k, stride=stride, pad=pad, m=m)
+        compiled = compile_onnx(dy_exp_tail_model(shapes, stride=stride, pad=pad, act=act, m=m), tmp_path)
+        feeds = exp_feeds(shapes, rng)
+        want = dy_exp_tail_ref(feeds, stride=stride, pad=pad, act=act, m=m)
+        assert rel_error(compiled(feeds)[0], want) < TOL, (c_in, f, t)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad", "c_in", "channels", "f", "t"),
+                         [(3, 1, 1, 24, 9, 21, 1500), (5, 2, 2, 16, 5, 19, 2100), (5, 1, 2, 40, 4, 13, 900),
+                          (3, 2, 1, 3, 6, 40, 9000), (4, 3, 1, 24, 3, 17, 1400), (3, 1, 0, 24, 2, 11, 1000)])
+def test_dy_exp_tail_long_planes_run_in_bands(cache, tmp_path: Path, k: int, stride: int, pad: int, c_in: int,
+                                              channels: int, f: int, t: int) -> None:
+    """Planes too long for one band (C_in x T past the band budget) go in bands of output rows
+    whose halo rows are recomputed; the last band is short; the generic kernel / stride too."""
+    shapes = dy_exp_tail_shapes(2, c_in, channels, f, t, k=k, stride=stride, pad=pad, m=2)
+    compiled = compile_onnx(dy_exp_tail_model(shapes, stride=stride, pad=pad, act=2, m=2), tmp_path)
+    feeds = exp_feeds(shapes, np.random.default_rng(t))
+    assert rel_error(compiled(feeds)[0], dy_exp_tail_ref(feeds, stride=stride, pad=pad, act=2, m=2)) < TOL
+
+
+def test_dy_exp_tail_dynamic_shapes_and_threads(cache, tmp_path: Path) -> None:
+    """One compiled model takes other batches and lengths; 2 threads give the same bits."""
+    k, stride, pad, m = 5, 2, 2, 2
+    shapes = dy_exp_tail_shapes("B", 8, 12, 16, "T", k=k, stride=stride, pad=pad, m=m)
+    path = tmp_path / "exp.onnx"
+    onnx.save(dy_exp_tail_model(shapes, stride=stride, pad=pad, act=1, m=m), path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    model = core.read_model(str(path))
+    assert str(model.output(0).get_partial_shape()) == "[?,12,8,?]"
+    compiled = [core.compile_model(model, "CPU", {**CONFIG, "INFERENCE_NUM_THREADS": n}) for n in (1, 2)]
+    rng = np.random.default_rng(17)
+    for batch, t in ((1, 10), (2, 23), (2, 1200)):
+        feeds = exp_feeds(dy_exp_tail_shapes(batch, 8, 12, 16, t, k=k, stride=stride, pad=pad, m=m), rng)
+        got = [c(feeds)[0] for c in compiled]
+        assert got[0].shape == (batch, 12, 8, (t + 2 * pad - k) // stride + 1)
+        assert np.array_equal(got[0], got[1])
+        assert rel_error(got[0], dy_exp_tail_ref(feeds, stride=stride, pad=pad, act=1, m=m)) < TOL
+
+
+def test_dy_exp_tail_refuses_a_w_exp_of_the_wrong_width(cache, tmp_path: Path) -> None:
+    shapes = dy_exp_tail_shapes(1, 3, 4, 8, 8, k=3, stride=1, pad=1, m=2)
+    shapes[1] = ("w_exp", [1, 10])  # C * C_in = 12
+    with pytest.raises(Exception, match="C \\* C_in = 12"):
+        compile_onnx(dy_exp_tail_model(shapes, stride=1, pad=1, act=1, m=2), tmp_path)
+
+
+@pytest.mark.torch
+def test_exp_reference_is_the_torch_definition() -> None:
+    """The NumPy DyExpTail / AxisMeans references are the PyTorch ops the exporter writes."""
+    import torch
+
+    from dymn_edge.models import fused
+
+    rng = np.random.default_rng(2)
+    for k, stride, act, m, c_in in [(3, 1, 1, 2, 3), (5, 2, 2, 2, 16), (3, 2, 0, 1, 1)]:
+        shapes = dy_exp_tail_shapes(2, c_in, 5, 9, 10, k=k, stride=stride, pad=(k - 1) // 2, m=m)
+        feeds = exp_feeds(shapes, rng)
+        args = [torch.from_numpy(feeds[n]).double() for n in EXP_INPUTS]
+        want = fused.dy_exp_tail(*args, stride, (k - 1) // 2, act, m).numpy()
+        got = dy_exp_tail_ref(feeds, stride=stride, pad=(k - 1) // 2, act=act, m=m)
+        assert rel_error(got, want) < 1e-12
+    x = rng.standard_normal((2, 3, 5, 7))
+    assert np.allclose(fused.axis_means(torch.from_numpy(x)).numpy(), axis_means_ref(x), rtol=1e-12)
+
+
 def test_uses_fused_ops(tmp_path: Path) -> None:
     fused = tmp_path / "fused.onnx"
     onnx.save(dy_tail_model(dy_tail_shapes(1, 2, 4, 4, k=3, stride=1, pad=1, m=2), stride=1, pad=1, act=0, m=2),
