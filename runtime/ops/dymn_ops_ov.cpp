@@ -776,24 +776,43 @@ constexpr int kExpGroup = 4;
 //: floats of block input one band may span (the C_in rows it reads stay in L2 for all channels)
 constexpr int64_t kBandInputFloats = 128 * 1024;
 
-// out[q * ld + t] = sum_j w[q * c_in + j] * rows[j][t] for the G channels of a group: a vector of
-// positions accumulates over all C_in input rows in registers.
+// out[q * ld + t] = sum_j w[q * c_in + j] * rows[j][t] for the G channels of a group: a block of W
+// positions accumulates over all C_in input rows in registers (G x W floats), each input vector
+// loaded once for the G channels.
 template <int G>
 static void expand_rows(const float* const* rows, int64_t c_in, const float* w, int64_t t_in, float* out,
                         int64_t ld) {
-#pragma omp simd
-    for (int64_t t = 0; t < t_in; ++t) {
-        float acc[G];
-        for (int q = 0; q < G; ++q)
-            acc[q] = 0.0f;
+    constexpr int64_t W = 32;
+    int64_t t0 = 0;
+    for (; t0 + W <= t_in; t0 += W) {
+        float acc[G][W] = {};
         for (int64_t j = 0; j < c_in; ++j) {
-            const float v = rows[j][t];
-            for (int q = 0; q < G; ++q)
-                acc[q] += w[q * c_in + j] * v;
+            const float* r = rows[j] + t0;
+            for (int q = 0; q < G; ++q) {
+                const float wq = w[q * c_in + j];
+#pragma omp simd
+                for (int64_t v = 0; v < W; ++v)
+                    acc[q][v] += wq * r[v];
+            }
         }
         for (int q = 0; q < G; ++q)
-            out[q * ld + t] = acc[q];
+            std::copy(acc[q], acc[q] + W, out + q * ld + t0);
     }
+    if (t0 == t_in)
+        return;
+    float acc[G][W] = {};
+    const int64_t n = t_in - t0;
+    for (int64_t j = 0; j < c_in; ++j) {
+        const float* r = rows[j] + t0;
+        for (int q = 0; q < G; ++q) {
+            const float wq = w[q * c_in + j];
+#pragma omp simd
+            for (int64_t v = 0; v < n; ++v)
+                acc[q][v] += wq * r[v];
+        }
+    }
+    for (int q = 0; q < G; ++q)
+        std::copy(acc[q], acc[q] + n, out + q * ld + t0);
 }
 
 using RowFn = void (*)(const float*, float, const TailGeom&, float*);
