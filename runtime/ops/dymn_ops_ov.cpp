@@ -884,7 +884,8 @@ void DyExpTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& 
     const int64_t work = G * (((band - 1) * s + g.k) * g.t_in * (c_in + 1) + band * g.t_out * kk);
     for_ranges(g.batch * bands * groups, std::max<int64_t>(1, 65536 / work), [&](int64_t first, int64_t last) {
         std::vector<float> planes(static_cast<size_t>(G * plane_stride + kSlack), 0.0f);
-        std::vector<float> u(static_cast<size_t>(G * g.t_in));
+        const int64_t u_len = ((band - 1) * s + g.k) * g.t_in;  // the most expanded floats of one band and channel
+        std::vector<float> u(static_cast<size_t>(G * u_len));
         std::vector<float> d(static_cast<size_t>(gb.chunk_rows * gb.pitch + kSlack)), a(m), bb(m);
         std::vector<const float*> rows(static_cast<size_t>(c_in));
         for (int64_t item = first; item < last; ++item) {
@@ -892,7 +893,15 @@ void DyExpTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& 
             const int64_t f0 = bd * band, out_rows = std::min(band, g.f_out - f0);
             const int64_t c0 = gr * G, live = std::min<int64_t>(G, g.channels - c0);
             const float* wg = wexp.data() + (bi * groups + gr) * G * c_in;
-            for (int64_t rl = 0; rl < (out_rows - 1) * s + g.k; ++rl) {
+            // the band's input rows [f_lo, f_hi) are one contiguous run per input channel
+            const int64_t u_rows = (out_rows - 1) * s + g.k, top = f0 * s - g.pad;
+            const int64_t f_lo = std::max<int64_t>(0, top), f_hi = std::min(g.f_in, top + u_rows);
+            if (f_hi > f_lo) {
+                for (int64_t j = 0; j < c_in; ++j)
+                    rows[j] = x + ((bi * c_in + j) * g.f_in + f_lo) * g.t_in;
+                expand_rows<G>(rows.data(), c_in, wg, (f_hi - f_lo) * g.t_in, u.data(), u_len);
+            }
+            for (int64_t rl = 0; rl < u_rows; ++rl) {
                 const int64_t f = f0 * s + rl - g.pad;  // the input row of padded band row rl
                 const int64_t at = (rl % s) * s * gb.phase_size + (rl / s) * gb.pitch;
                 if (f < 0 || f >= g.f_in) {  // a padding row: zeros in every column phase
@@ -901,11 +910,9 @@ void DyExpTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& 
                             std::fill_n(planes.data() + q * plane_stride + at + pc * gb.phase_size, gb.pitch, 0.0f);
                     continue;
                 }
-                for (int64_t j = 0; j < c_in; ++j)
-                    rows[j] = x + ((bi * c_in + j) * g.f_in + f) * g.t_in;
-                expand_rows<G>(rows.data(), c_in, wg, g.t_in, u.data(), g.t_in);
                 for (int64_t q = 0; q < live; ++q)
-                    fill(u.data() + q * g.t_in, x_bias[c0 + q], gb, planes.data() + q * plane_stride + at);
+                    fill(u.data() + q * u_len + (f - f_lo) * g.t_in, x_bias[c0 + q], gb,
+                         planes.data() + q * plane_stride + at);
             }
             TailGeom gl = gb;
             gl.f_out = out_rows;
