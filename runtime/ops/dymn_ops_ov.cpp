@@ -776,43 +776,45 @@ constexpr int kExpGroup = 4;
 //: floats of block input one band may span (the C_in rows it reads stay in L2 for all channels)
 constexpr int64_t kBandInputFloats = 128 * 1024;
 
-// out[q * ld + t] = sum_j w[q * c_in + j] * rows[j][t] for the G channels of a group: a block of W
-// positions accumulates over all C_in input rows in registers (G x W floats), each input vector
-// loaded once for the G channels.
-template <int G>
-static void expand_rows(const float* const* rows, int64_t c_in, const float* w, int64_t t_in, float* out,
-                        int64_t ld) {
-    constexpr int64_t W = 32;
-    int64_t t0 = 0;
-    for (; t0 + W <= t_in; t0 += W) {
-        float acc[G][W] = {};
-        for (int64_t j = 0; j < c_in; ++j) {
-            const float* r = rows[j] + t0;
-            for (int q = 0; q < G; ++q) {
-                const float wq = w[q * c_in + j];
-#pragma omp simd
-                for (int64_t v = 0; v < W; ++v)
-                    acc[q][v] += wq * r[v];
-            }
-        }
-        for (int q = 0; q < G; ++q)
-            std::copy(acc[q], acc[q] + W, out + q * ld + t0);
-    }
-    if (t0 == t_in)
-        return;
+// out[q * ld + t0 + v] = sum_j w[q * c_in + j] * rows[j][t0 + v], v < n <= W, for the G channels of a
+// group: the G x W sums stay in registers over all C_in input rows, each input vector loaded once
+// for the G channels (W fixed: the loops unroll; FULL: n = W).
+template <int G, int W, bool FULL>
+static void expand_block(const float* const* rows, int64_t c_in, const float* w, int64_t t0, int64_t n, float* out,
+                         int64_t ld) {
     float acc[G][W] = {};
-    const int64_t n = t_in - t0;
+    const int64_t len = FULL ? W : n;
     for (int64_t j = 0; j < c_in; ++j) {
         const float* r = rows[j] + t0;
         for (int q = 0; q < G; ++q) {
             const float wq = w[q * c_in + j];
 #pragma omp simd
-            for (int64_t v = 0; v < n; ++v)
+            for (int64_t v = 0; v < len; ++v)
                 acc[q][v] += wq * r[v];
         }
     }
     for (int q = 0; q < G; ++q)
-        std::copy(acc[q], acc[q] + n, out + q * ld + t0);
+        std::copy(acc[q], acc[q] + len, out + q * ld + t0);
+}
+
+// The expansion of G channels over a run of t_in positions: blocks of 32, then one of 16 and 8
+// (short planes are mostly tail), then the last few.
+template <int G>
+static void expand_rows(const float* const* rows, int64_t c_in, const float* w, int64_t t_in, float* out,
+                        int64_t ld) {
+    int64_t t0 = 0;
+    for (; t0 + 32 <= t_in; t0 += 32)
+        expand_block<G, 32, true>(rows, c_in, w, t0, 32, out, ld);
+    if (t0 + 16 <= t_in) {
+        expand_block<G, 16, true>(rows, c_in, w, t0, 16, out, ld);
+        t0 += 16;
+    }
+    if (t0 + 8 <= t_in) {
+        expand_block<G, 8, true>(rows, c_in, w, t0, 8, out, ld);
+        t0 += 8;
+    }
+    if (t0 < t_in)
+        expand_block<G, 8, false>(rows, c_in, w, t0, t_in - t0, out, ld);
 }
 
 using RowFn = void (*)(const float*, float, const TailGeom&, float*);
