@@ -1,6 +1,6 @@
 """ONNX nodes of the fused operators (domain ``dymn.edge``) for the dynamo exporter.
 
-:mod:`dymn_edge.models.fused` defines ``MixBanks`` and ``DyTail`` as PyTorch custom ops;
+:mod:`dymn_edge.models.fused` defines the operators as PyTorch custom ops;
 this module gives the exporter their ONNX form: one node each in the custom domain, with the
 schema the ONNX checker and onnxscript need to build the graph. The runtime side is the
 OpenVINO extension in ``dymn_edge/runtime/ops/``.
@@ -31,6 +31,9 @@ def _schemas() -> dict[str, Any]:
         "MixBanks": schema("MixBanks", ["att", "bank"], []),
         "DyTail": schema("DyTail", ["x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t"],
                          ["stride", "pad", "act", "m"]),
+        "DyExpTail": schema("DyExpTail", ["x", "w_exp", "x_bias", "att", "bank", "bias", "coef", "gate_f",
+                                          "gate_t"], ["stride", "pad", "act", "m"]),
+        "AxisMeans": schema("AxisMeans", ["x"], []),
     }
 
 
@@ -41,8 +44,8 @@ def translation_table() -> dict[Any, Any]:
 
     opset = onnxscript.values.Opset(fused.DOMAIN, fused.OPSET_VERSION)
     schemas = _schemas()
-    mix_op = onnxscript.values.Op(opset, "MixBanks", schemas["MixBanks"])
-    tail_op = onnxscript.values.Op(opset, "DyTail", schemas["DyTail"])
+    mix_op, tail_op, exp_tail_op, means_op = (onnxscript.values.Op(opset, name, schemas[name]) for name in
+                                              ("MixBanks", "DyTail", "DyExpTail", "AxisMeans"))
 
     def mix_banks(att, bank):  # noqa: ANN001, ANN202 (onnxscript symbolic tensors)
         return mix_op(att, bank)
@@ -51,8 +54,16 @@ def translation_table() -> dict[Any, Any]:
         return tail_op(x, x_bias, att, bank, bias, coef, gate_f, gate_t,
                        stride=stride, pad=pad, act=act, m=m)
 
-    return {torch.ops.dymn_edge.mix_banks.default: mix_banks,
-            torch.ops.dymn_edge.dy_tail.default: dy_tail}
+    def dy_exp_tail(x, w_exp, x_bias, att, bank, bias, coef, gate_f, gate_t, stride, pad, act, m):  # noqa: ANN001, ANN202, PLR0913
+        return exp_tail_op(x, w_exp, x_bias, att, bank, bias, coef, gate_f, gate_t,
+                           stride=stride, pad=pad, act=act, m=m)
+
+    def axis_means(x):  # noqa: ANN001, ANN202
+        return means_op(x)
+
+    ops = torch.ops.dymn_edge
+    return {ops.mix_banks.default: mix_banks, ops.dy_tail.default: dy_tail,
+            ops.dy_exp_tail.default: dy_exp_tail, ops.axis_means.default: axis_means}
 
 
 def uses_fused_ops(module: Any) -> bool:

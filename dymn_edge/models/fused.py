@@ -1,7 +1,7 @@
 """The two operators of the ``fused`` export form, as PyTorch custom ops with exact references.
 
 The ``fused`` form (:class:`dymn_edge.arch.DynConvStrategy.FUSED`) writes each dynamic block
-with two operators no stock engine has, in ONNX domain :data:`DOMAIN`:
+with operators no stock engine has, in ONNX domain :data:`DOMAIN`:
 
 - ``MixBanks(att (B, K), bank (K, N)) -> (B, N)``: the attention-weighted sum of the K kernel
   banks of a pointwise Dy-Conv. As a MatMul, engines run it as a fully connected layer with
@@ -10,6 +10,11 @@ with two operators no stock engine has, in ONNX domain :data:`DOMAIN`:
   expansion's bias and activation, the depthwise Dy-Conv with the per-sample mixed kernel,
   Dy-ReLU and coordinate attention in one pass over the tensor, instead of a dozen full-size
   elementwise passes and layout changes around a grouped convolution.
+- ``DyExpTail``: ``DyTail`` with the block's expansion (the per-sample mixed 1x1 kernel)
+  computed on the fly, for blocks whose expanded tensor is large and cheap to recompute (few
+  input channels, many positions): the expanded tensor never goes to memory.
+- ``AxisMeans(x (B, C, F, T)) -> (B, C, F + T)``: both means of the context generator in one
+  pass over the block input.
 
 The functions here are the definitions: the PyTorch bodies are what the float64 tests hold to
 the official model, and the C++ kernels of the OpenVINO extension
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DOMAIN", "OPSET_VERSION", "ACT_CODES", "mix_banks", "dy_tail"]
+__all__ = ["DOMAIN", "OPSET_VERSION", "ACT_CODES", "mix_banks", "dy_tail", "axis_means", "dy_exp_tail"]
 
 #: ONNX domain and version of the fused operators (recorded in every fused file's opset imports)
 DOMAIN = "dymn.edge"
@@ -85,4 +90,35 @@ def _dy_tail_shape(x: Tensor, x_bias: Tensor, att: Tensor, bank: Tensor, bias: T
                    gate_f: Tensor, gate_t: Tensor, stride: int, pad: int, act: int, m: int) -> Tensor:
     size = bank.shape[-1]
     return x.new_empty(x.shape[0], x.shape[1], _out_size(x.shape[2], size, stride, pad),
+                       _out_size(x.shape[3], size, stride, pad))
+
+
+@torch.library.custom_op("dymn_edge::axis_means", mutates_args=())
+def axis_means(x: Tensor) -> Tensor:
+    """``(B, C, F, T) -> (B, C, F + T)``: the means over T (one per row), then over F (per column)."""
+    return torch.cat([x.mean(3), x.mean(2)], dim=2)
+
+
+@axis_means.register_fake
+def _axis_means_shape(x: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1], x.shape[2] + x.shape[3])
+
+
+@torch.library.custom_op("dymn_edge::dy_exp_tail", mutates_args=())
+def dy_exp_tail(x: Tensor, w_exp: Tensor, x_bias: Tensor, att: Tensor, bank: Tensor, bias: Tensor,
+                coef: Tensor, gate_f: Tensor, gate_t: Tensor, stride: int, pad: int, act: int, m: int) -> Tensor:
+    """:func:`dy_tail` on the expansion of the block input: ``x (B, C_in, F, T)`` mapped by each
+    sample's mixed 1x1 kernel ``w_exp (B, C * C_in)`` (row-major (C, C_in)) first, never stored."""
+    b, c_in, f, t = x.shape
+    c = bank.shape[1]
+    y = torch.bmm(w_exp.reshape(b, c, c_in), x.reshape(b, c_in, f * t)).reshape(b, c, f, t)
+    return dy_tail(y, x_bias, att, bank, bias, coef, gate_f, gate_t, stride, pad, act, m)
+
+
+@dy_exp_tail.register_fake
+def _dy_exp_tail_shape(x: Tensor, w_exp: Tensor, x_bias: Tensor, att: Tensor, bank: Tensor, bias: Tensor,
+                       coef: Tensor, gate_f: Tensor, gate_t: Tensor, stride: int, pad: int, act: int,
+                       m: int) -> Tensor:
+    size = bank.shape[-1]
+    return x.new_empty(x.shape[0], bank.shape[1], _out_size(x.shape[2], size, stride, pad),
                        _out_size(x.shape[3], size, stride, pad))

@@ -178,12 +178,13 @@ def test_every_block_float64_fused(dymn_s: nn.Module) -> None:
             ref = block(h)
             fused = patch_block(block, FU)
             assert isinstance(fused, FusedDynamicBlock)
-            acts.add(fused.tail_act)
+            acts.add((fused.tail_act, fused.exp_in_tail))
             out = fused(h)
             assert out.shape == ref.shape, f"block {i}"
             assert _maxdiff(out, ref) < 1e-12 * max(1.0, float(ref.abs().max())), f"block {i}"
             h = ref
-    assert acts == {0, 1, 2}  # no expansion (block 1), ReLU and hard-swish blocks all covered
+    # no expansion (block 1), ReLU and hard-swish blocks, the expansion inside the tail and not
+    assert {a for a, _ in acts} == {0, 1, 2} and {e for _, e in acts} == {True, False}
 
 
 def test_fused_ops_reject_bad_act() -> None:
