@@ -45,7 +45,9 @@ def test_strategy_names_one_home() -> None:
     assert {f.layout for f in FORMATS.values()} <= set(Layout)
     assert [depthwise_form("stride_split", s) for s in (1, 2)] == [
         DynConvStrategy.RUNTIME_WEIGHT, DynConvStrategy.STATIC_K]
-    assert [strategy_supports_dynamic_batch(s) for s in DynConvStrategy] == [True, False, False]
+    assert [strategy_supports_dynamic_batch(s) for s in DynConvStrategy] == [True, False, False, True]
+    # the fused operator runs one conv with the mixed kernel: runtime_weight's cost at both strides
+    assert [depthwise_form("fused", s) for s in (1, 2)] == [DynConvStrategy.RUNTIME_WEIGHT] * 2
     with pytest.raises(ValueError):
         depthwise_form("nope", 1)
 

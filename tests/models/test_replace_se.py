@@ -58,7 +58,7 @@ def test_checkpoint_round_trip_and_no_download(tmp_path: Path) -> None:
         assert torch.equal(ref(x)[0], loaded(x)[0])
 
 
-@pytest.mark.parametrize("strategy", ["static_k", "runtime_weight"])
+@pytest.mark.parametrize("strategy", ["static_k", "runtime_weight", "fused"])
 def test_patcher_parity(strategy: str) -> None:
     from dymn_edge.models.patcher import make_exportable
 
