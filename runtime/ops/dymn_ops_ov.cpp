@@ -771,8 +771,23 @@ void DyTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inp
 // ---------------------------------------------------------------------------------------
 // DyExpTail: DyTail on the block's expansion, computed band by band, never stored
 
-//: channels whose expanded rows are computed together (each input value is loaded once for all)
+// The expansion's register block: kExpGroup channels x kExpWidth positions of sums (each input
+// vector loaded once for the group). AVX-512: 8 x 32 in 16 zmm registers (16-lane vectors asked
+// for, which GCC would not pick by itself); other x86: 4 x 32 in 16 ymm; aarch64: 4 x 16 in 16
+// of NEON's 32 registers.
+#if defined(__AVX512F__)
+constexpr int kExpGroup = 8;
+constexpr int kExpWidth = 32;
+#define DYMN_EXP_SIMD _Pragma("omp simd simdlen(16)")
+#elif defined(__aarch64__)
 constexpr int kExpGroup = 4;
+constexpr int kExpWidth = 16;
+#define DYMN_EXP_SIMD _Pragma("omp simd")
+#else
+constexpr int kExpGroup = 4;
+constexpr int kExpWidth = 32;
+#define DYMN_EXP_SIMD _Pragma("omp simd")
+#endif
 //: floats of block input one band may span (the C_in rows it reads stay in L2 for all channels)
 constexpr int64_t kBandInputFloats = 128 * 1024;
 
@@ -788,7 +803,7 @@ static void expand_block(const float* const* rows, int64_t c_in, const float* w,
         const float* r = rows[j] + t0;
         for (int q = 0; q < G; ++q) {
             const float wq = w[q * c_in + j];
-#pragma omp simd
+            DYMN_EXP_SIMD
             for (int64_t v = 0; v < len; ++v)
                 acc[q][v] += wq * r[v];
         }
@@ -797,15 +812,15 @@ static void expand_block(const float* const* rows, int64_t c_in, const float* w,
         std::copy(acc[q], acc[q] + len, out + q * ld + t0);
 }
 
-// The expansion of G channels over a run of t_in positions: blocks of 32, then one of 16 and 8
-// (short planes are mostly tail), then the last few.
+// The expansion of G channels over a run of t_in positions: whole register blocks, then one of
+// 16 and 8 positions (short planes are mostly tail), then the last few.
 template <int G>
 static void expand_rows(const float* const* rows, int64_t c_in, const float* w, int64_t t_in, float* out,
                         int64_t ld) {
     int64_t t0 = 0;
-    for (; t0 + 32 <= t_in; t0 += 32)
-        expand_block<G, 32, true>(rows, c_in, w, t0, 32, out, ld);
-    if (t0 + 16 <= t_in) {
+    for (; t0 + kExpWidth <= t_in; t0 += kExpWidth)
+        expand_block<G, kExpWidth, true>(rows, c_in, w, t0, kExpWidth, out, ld);
+    if (kExpWidth > 16 && t0 + 16 <= t_in) {
         expand_block<G, 16, true>(rows, c_in, w, t0, 16, out, ld);
         t0 += 16;
     }
