@@ -344,42 +344,6 @@ bool AxisMeans::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inpu
 
 enum Act : int64_t { kIdentity = 0, kRelu = 1, kHardswish = 2 };
 
-class DyTail : public ov::op::Op {
-public:
-    OPENVINO_OP("DyTail", "dymn_edge");
-
-    DyTail() = default;
-    DyTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
-        : Op(args), m_stride(stride), m_pad(pad), m_act(act), m_m(m) {
-        constructor_validate_and_infer_types();
-    }
-
-    void validate_and_infer_types() override;
-
-    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<DyTail>(args, m_stride, m_pad, m_act, m_m);
-    }
-
-    bool visit_attributes(ov::AttributeVisitor& visitor) override {
-        visitor.on_attribute("stride", m_stride);
-        visitor.on_attribute("pad", m_pad);
-        visitor.on_attribute("act", m_act);
-        visitor.on_attribute("m", m_m);
-        return true;
-    }
-
-    bool has_evaluate() const override { return all_float_inputs(*this); }
-
-    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
-
-private:
-    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
-
-    int64_t m_stride = 1;
-    int64_t m_pad = 0;
-    int64_t m_act = kIdentity;
-    int64_t m_m = 2;
-};
 
 // Shapes and attributes of DyTail and DyExpTail (expand: x is the block input (B, C_in, F, T) and
 // w_exp (B, C * C_in) follows it; C comes from the other inputs).
@@ -449,24 +413,19 @@ static void validate_tail(ov::Node* node, bool expand, int64_t stride, int64_t p
                           ov::PartialShape{batch, channels, f_out, t_out});
 }
 
-void DyTail::validate_and_infer_types() {
-    validate_tail(this, false, m_stride, m_pad, m_act, m_m);
-}
-
-class DyExpTail : public ov::op::Op {
+// DyTail and DyExpTail: the same attributes, shape rules and evaluate entry; Expand says
+// whether x is the block input with its per-sample expansion kernel w_exp next to it.
+template <class Derived, bool Expand>
+class TailOp : public ov::op::Op {
 public:
-    OPENVINO_OP("DyExpTail", "dymn_edge");
+    TailOp() = default;
+    TailOp(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
+        : Op(args), m_stride(stride), m_pad(pad), m_act(act), m_m(m) {}
 
-    DyExpTail() = default;
-    DyExpTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
-        : Op(args), m_stride(stride), m_pad(pad), m_act(act), m_m(m) {
-        constructor_validate_and_infer_types();
-    }
-
-    void validate_and_infer_types() override { validate_tail(this, true, m_stride, m_pad, m_act, m_m); }
+    void validate_and_infer_types() override { validate_tail(this, Expand, m_stride, m_pad, m_act, m_m); }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<DyExpTail>(args, m_stride, m_pad, m_act, m_m);
+        return std::make_shared<Derived>(args, m_stride, m_pad, m_act, m_m);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -479,16 +438,47 @@ public:
 
     bool has_evaluate() const override { return all_float_inputs(*this); }
 
-    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
-
-private:
-    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
-
+protected:
     int64_t m_stride = 1;
     int64_t m_pad = 0;
     int64_t m_act = kIdentity;
     int64_t m_m = 2;
 };
+
+class DyTail : public TailOp<DyTail, false> {
+public:
+    OPENVINO_OP("DyTail", "dymn_edge");
+
+    DyTail() = default;
+    DyTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
+        : TailOp(args, stride, pad, act, m) {
+        constructor_validate_and_infer_types();
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
+};
+
+class DyExpTail : public TailOp<DyExpTail, true> {
+public:
+    OPENVINO_OP("DyExpTail", "dymn_edge");
+
+    DyExpTail() = default;
+    DyExpTail(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act, int64_t m)
+        : TailOp(args, stride, pad, act, m) {
+        constructor_validate_and_infer_types();
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+    void evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs) const;
+};
+
+
+
 
 // The geometry of one evaluate call. The activated, zero-padded input of one (b, c) is held
 // as stride x stride phase planes: phase (pr, pc) holds padded element (S*r + pr, S*c + pc), so
