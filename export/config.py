@@ -27,7 +27,7 @@ from pathlib import Path
 from dymn_edge.cliutil import check_input_file, check_writable_folder
 from dymn_edge.arch import DynConvStrategy
 from dymn_edge.errors import ExportError
-from dymn_edge.registry import get_spec
+from dymn_edge.registry import Arch, get_spec
 from dymn_edge.formats import ARGUMENTS, FORMATS, Format, FormatSpec, Precision, format_spec
 
 __all__ = [
@@ -387,6 +387,8 @@ class ExportConfig:
                               f"{takes}); fused writes ONNX files for OpenVINO with the dymn-edge operators")
         if self.strategy != DynConvStrategy.FUSED.value:
             return
+        if get_spec(self.model).arch is Arch.MN:  # before any weights are loaded
+            raise ExportError(f"{self.model} has no dynamic blocks: --strategy fused applies to DyMN models")
         if self.precision is not Precision.FP32:
             raise ExportError("--strategy fused files are fp32: the int8 quantizers run the graph in "
                               "ONNX Runtime, which has no kernels for the fused operators")
