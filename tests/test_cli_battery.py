@@ -87,6 +87,13 @@ CASES = [
     ("export", EXPORT + ["--eval-dataset", "{tmp}/missing"], "--eval-dataset"),
     ("export", EXPORT + ["--eval-dataset", "{tmp}"], "--eval-dataset"),
     ("export", ["--model", "dymn-s", "--weights", "{tmp}", "--format", "onnx"], "is a folder"),
+    ("export", ["--model", "dymn-s", "--random-init", "--format", "tflite", "--strategy", "fused"],
+     "does not take --strategy fused"),
+    ("export", ["--model", "mn-s", "--random-init", "--format", "onnx", "--strategy", "fused"],
+     "no dynamic blocks"),
+    ("export", EXPORT + ["--strategy", "fused", "--int8"], "fp32"),
+    ("export", EXPORT + ["--strategy", "fused", "--waveform"], "--waveform"),
+    ("bench", ["--formats", "onnx:fused"], "openvino:fused"),
     ("export", EXPORT + ["--labels", "{tmp}"], "is a folder"),
     ("export", EXPORT + ["--labels", "{tmp}/dup.csv"], "repeats line"),
     # second pass: empty values, options a mode would ignore
