@@ -435,19 +435,31 @@ def test_index_and_static_carry_no_cdn(served) -> None:
 # -- live ------------------------------------------------------------------------------------
 
 
-def _read_sse(server: WebServer, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
-    conn.request("GET", "/api/live")
-    r = conn.getresponse()
-    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
-    out = []
-    while len(out) < n:
-        line = r.fp.readline()
-        assert line, "stream ended"
-        if line.startswith(b"data: "):
-            out.append(json.loads(line[6:]))
-    conn.close()
-    return out
+class _LiveStream:
+    """One open ``/api/live`` stream; ``until(pred)`` reads data messages (keep-alives skipped)
+    until one satisfies ``pred``, within an overall deadline (keep-alives every 15 s would
+    otherwise keep a socket timeout from ever firing)."""
+
+    def __init__(self, server: WebServer, timeout: float = 20.0) -> None:
+        self.timeout = timeout
+        self.conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
+        self.conn.request("GET", "/api/live")
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200 and self.resp.getheader("Content-Type") == "text/event-stream"
+
+    def until(self, pred: Any = lambda m: True) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            line = self.resp.fp.readline()
+            assert line, "stream ended"
+            if line.startswith(b"data: "):
+                msg = json.loads(line[6:])
+                if pred(msg):
+                    return msg
+        raise AssertionError(f"no live message as expected within {self.timeout:g} s")
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def test_live_state_pushed_to_clients(tmp_path: Path) -> None:
@@ -462,8 +474,10 @@ def test_live_state_pushed_to_clients(tmp_path: Path) -> None:
     on_hop = live.chain(None)
     server = WebServer(db=db, clips=None, port=0, live=live)
     server.start()
+    stream = None
     try:
-        first = _read_sse(server, 1)[0]
+        stream = _LiveStream(server)  # open before the hops: what follows is pushed, not polled
+        first = stream.until()
         assert first["live"] is True and first["tags"] == [] and first["last_id"] in (None, 2)
         probs = np.array([0.1, 0.85, 0.05], np.float32)
         for k in range(4):
@@ -472,8 +486,7 @@ def test_live_state_pushed_to_clients(tmp_path: Path) -> None:
             stats.overflows = 3
             events = tracker.update(0.25 * (k + 1), probs, -20.0)
             on_hop(WindowScores(0.25 * k, 0.25 * k + 1.0, probs), events, stats)
-        msgs = _read_sse(server, 2)
-        m = msgs[-1]
+        m = stream.until(lambda msg: msg["hops"] == 4 and msg["last_id"] == 2)
         assert [t["label"] for t in m["tags"]] == ["Cat", "Dog", "Bird song"]
         assert m["tags"][0]["probability"] == pytest.approx(0.85)
         assert m["level_dbfs"] == -20.0 and m["overflows"] == 3 and m["hops"] == 4 and m["device"] == "0: test mic"
@@ -482,10 +495,15 @@ def test_live_state_pushed_to_clients(tmp_path: Path) -> None:
         # a quiet window: gated, no tags
         tracker.update(2.0, probs, -90.0)
         on_hop(WindowScores(1.0, 2.0, probs), [], stats)
-        m = _read_sse(server, 2)[-1]
+        m = stream.until(lambda msg: msg["below_level_floor"])
         assert m["tags"] == [] and m["below_level_floor"] is True
+        late = _LiveStream(server)  # a client that connects now gets the current state at once
+        assert late.until()["below_level_floor"] is True
+        late.close()
         assert server.sse_clients_max >= 1
     finally:
+        if stream is not None:
+            stream.close()
         server.stop()
 
 
