@@ -84,3 +84,14 @@ def spoken_digits(fsdd_dir: Path, digits: list[int], speaker: str = "jackson", t
 def child_env() -> dict[str, str]:
     """Environment for CLI subprocesses (keeps PULSE_* / VMIC_* / CI)."""
     return dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """A private $DYMN_EDGE_CACHE holding the fused-ops library built once per test module."""
+    from dymn_edge.runtime import ops  # the fused operators' builder (torch-free)
+
+    root = tmp_path_factory.mktemp("ops_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DYMN_EDGE_CACHE", str(root))
+        yield root, ops.extension_path()

@@ -26,15 +26,6 @@ INPUTS = ("x", "x_bias", "att", "bank", "bias", "coef", "gate_f", "gate_t")
 SIZES = [(9, 12), (8, 11), (2, 3), (1, 4), (5, 1)]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    """A private $DYMN_EDGE_CACHE holding the library built once for this module."""
-    root = tmp_path_factory.mktemp("ops_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DYMN_EDGE_CACHE", str(root))
-        yield root, ops.extension_path()
-
-
 # ------------------------------------------------------------------------------------------
 # references (float64)
 

@@ -17,15 +17,6 @@ import pytest
 from dymn_edge.runtime import ops
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    """A private $DYMN_EDGE_CACHE holding the library built once for this module."""
-    root = tmp_path_factory.mktemp("ops_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DYMN_EDGE_CACHE", str(root))
-        yield root, ops.extension_path()
-
-
 def test_the_library_loads_into_openvino(cache) -> None:
     """What the engine does with a fused file: the built library registers with a Core."""
     ov = pytest.importorskip("openvino")
