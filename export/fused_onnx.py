@@ -16,7 +16,7 @@ __all__ = ["translation_table", "uses_fused_ops"]
 
 
 def _schemas() -> dict[str, Any]:
-    """onnx ``OpSchema`` of both operators (built on demand: onnx is the export extra's)."""
+    """onnx ``OpSchema`` of the operators (built on demand: onnx is the export extra's)."""
     from onnx.defs import OpSchema  # noqa: PLC0415 (optional, export extra)
 
     types = [("T", ["tensor(float)", "tensor(double)"], "float tensors")]
@@ -34,6 +34,7 @@ def _schemas() -> dict[str, Any]:
         "DyExpTail": schema("DyExpTail", ["x", "w_exp", "x_bias", "att", "bank", "bias", "coef", "gate_f",
                                           "gate_t"], ["stride", "pad", "act", "m"]),
         "AxisMeans": schema("AxisMeans", ["x"], []),
+        "Stem": schema("Stem", ["x", "w", "bias"], ["stride", "pad", "act"]),
     }
 
 
@@ -44,8 +45,9 @@ def translation_table() -> dict[Any, Any]:
 
     opset = onnxscript.values.Opset(fused.DOMAIN, fused.OPSET_VERSION)
     schemas = _schemas()
-    mix_op, tail_op, exp_tail_op, means_op = (onnxscript.values.Op(opset, name, schemas[name]) for name in
-                                              ("MixBanks", "DyTail", "DyExpTail", "AxisMeans"))
+    mix_op, tail_op, exp_tail_op, means_op, stem_op = (
+        onnxscript.values.Op(opset, name, schemas[name])
+        for name in ("MixBanks", "DyTail", "DyExpTail", "AxisMeans", "Stem"))
 
     def mix_banks(att, bank):  # noqa: ANN001, ANN202 (onnxscript symbolic tensors)
         return mix_op(att, bank)
@@ -61,9 +63,13 @@ def translation_table() -> dict[Any, Any]:
     def axis_means(x):  # noqa: ANN001, ANN202
         return means_op(x)
 
+    def stem(x, w, bias, stride, pad, act):  # noqa: ANN001, ANN202
+        return stem_op(x, w, bias, stride=stride, pad=pad, act=act)
+
     ops = torch.ops.dymn_edge
     return {ops.mix_banks.default: mix_banks, ops.dy_tail.default: dy_tail,
-            ops.dy_exp_tail.default: dy_exp_tail, ops.axis_means.default: axis_means}
+            ops.dy_exp_tail.default: dy_exp_tail, ops.axis_means.default: axis_means,
+            ops.stem.default: stem}
 
 
 def uses_fused_ops(module: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The two operators of the ``fused`` export form, as PyTorch custom ops with exact references.
+"""The operators of the ``fused`` export form, as PyTorch custom ops with exact references.
 
 The ``fused`` form (:class:`dymn_edge.arch.DynConvStrategy.FUSED`) writes each dynamic block
 with operators no stock engine has, in ONNX domain :data:`DOMAIN`:
@@ -15,6 +15,10 @@ with operators no stock engine has, in ONNX domain :data:`DOMAIN`:
   input channels, many positions): the expanded tensor never goes to memory.
 - ``AxisMeans(x (B, C, F, T)) -> (B, C, F + T)``: both means of the context generator in one
   pass over the block input.
+- ``Stem(x (B, 1, F, T), w (C, 1, k, k), bias (C); stride, pad, act)``: the model's first
+  conv with its activation, written in the plain layout the first block's operators read
+  (OpenVINO's conv writes a blocked layout there, and reordering it was a full extra pass over
+  the largest tensor of the model).
 
 The functions here are the definitions: the PyTorch bodies are what the float64 tests hold to
 the official model, and the C++ kernels of the OpenVINO extension
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DOMAIN", "OPSET_VERSION", "ACT_CODES", "mix_banks", "dy_tail", "axis_means", "dy_exp_tail"]
+__all__ = ["DOMAIN", "OPSET_VERSION", "ACT_CODES", "mix_banks", "dy_tail", "axis_means", "dy_exp_tail", "stem"]
 
 #: ONNX domain and version of the fused operators (recorded in every fused file's opset imports)
 DOMAIN = "dymn.edge"
@@ -121,4 +125,17 @@ def _dy_exp_tail_shape(x: Tensor, w_exp: Tensor, x_bias: Tensor, att: Tensor, ba
                        m: int) -> Tensor:
     size = bank.shape[-1]
     return x.new_empty(x.shape[0], bank.shape[1], _out_size(x.shape[2], size, stride, pad),
+                       _out_size(x.shape[3], size, stride, pad))
+
+
+@torch.library.custom_op("dymn_edge::stem", mutates_args=())
+def stem(x: Tensor, w: Tensor, bias: Tensor, stride: int, pad: int, act: int) -> Tensor:
+    """``act(conv2d(x, w, bias, stride, pad))`` on a single-channel input ``x (B, 1, F, T)``."""
+    return _activation(F.conv2d(x, w, bias, stride, pad), act)
+
+
+@stem.register_fake
+def _stem_shape(x: Tensor, w: Tensor, bias: Tensor, stride: int, pad: int, act: int) -> Tensor:
+    size = w.shape[-1]
+    return x.new_empty(x.shape[0], w.shape[0], _out_size(x.shape[2], size, stride, pad),
                        _out_size(x.shape[3], size, stride, pad))

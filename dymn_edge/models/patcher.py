@@ -46,9 +46,9 @@ from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual, Dy
 from dymn_edge.models.mn import MN, InvertedResidual
 
 __all__ = [
-    "DynConvStrategy", "Layout", "make_exportable", "FusedDynamicBlock",
+    "DynConvStrategy", "Layout", "make_exportable", "FusedDynamicBlock", "FusedStem",
     "strategy_supports_dynamic_batch", "ExportableTagger", "LeanDynamicBlock", "LeanDepthwise",
-    "patch_block", "fold_conv_bn", "fold_conv_norm_act",
+    "patch_block", "fold_conv_bn", "fold_conv_norm_act", "fused_stem",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -379,6 +379,37 @@ class FusedDynamicBlock(LeanDynamicBlock):
         return out.reshape(b, c_out, f, t)
 
 
+class FusedStem(nn.Module):
+    """The first conv (BN folded) and its activation as the fused ``Stem`` operator.
+
+    OpenVINO's own conv writes a blocked layout that the first block's operators cannot read,
+    so it reordered the model's largest tensor once more (0.35 of 15 ms for DyMN-M at 10 s).
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
+        self.bias = nn.Parameter(bias.clone())
+        self.stride, self.pad, self.act = conv.stride[0], conv.padding[0], _act_code(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_ops.stem(x, self.weight, self.bias, self.stride, self.pad, self.act)
+
+
+def fused_stem(stem: nn.Sequential) -> nn.Module:
+    """``stem`` (Conv with bias[, act], BN folded) as :class:`FusedStem` where the operator takes
+    it (one input channel, square kernel, equal strides and pads, a known activation); else as is."""
+    mods = list(stem)
+    conv, act = mods[0], (mods[1] if len(mods) == 2 else nn.Identity())
+    takes = (len(mods) in (1, 2) and isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and conv.groups == 1
+             and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
+             and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1]
+             and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+             and isinstance(act, (nn.Identity, nn.ReLU, nn.Hardswish)))
+    return FusedStem(conv, act) if takes else stem
+
+
 def _matmul_params(conv: nn.Conv2d) -> tuple[nn.Parameter, nn.Parameter]:
     """A 1x1 conv as (weight (C_out, C_in), bias (C_out, 1)) for ``W @ rows + b``."""
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
@@ -516,7 +547,10 @@ def make_exportable(model: nn.Module, strategy: DynConvStrategy | str = DynConvS
         raise TypeError(f"make_exportable takes a DyMN or MN, got {type(model).__name__}")
     nhwc = layout is Layout.NHWC
     last = fold_conv_norm_act(last)
-    features = nn.Sequential(fold_conv_norm_act(stem), *([ChannelsLast()] if nhwc else []),
+    stem = fold_conv_norm_act(stem)
+    if strategy is DynConvStrategy.FUSED and isinstance(src, DyMN):
+        stem = fused_stem(stem)
+    features = nn.Sequential(stem, *([ChannelsLast()] if nhwc else []),
                              *(patch_block(b, strategy, layout) for b in blocks),
                              NCHWModule(last) if nhwc else last)
     out = ExportableTagger(features, _head(src.classifier), layout)

@@ -5,7 +5,9 @@ A model exported with the fused strategy holds nodes of ONNX domain ``dymn.edge`
 activation, per-sample depthwise conv, Dy-ReLU and coordinate-attention gates in one pass),
 ``DyExpTail`` (``DyTail`` on the block's per-sample 1x1 expansion, computed band by band and
 never stored: it pays where the expansion is memory-bound, few input channels on a long plane)
-and ``AxisMeans`` (both means of the context generator in one pass over the block input).
+``AxisMeans`` (both means of the context generator in one pass over the block input) and
+``Stem`` (the model's first conv and activation, written in the plain layout the first block's
+operators read; OpenVINO's conv wrote a blocked layout and reordered it).
 OpenVINO runs them through ``dymn_ops_ov.cpp``, which is compiled here on first use against the
 headers and libraries inside the ``openvino`` wheel (tuned for this CPU, so not shipped
 prebuilt) and cached under ``$DYMN_EDGE_CACHE/ops/<key>/``. The key hashes everything the

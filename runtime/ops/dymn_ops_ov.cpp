@@ -1,7 +1,7 @@
 // dymn-edge fused operations for OpenVINO (CPU), compiled on first use for this machine by
 // dymn_edge.runtime.ops.extension_path() against the headers inside the openvino wheel.
 //
-// Two ops replace the parts of a DyMN block that OpenVINO runs as many small kernels:
+// These ops replace the parts of a DyMN block that OpenVINO runs as many small kernels:
 //   MixBanks(att (B,K), bank (K,N)) -> (B,N): y[b,n] = sum_k att[b,k] * bank[k,n]
 //   DyTail(x, x_bias, att, bank, bias, coef, gate_f, gate_t) -> (B,C,F',T'):
 //     u = act(x + x_bias), zero-padded by `pad`; a depthwise kxk conv (stride `stride`) whose
@@ -11,6 +11,8 @@
 //     sum_j w_exp[b, c*C_in + j] * x[b, j] of the block input x (B,C_in,F,T), computed band by
 //     band and never stored.
 //   AxisMeans(x (B,C,F,T)) -> (B,C,F+T): the means over T (per row) then over F (per column).
+//   Stem(x (B,1,F,T), w (C,1,k,k), bias (C)) -> (B,C,F',T'): act(conv2d(x, w, bias, stride, pad)),
+//     the model's first conv, written in the plain layout the first block's ops read.
 // Computed in float32 (f16 / bf16 tensors, which OpenVINO's f16 precision hands in, are
 // widened); no -ffast-math, so within float32 rounding of a float64 reference. Threads: those
 // of the arena the CPU plugin runs the inference in (INFERENCE_NUM_THREADS) when built with
@@ -940,6 +942,221 @@ void DyExpTail::evaluate_f32(ov::TensorVector& outputs, const ov::TensorVector& 
 }
 
 // ---------------------------------------------------------------------------------------
+// Stem
+
+// y = act(conv2d(x, w, bias, stride, pad)) for a single-channel input x (B, 1, F, T) and w
+// (C, 1, k, k), written in the plain layout the first block's operators read (OpenVINO's own
+// conv writes a blocked layout there and reorders it, a full extra pass over the largest tensor).
+class Stem : public ov::op::Op {
+public:
+    OPENVINO_OP("Stem", "dymn_edge");
+
+    Stem() = default;
+    Stem(const ov::OutputVector& args, int64_t stride, int64_t pad, int64_t act)
+        : Op(args), m_stride(stride), m_pad(pad), m_act(act) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 3, "Stem takes 3 inputs (x, w, bias), got ", get_input_size());
+        for (size_t i = 0; i < 3; ++i)
+            NODE_VALIDATION_CHECK(this, float_or_dynamic(get_input_element_type(i)), "Stem input ", i,
+                                  " must be f32 (or f16 / bf16), got ", get_input_element_type(i));
+        NODE_VALIDATION_CHECK(this, m_stride >= 1 && m_pad >= 0, "Stem: stride ", m_stride, " / pad ", m_pad,
+                              " out of range");
+        NODE_VALIDATION_CHECK(this, m_act >= kIdentity && m_act <= kHardswish, "Stem: act ", m_act,
+                              " is not 0 (identity), 1 (relu) or 2 (hardswish)");
+        const auto& x = get_input_partial_shape(0);
+        const auto& w = get_input_partial_shape(1);
+        const auto& b = get_input_partial_shape(2);
+        NODE_VALIDATION_CHECK(this, x.rank().compatible(4) && w.rank().compatible(4) && b.rank().compatible(1),
+                              "Stem wants x (B, 1, F, T), w (C, 1, k, k), bias (C), got ", x, ", ", w, ", ", b);
+        ov::PartialShape y = ov::PartialShape::dynamic(4);
+        if (w.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, w[1].compatible(1) && w[2].compatible(w[3]),
+                                  "Stem wants w (C, 1, k, k), got ", w);
+            if (b.rank().is_static())
+                NODE_VALIDATION_CHECK(this, b[0].compatible(w[0]), "Stem: bias ", b, " and w ", w, " disagree on C");
+        }
+        if (x.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, x[1].compatible(1), "Stem wants one input channel, got x ", x);
+            ov::Dimension c = w.rank().is_static() ? w[0] : ov::Dimension::dynamic();
+            if (w.rank().is_static() && w[2].is_static()) {
+                const int64_t k = w[2].get_length();
+                y = ov::PartialShape{x[0], c, window_dim(x[2], k, m_pad, m_stride), window_dim(x[3], k, m_pad, m_stride)};
+            } else {
+                y = ov::PartialShape{x[0], c, ov::Dimension::dynamic(), ov::Dimension::dynamic()};
+            }
+        }
+        set_output_type(0, output_type(get_input_element_type(0)), y);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Stem>(args, m_stride, m_pad, m_act);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("stride", m_stride);
+        v.on_attribute("pad", m_pad);
+        v.on_attribute("act", m_act);
+        return true;
+    }
+
+    bool has_evaluate() const override { return all_float_inputs(*this); }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+    int64_t m_stride = 2, m_pad = 1, m_act = kHardswish;
+};
+
+// k = 3, stride 2: output t reads input columns 2t - pad + {0, 1, 2}, i.e. a[t], b[t], a[t + 1]
+// with a[t] = col 2t - pad and b[t] = col 2t - pad + 1. Every input row is split into its a and
+// b rows once (zero outside the input); then each channel of an output row is nine contiguous
+// multiply-adds per output, which vectorize.
+static void split_row(const float* row, int64_t t_in, int64_t first_col, int64_t n, float* dst) {
+    // dst[t] = row[first_col + 2t] where that is inside the row, else 0
+    int64_t lo = first_col < 0 ? (-first_col + 1) / 2 : 0;
+    int64_t hi = first_col >= t_in ? 0 : std::min<int64_t>(n, (t_in - first_col + 1) / 2);
+    lo = std::min(lo, n);
+    hi = std::max(hi, lo);
+    std::fill(dst, dst + lo, 0.0f);
+#pragma omp simd
+    for (int64_t t = lo; t < hi; ++t)
+        dst[t] = row[first_col + 2 * t];
+    std::fill(dst + hi, dst + n, 0.0f);
+}
+
+template <int ACT>
+static void stem_row_k3s2(const float* a_rows[3], const float* b_rows[3], const float* w, const float* bias,
+                          int64_t c_out, int64_t t_out, int64_t plane, float* y) {
+    const float* a0 = a_rows[0];
+    const float* a1 = a_rows[1];
+    const float* a2 = a_rows[2];
+    const float* b0 = b_rows[0];
+    const float* b1 = b_rows[1];
+    const float* b2 = b_rows[2];
+    for (int64_t c = 0; c < c_out; ++c) {
+        const float* wc = w + c * 9;
+        const float w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5], w6 = wc[6], w7 = wc[7],
+                    w8 = wc[8], bc = bias[c];
+        float* out = y + c * plane;
+#pragma omp simd
+        for (int64_t t = 0; t < t_out; ++t) {
+            float acc = bc;
+            acc += w0 * a0[t] + w1 * b0[t] + w2 * a0[t + 1];
+            acc += w3 * a1[t] + w4 * b1[t] + w5 * a1[t + 1];
+            acc += w6 * a2[t] + w7 * b2[t] + w8 * a2[t + 1];
+            out[t] = act_fn<ACT>(acc);
+        }
+    }
+}
+
+template <int ACT>
+static void stem_k3s2(const float* x, const float* w, const float* bias, float* y, int64_t batch, int64_t f_in,
+                      int64_t t_in, int64_t c_out, int64_t pad) {
+    const int64_t f_out = window_len(f_in, 3, pad, 2), t_out = window_len(t_in, 3, pad, 2);
+    const int64_t an = t_out + 1, plane = f_out * t_out;
+    // a rows then b rows of every input row, and one zero row for the padding
+    std::vector<float> split(static_cast<size_t>(batch * f_in * (an + t_out) + an), 0.0f);
+    float* zero = split.data() + batch * f_in * (an + t_out);
+    for_ranges(batch * f_in, 16, [&](int64_t first, int64_t last) {
+        for (int64_t r = first; r < last; ++r) {
+            float* dst = split.data() + r * (an + t_out);
+            split_row(x + r * t_in, t_in, -pad, an, dst);
+            split_row(x + r * t_in, t_in, 1 - pad, t_out, dst + an);
+        }
+    });
+    for_ranges(batch * f_out, 4, [&](int64_t first, int64_t last) {
+        for (int64_t r = first; r < last; ++r) {
+            const int64_t bi = r / f_out, oy = r % f_out;
+            const float* a_rows[3];
+            const float* b_rows[3];
+            for (int64_t k = 0; k < 3; ++k) {
+                const int64_t iy = 2 * oy - pad + k;
+                const float* base = (iy < 0 || iy >= f_in) ? nullptr : split.data() + (bi * f_in + iy) * (an + t_out);
+                a_rows[k] = base ? base : zero;
+                b_rows[k] = base ? base + an : zero;
+            }
+            stem_row_k3s2<ACT>(a_rows, b_rows, w, bias, c_out, t_out, plane, y + bi * c_out * plane + oy * t_out);
+        }
+    });
+}
+
+// Any k, stride, pad: the direct sum (a fallback; the DyMN stems are k = 3, stride 2).
+template <int ACT>
+static void stem_row_any(const float* x, int64_t f_in, int64_t t_in, int64_t oy, int64_t k, int64_t stride,
+                         int64_t pad, const float* w, const float* bias, int64_t c_out, int64_t t_out, float* y) {
+    const int64_t plane = t_out * window_len(f_in, k, pad, stride);
+    for (int64_t c = 0; c < c_out; ++c) {
+        float* out = y + c * plane + oy * t_out;
+        for (int64_t t = 0; t < t_out; ++t) {
+            float acc = bias[c];
+            for (int64_t ky = 0; ky < k; ++ky) {
+                const int64_t iy = oy * stride - pad + ky;
+                if (iy < 0 || iy >= f_in)
+                    continue;
+                for (int64_t kx = 0; kx < k; ++kx) {
+                    const int64_t ix = t * stride - pad + kx;
+                    if (ix >= 0 && ix < t_in)
+                        acc += w[(c * k + ky) * k + kx] * x[iy * t_in + ix];
+                }
+            }
+            out[t] = act_fn<ACT>(acc);
+        }
+    }
+}
+
+template <int ACT>
+static void stem_run(const float* x, const float* w, const float* bias, float* y, int64_t batch, int64_t f_in,
+                     int64_t t_in, int64_t c_out, int64_t k, int64_t stride, int64_t pad) {
+    if (k == 3 && stride == 2) {
+        stem_k3s2<ACT>(x, w, bias, y, batch, f_in, t_in, c_out, pad);
+        return;
+    }
+    const int64_t f_out = window_len(f_in, k, pad, stride), t_out = window_len(t_in, k, pad, stride);
+    for_ranges(batch * f_out, 4, [&](int64_t first, int64_t last) {
+        for (int64_t r = first; r < last; ++r) {
+            const int64_t bi = r / f_out, oy = r % f_out;
+            stem_row_any<ACT>(x + bi * f_in * t_in, f_in, t_in, oy, k, stride, pad, w, bias, c_out, t_out,
+                              y + bi * c_out * f_out * t_out);
+        }
+    });
+}
+
+static void stem_f32(ov::TensorVector& outputs, const ov::TensorVector& inputs, int64_t stride, int64_t pad,
+                     int64_t act) {
+    const auto& xs = inputs[0].get_shape();
+    const auto& ws = inputs[1].get_shape();
+    const auto& bs = inputs[2].get_shape();
+    OPENVINO_ASSERT(xs.size() == 4 && xs[1] == 1 && ws.size() == 4 && ws[1] == 1 && ws[2] == ws[3] &&
+                        bs.size() == 1 && bs[0] == ws[0],
+                    "Stem: x ", xs, ", w ", ws, ", bias ", bs, " are not (B, 1, F, T), (C, 1, k, k), (C)");
+    const int64_t k = ws[2];
+    const int64_t f_out = window_len(xs[2], k, pad, stride), t_out = window_len(xs[3], k, pad, stride);
+    outputs[0].set_shape(ov::Shape{xs[0], ws[0], static_cast<size_t>(f_out), static_cast<size_t>(t_out)});
+    if (outputs[0].get_size() == 0)
+        return;
+    const float* x = inputs[0].data<const float>();
+    const float* w = inputs[1].data<const float>();
+    const float* b = inputs[2].data<const float>();
+    float* y = outputs[0].data<float>();
+    const int64_t batch = xs[0], f_in = xs[2], t_in = xs[3], c = ws[0];
+    if (act == kRelu)
+        stem_run<kRelu>(x, w, b, y, batch, f_in, t_in, c, k, stride, pad);
+    else if (act == kHardswish)
+        stem_run<kHardswish>(x, w, b, y, batch, f_in, t_in, c, k, stride, pad);
+    else
+        stem_run<kIdentity>(x, w, b, y, batch, f_in, t_in, c, k, stride, pad);
+}
+
+bool Stem::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    return evaluate_as_f32(outputs, inputs, [this](ov::TensorVector& out, const ov::TensorVector& in) {
+        stem_f32(out, in, m_stride, m_pad, m_act);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
 // ONNX frontend: nodes of domain "dymn.edge"
 
 static ov::OutputVector inputs_of(const ov::frontend::NodeContext& node) {
@@ -965,6 +1182,13 @@ static ov::OutputVector convert_axis_means(const ov::frontend::NodeContext& node
     return std::make_shared<AxisMeans>(inputs_of(node))->outputs();
 }
 
+static ov::OutputVector convert_stem(const ov::frontend::NodeContext& node) {
+    const int64_t stride = node.get_attribute<int64_t>("stride", 2);
+    const int64_t pad = node.get_attribute<int64_t>("pad", 1);
+    const int64_t act = node.get_attribute<int64_t>("act", 0);
+    return std::make_shared<Stem>(inputs_of(node), stride, pad, act)->outputs();
+}
+
 static ov::OutputVector convert_dy_tail(const ov::frontend::NodeContext& node) {
     const int64_t stride = node.get_attribute<int64_t>("stride", 1);
     const int64_t pad = node.get_attribute<int64_t>("pad", 0);
@@ -980,8 +1204,10 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<dymn::DyTail>>(),
     std::make_shared<ov::OpExtension<dymn::AxisMeans>>(),
     std::make_shared<ov::OpExtension<dymn::DyExpTail>>(),
+    std::make_shared<ov::OpExtension<dymn::Stem>>(),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("MixBanks", "dymn.edge", dymn::convert_mix_banks),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DyTail", "dymn.edge", dymn::convert_dy_tail),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("AxisMeans", "dymn.edge", dymn::convert_axis_means),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DyExpTail", "dymn.edge", dymn::convert_dy_exp_tail),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("Stem", "dymn.edge", dymn::convert_stem),
 }));

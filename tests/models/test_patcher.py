@@ -18,8 +18,8 @@ from dymn_edge.models.dymn import DyMN, DynamicConv, DynamicInvertedResidual
 from dymn_edge.models.factory import create_model
 from dymn_edge.arch import depthwise_form
 from dymn_edge.models.patcher import (
-    DynConvStrategy, FusedDynamicBlock, Layout, LeanDepthwise, LeanDynamicBlock, make_exportable, patch_block,
-    strategy_supports_dynamic_batch,
+    DynConvStrategy, FusedDynamicBlock, FusedStem, Layout, LeanDepthwise, LeanDynamicBlock, make_exportable, patch_block,
+    fused_stem, strategy_supports_dynamic_batch,
 )
 
 STRATEGIES = list(DynConvStrategy)
@@ -185,6 +185,22 @@ def test_every_block_float64_fused(dymn_s: nn.Module) -> None:
             h = ref
     # no expansion (block 1), ReLU and hard-swish blocks, the expansion inside the tail and not
     assert {a for a, _ in acts} == {0, 1, 2} and {e for _, e in acts} == {True, False}
+
+
+def test_fused_stem_float64(dymn_s: nn.Module) -> None:
+    """The fused form's stem (the Stem operator, BN folded) is the official conv-BN-hardswish in
+    float64; a stem the operator does not take stays the stock conv."""
+    m64 = copy.deepcopy(dymn_s).double()
+    x = torch.cat([_mel(1, 61), _mel(1, 61, seed=5)]).double()
+    exportable = make_exportable(m64, FU)
+    stem = exportable.features[0]
+    assert isinstance(stem, FusedStem) and (stem.stride, stem.pad, stem.act) == (2, 1, 2)
+    with torch.no_grad():
+        ref, out = m64.in_c(x), stem(x)
+    assert out.shape == ref.shape and _maxdiff(out, ref) < 1e-12 * max(1.0, float(ref.abs().max()))
+    two_channel = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 1), nn.Hardswish())
+    assert fused_stem(two_channel) is two_channel
+    assert not any(isinstance(m, FusedStem) for m in make_exportable(m64, SK).modules())
 
 
 def test_fused_ops_reject_bad_act() -> None:

@@ -409,6 +409,93 @@ def test_exp_reference_is_the_torch_definition() -> None:
     assert np.allclose(fused.axis_means(torch.from_numpy(x)).numpy(), axis_means_ref(x), rtol=1e-12)
 
 
+# ------------------------------------------------------------------------------------------
+# Stem
+
+def stem_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray, *, stride: int, pad: int, act: int) -> np.ndarray:
+    """The Stem definition in float64: act(conv2d(x, w, bias, stride, pad)), one input channel."""
+    x = np.pad(x.astype(np.float64)[:, 0], ((0, 0), (pad, pad), (pad, pad)))
+    w, k = w.astype(np.float64)[:, 0], w.shape[-1]
+    f_out, t_out = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    y = np.broadcast_to(bias.astype(np.float64)[None, :, None, None], (x.shape[0], w.shape[0], f_out, t_out)).copy()
+    for i, j in itertools.product(range(k), range(k)):
+        window = x[:, i:i + stride * (f_out - 1) + 1:stride, j:j + stride * (t_out - 1) + 1:stride]
+        y += w[:, i, j][None, :, None, None] * window[:, None]
+    return _act(y, act)
+
+
+def stem_model(x_shape: list, channels: int, k: int, *, stride: int, pad: int, act: int) -> onnx.ModelProto:
+    node = helper.make_node("Stem", ["x", "w", "bias"], ["y"], domain=ops.GRAPH_DOMAIN, stride=stride, pad=pad, act=act)
+    return _model(node, [("x", x_shape), ("w", [channels, 1, k, k]), ("bias", [channels])])
+
+
+def stem_feeds(x_shape: list, channels: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": (rng.standard_normal(x_shape) * 2.5).astype(np.float32),
+            "w": rng.standard_normal((channels, 1, k, k)).astype(np.float32),
+            "bias": rng.standard_normal(channels).astype(np.float32)}
+
+
+#: (k, stride, pad, F, T): the DyMN stem (3, 2, 1) at odd / even / tiny sizes and other pads
+#: (its fast path), and other geometries (the direct fallback)
+STEM_CASES = [(3, 2, 1, 128, 1000), (3, 2, 1, 9, 12), (3, 2, 1, 8, 11), (3, 2, 1, 1, 1), (3, 2, 1, 2, 3),
+              (3, 2, 0, 7, 10), (3, 2, 2, 5, 6), (3, 2, 0, 3, 3), (3, 1, 1, 6, 7), (5, 2, 2, 9, 13), (4, 3, 1, 10, 11),
+              (1, 1, 0, 3, 4)]
+
+
+@pytest.mark.parametrize(("k", "stride", "pad", "f", "t"), STEM_CASES)
+@pytest.mark.parametrize("act", [0, 1, 2])
+def test_stem_matches_reference(cache, tmp_path: Path, k: int, stride: int, pad: int, f: int, t: int,
+                                act: int) -> None:
+    batch, channels = (1, 16) if f * t > 10_000 else (2, 5)
+    compiled = compile_onnx(stem_model([batch, 1, f, t], channels, k, stride=stride, pad=pad, act=act), tmp_path)
+    feeds = stem_feeds([batch, 1, f, t], channels, k, np.random.default_rng(f * t + k))
+    got = compiled(feeds)[0]
+    want = stem_ref(feeds["x"], feeds["w"], feeds["bias"], stride=stride, pad=pad, act=act)
+    assert rel_error(got, want) < TOL
+
+
+def test_stem_dynamic_shapes_and_threads(cache, tmp_path: Path) -> None:
+    """One compiled model takes other sizes and batches; 2 threads give the same bits."""
+    path = tmp_path / "stem.onnx"
+    onnx.save(stem_model(["B", 1, "F", "T"], 16, 3, stride=2, pad=1, act=2), path)
+    core = ov.Core()
+    ops.add_to_core(core)
+    model = core.read_model(str(path))
+    assert str(model.output(0).get_partial_shape()) == "[?,16,?,?]"
+    bounded = model.clone()
+    bounded.reshape({"x": ov.PartialShape([1, 1, 128, ov.Dimension(10, 101)])})
+    assert str(bounded.output(0).get_partial_shape()) == "[1,16,64,5..51]"
+    compiled = [core.compile_model(model, "CPU", {**CONFIG, "INFERENCE_NUM_THREADS": n}) for n in (1, 2)]
+    rng = np.random.default_rng(5)
+    for shape in ([1, 1, 128, 100], [3, 1, 128, 317], [2, 1, 7, 2]):
+        feeds = stem_feeds(shape, 16, 3, rng)
+        got = [c(feeds)[0] for c in compiled]
+        assert np.array_equal(got[0], got[1])
+        assert rel_error(got[0], stem_ref(feeds["x"], feeds["w"], feeds["bias"], stride=2, pad=1, act=2)) < TOL
+
+
+def test_stem_refuses_more_than_one_input_channel(cache, tmp_path: Path) -> None:
+    node = helper.make_node("Stem", ["x", "w", "bias"], ["y"], domain=ops.GRAPH_DOMAIN, stride=2, pad=1, act=2)
+    model = _model(node, [("x", [1, 2, 8, 8]), ("w", [4, 2, 3, 3]), ("bias", [4])])
+    with pytest.raises(Exception, match="one input channel|w \\(C, 1, k, k\\)"):
+        compile_onnx(model, tmp_path)
+
+
+@pytest.mark.torch
+def test_stem_reference_is_the_torch_definition() -> None:
+    import torch
+
+    from dymn_edge.models import fused
+
+    rng = np.random.default_rng(3)
+    for k, stride, pad, act in [(3, 2, 1, 2), (5, 1, 2, 1), (3, 2, 0, 0)]:
+        feeds = stem_feeds([2, 1, 9, 12], 4, k, rng)
+        args = [torch.from_numpy(feeds[n]).double() for n in ("x", "w", "bias")]
+        want = fused.stem(*args, stride, pad, act).numpy()
+        got = stem_ref(feeds["x"], feeds["w"], feeds["bias"], stride=stride, pad=pad, act=act)
+        assert rel_error(got, want) < 1e-12
+
+
 def test_uses_fused_ops(tmp_path: Path) -> None:
     fused = tmp_path / "fused.onnx"
     onnx.save(dy_tail_model(dy_tail_shapes(1, 2, 4, 4, k=3, stride=1, pad=1, m=2), stride=1, pad=1, act=0, m=2),
