@@ -16,6 +16,7 @@ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -38,11 +39,16 @@ def converter_output(fds: Sequence[int] = (1, 2), noisy: Sequence[str] = NOISY_L
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.level, logging.ERROR))
-    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+    # Python-level writers too: where sys.stdout / sys.stderr are not the descriptors (a
+    # notebook, pytest's capture), a library's tqdm bar would otherwise pass the fd capture
+    py_text = io.StringIO()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings(), \
+            (contextlib.redirect_stdout(py_text) if 1 in fds else contextlib.nullcontext()), \
+            (contextlib.redirect_stderr(py_text) if 2 in fds else contextlib.nullcontext()):
         warnings.simplefilter("ignore")
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
         saved = [os.dup(fd) for fd in fds]
         for fd in fds:
             os.dup2(sink.fileno(), fd)
@@ -53,7 +59,7 @@ def converter_output(fds: Sequence[int] = (1, 2), noisy: Sequence[str] = NOISY_L
             failed = True
             raise
         finally:
-            for stream in (sys.stdout, sys.stderr):
+            for stream in (sys.__stdout__, sys.__stderr__):
                 with contextlib.suppress(Exception):
                     stream.flush()
             for fd, old in zip(fds, saved):
@@ -62,7 +68,7 @@ def converter_output(fds: Sequence[int] = (1, 2), noisy: Sequence[str] = NOISY_L
             for lg, lv in zip(loggers, levels):
                 lg.setLevel(lv)
             sink.seek(0)
-            text = sink.read().decode("utf-8", "replace").strip()
+            text = (sink.read().decode("utf-8", "replace") + py_text.getvalue()).strip()
             if text and failed:
                 tail = "\n".join(text.splitlines()[-TAIL_LINES:])
                 log.error("converter output before the failure (last %d lines):\n%s", TAIL_LINES, tail)

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge.errors import ExportError, one_line
+from dymn_edge.native_output import converter_output
 from dymn_edge.export.tflite_export import convert_tflite, tflite_io
 from dymn_edge.export.validate import ops_outside_xnnpack
 
@@ -131,6 +132,21 @@ def graph_ops(data: bytes | str | Path) -> dict:
     return {"ops": dict(ops), "float_ops": dict(float_ops), "outside_xnnpack": outside}
 
 
+def run_quantizer(q, calibration_result=None):  # noqa: ANN001, ANN201 (AEQ's own types, imported lazily)
+    """``q.quantize`` without its console output.
+
+    AEQ draws a tqdm bar ("Applying Transformations to tensors") for graphs of more than 100
+    tensors even when asked not to: its ``quantize`` does not pass ``enable_progress_bar`` on to
+    the graph rewrite. The capture keeps it (and any native noise) out of the user's terminal
+    and logs; it is replayed with ``--verbose`` or when quantization fails.
+    """
+    with converter_output():
+        try:
+            return q.quantize(calibration_result, enable_progress_report=False, enable_progress_bar=False)
+        except TypeError:  # older AEQ without enable_progress_bar
+            return q.quantize(calibration_result, enable_progress_report=False)
+
+
 def _quantizer(fp32: bytes, float_ops: tuple[str, ...]):
     """AEQ's quantizer with the full-integer recipe (``float_ops`` left in float)."""
     from ai_edge_quantizer import qtyping, quantizer  # noqa: PLC0415  (the export extra)
@@ -174,10 +190,7 @@ def quantize_full_int8_tflite(model, window_frames: int, calibration: np.ndarray
     qsvs = activation_ranges(fp32, calibration)
     q = _quantizer(fp32, float_ops)
     try:
-        try:
-            result = q.quantize(qsvs, enable_progress_report=False, enable_progress_bar=False)
-        except TypeError:  # older AEQ without enable_progress_bar
-            result = q.quantize(qsvs, enable_progress_report=False)
+        result = run_quantizer(q, qsvs)
     except Exception as exc:  # the quantizer raises many types
         raise ExportError(f"full int8 quantization failed: {one_line(exc)}") from exc
     output = Path(output)

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from dymn_edge.errors import ExportError, one_line
 from dymn_edge.ort import ort_session
 from dymn_edge.export.config import CalibrationMethod, QuantizationConfig, QuantScheme
-from dymn_edge.export.full_int8 import quantize_full_int8_tflite
+from dymn_edge.export.full_int8 import quantize_full_int8_tflite, run_quantizer
 from dymn_edge.export.quant_report import kernel_sqnr, quant_report, write_report
 from dymn_edge.formats import Precision
 
@@ -290,11 +290,7 @@ def _aeq_quantize(data: bytes, configure) -> bytes:
 
     q = quantizer.Quantizer(bytearray(data))
     configure(q)
-    try:
-        result = q.quantize(enable_progress_report=False, enable_progress_bar=False)
-    except TypeError:  # older AEQ without enable_progress_bar
-        result = q.quantize(enable_progress_report=False)
-    return bytes(result.quantized_model)
+    return bytes(run_quantizer(q).quantized_model)
 
 
 def tflite_fp16(data: bytes) -> bytes:

@@ -46,3 +46,17 @@ def test_failure_keeps_the_tail(caplog: pytest.LogCaptureFixture) -> None:
             raise RuntimeError("conversion failed")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and "failed to legalize" in errors[0]
+
+
+def test_tflite_quantizer_draws_no_bar(fsdd_export, capfd: pytest.CaptureFixture[str]) -> None:
+    """AEQ draws "Applying Transformations to tensors" for graphs over 100 tensors even when
+    told not to (its quantize drops the flag); the export must not show it."""
+    from dymn_edge.export.config import QuantizationConfig
+    from dymn_edge.export.quantize import tflite_int8
+
+    data = fsdd_export("tflite", "fp32").path.read_bytes()
+    capfd.readouterr()
+    out = tflite_int8(data, QuantizationConfig(scheme="weight_only"))
+    captured = capfd.readouterr()
+    assert len(out) < len(data)  # int8 weights: the quantizer ran
+    assert "Applying Transformations" not in captured.err + captured.out
