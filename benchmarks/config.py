@@ -13,6 +13,7 @@ from typing import Any
 
 from dymn_edge.arch import DynConvStrategy
 from dymn_edge.cliutil import check_input_file
+from dymn_edge.datasets import detect_layout
 from dymn_edge.errors import DymnEdgeError
 from dymn_edge.formats import format_spec, int8_variants, iter_variants
 from dymn_edge.registry import Arch, get_spec, list_models
@@ -176,7 +177,9 @@ def normalize_variant(text: str) -> str:
 
 
 def eval_split(data_dir: str | Path, split: str | None) -> str | None:
-    """The split scored when none is asked for: FSDD's test split (never its train clips)."""
-    if split is None and (Path(data_dir) / "split.csv").is_file():
-        return "test"
-    return split
+    """The split scored when none is asked for: the layout's own (FSDD's test split, never its
+    train clips), from the same detection that loads the folder."""
+    if split is not None:
+        return split
+    found = detect_layout(data_dir)
+    return found[0].eval_split if found else None

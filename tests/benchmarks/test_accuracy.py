@@ -36,3 +36,14 @@ def test_predict_batches() -> None:
 
     assert predict(run, data, batch=3).shape == (4, 3)
     assert calls == [3, 1]
+
+
+def test_eval_split_is_the_layouts_own(tmp_path) -> None:
+    """FSDD (split.csv + labels.csv) is scored on its test split unless asked; a folder that
+    only happens to hold a split.csv is not FSDD and gets no split."""
+    from dymn_edge.benchmarks.config import eval_split
+
+    (tmp_path / "split.csv").write_text("file,split\n")
+    assert eval_split(tmp_path, None) is None
+    (tmp_path / "labels.csv").write_text("index,name\n")
+    assert eval_split(tmp_path, None) == "test" and eval_split(tmp_path, "train") == "train"
